@@ -1,0 +1,165 @@
+//! The one error type of the Consul client, and whether an error is worth retrying.
+
+use std::time::Duration;
+
+/// How much of a Consul error body is kept in an error message.
+const MAX_BODY_CHARS: usize = 512;
+
+/// An error from one Consul HTTP API operation. `op` names the operation
+/// (`kv.get`, `config.put`, ...). No variant ever carries the ACL token.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    /// The settings (environment variables, flags) cannot make a client.
+    #[error("Consul client configuration: {0}")]
+    Config(String),
+
+    /// The request never got an HTTP answer: connection refused, reset, TLS failure.
+    #[error("{op}: cannot reach Consul at {addr}: {detail}")]
+    Transport {
+        op: &'static str,
+        addr: String,
+        detail: String,
+    },
+
+    /// No answer within the request's deadline.
+    #[error("{op}: no answer from Consul at {addr} within {after:?}")]
+    Timeout {
+        op: &'static str,
+        addr: String,
+        after: Duration,
+    },
+
+    /// Consul answered with a status that is not success.
+    #[error("{op}: Consul answered {status}: {body}")]
+    Status {
+        op: &'static str,
+        status: u16,
+        body: String,
+    },
+
+    /// A check-and-set write was refused because the index was stale.
+    #[error("{op}: check-and-set refused for {target} at index {index} (changed concurrently)")]
+    CasConflict {
+        op: &'static str,
+        target: String,
+        index: u64,
+    },
+
+    /// The object the operation needs does not exist (for example a session
+    /// that was destroyed or expired).
+    #[error("{op}: {what} not found")]
+    NotFound { op: &'static str, what: String },
+
+    /// Consul answered success with a body this client cannot read.
+    #[error("{op}: unexpected answer from Consul: {detail}")]
+    Decode { op: &'static str, detail: String },
+}
+
+impl ConsulError {
+    /// True when trying the same request again later may succeed: transport
+    /// errors, timeouts, 429 and 5xx (except 501 Not Implemented).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConsulError::Transport { .. } | ConsulError::Timeout { .. } => true,
+            ConsulError::Status { status, .. } => {
+                *status == 429 || (*status >= 500 && *status != 501)
+            }
+            ConsulError::Config(_)
+            | ConsulError::CasConflict { .. }
+            | ConsulError::NotFound { .. }
+            | ConsulError::Decode { .. } => false,
+        }
+    }
+
+    /// True for a check-and-set refusal.
+    pub fn is_cas_conflict(&self) -> bool {
+        matches!(self, ConsulError::CasConflict { .. })
+    }
+
+    /// True when the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ConsulError::NotFound { .. })
+    }
+
+    /// The HTTP status Consul answered, when it answered with an error status.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ConsulError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The operation name, when the error came from one.
+    pub fn op(&self) -> Option<&'static str> {
+        match self {
+            ConsulError::Config(_) => None,
+            ConsulError::Transport { op, .. }
+            | ConsulError::Timeout { op, .. }
+            | ConsulError::Status { op, .. }
+            | ConsulError::CasConflict { op, .. }
+            | ConsulError::NotFound { op, .. }
+            | ConsulError::Decode { op, .. } => Some(op),
+        }
+    }
+
+    pub(crate) fn status_from_body(op: &'static str, status: u16, body: &str) -> Self {
+        ConsulError::Status {
+            op,
+            status,
+            body: clip(body.trim()),
+        }
+    }
+}
+
+/// Shortens a body for an error message, on a char boundary.
+pub(crate) fn clip(s: &str) -> String {
+    if s.chars().count() <= MAX_BODY_CHARS {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(MAX_BODY_CHARS).collect();
+    out.push_str("...");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> ConsulError {
+        ConsulError::status_from_body("kv.get", code, "x")
+    }
+
+    #[test]
+    fn retry_classification() {
+        assert!(status(500).is_retryable());
+        assert!(status(502).is_retryable());
+        assert!(status(503).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(!status(501).is_retryable());
+        assert!(!status(400).is_retryable());
+        assert!(!status(403).is_retryable());
+        assert!(!status(404).is_retryable());
+        let t = ConsulError::Timeout {
+            op: "kv.get",
+            addr: "http://127.0.0.1:1".into(),
+            after: Duration::from_secs(1),
+        };
+        assert!(t.is_retryable());
+        let cas = ConsulError::CasConflict {
+            op: "kv.cas",
+            target: "a".into(),
+            index: 3,
+        };
+        assert!(!cas.is_retryable());
+        assert!(cas.is_cas_conflict());
+    }
+
+    #[test]
+    fn long_bodies_are_clipped() {
+        let body = "é".repeat(2000);
+        let e = ConsulError::status_from_body("config.put", 400, &body);
+        let msg = e.to_string();
+        assert!(msg.ends_with("..."));
+        assert!(msg.chars().count() < 600);
+    }
+}

@@ -1,0 +1,331 @@
+//! Test support: real Consul agents on free loopback ports.
+//!
+//! [`shared`] starts one dev agent per test binary (tests share it and each
+//! uses its own KV prefix from [`prefix`]); [`Agent::dev`] starts a private
+//! one, and [`Cluster::start`] three servers on 127.0.0.1/.2/.3. Agents die
+//! with their owner: `Drop` kills them (also when a test panics), and the
+//! kernel kills them when the thread that started them ends
+//! (`PR_SET_PDEATHSIG`), so no agent outlives the test process.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use svc_handler::consul::{Client, Settings};
+
+/// The Consul binary: `$CONSUL_BIN`, else what `scripts/install-consul` settles on.
+pub fn consul_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-consul");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/install-consul");
+        assert!(
+            out.status.success(),
+            "scripts/install-consul failed; set CONSUL_BIN to a Consul >= 1.8 binary"
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8 path");
+        PathBuf::from(text.lines().last().expect("a path").trim())
+    })
+}
+
+/// A unique KV prefix for one test, so tests can share an agent.
+pub fn prefix(test: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "test/{test}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `cond` until it is true or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One running Consul agent.
+pub struct Agent {
+    child: Child,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// A dev agent (in-memory server) on free loopback ports, with a leader.
+    pub fn dev() -> Agent {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let ip = Ipv4Addr::LOCALHOST;
+            let http = free_port(ip);
+            let dir = tempfile::tempdir().expect("temp dir");
+            let args = vec![
+                "agent".to_string(),
+                "-dev".into(),
+                "-node".into(),
+                format!("dev-{http}"),
+                "-client".into(),
+                ip.to_string(),
+                "-bind".into(),
+                ip.to_string(),
+                "-http-port".into(),
+                http.to_string(),
+                "-dns-port".into(),
+                "-1".into(),
+                "-grpc-port".into(),
+                "-1".into(),
+                "-serf-lan-port".into(),
+                free_port(ip).to_string(),
+                "-serf-wan-port".into(),
+                free_port(ip).to_string(),
+                "-server-port".into(),
+                free_port(ip).to_string(),
+                "-log-level".into(),
+                "warn".into(),
+            ];
+            match Agent::spawn(&args, SocketAddr::from((ip, http)), dir) {
+                Ok(mut agent) => match agent.wait_ready(Duration::from_secs(30)) {
+                    Ok(()) => return agent,
+                    Err(e) => last = e,
+                },
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start a Consul dev agent: {last}");
+    }
+
+    fn spawn(args: &[String], http: SocketAddr, dir: tempfile::TempDir) -> Result<Agent, String> {
+        let log = dir.path().join("consul.log");
+        let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(consul_bin());
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("spawn consul: {e}"))?;
+        Ok(Agent {
+            child,
+            http,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until the agent knows a leader and serves KV reads.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("consul exited ({status}): {}", self.log_tail()));
+            }
+            let leader = http_get(self.http, "/v1/status/leader");
+            let kv = http_get(self.http, "/v1/kv/svc-handler-test-probe");
+            if matches!(leader, Some((200, ref b)) if b.trim().len() > 2)
+                && matches!(kv, Some((404, _)))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no leader after {timeout:?}: {}", self.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Client settings for this agent (no token).
+    pub fn settings(&self) -> Settings {
+        Settings {
+            address: self.url(),
+            ..Settings::default()
+        }
+    }
+
+    /// A new client for this agent. Make one per test: a client belongs to
+    /// the runtime it first runs in.
+    pub fn client(&self) -> Client {
+        Client::new(self.settings()).expect("client")
+    }
+
+    /// Kills the agent now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The dev agent shared by every test of this binary. It is started from a
+/// thread that lives as long as the process, so the kernel kills it when the
+/// test process exits, however it exits.
+pub fn shared() -> &'static Agent {
+    static AGENT: OnceLock<&'static Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("consul-agent-owner".into())
+            .spawn(move || {
+                let agent: &'static Agent = Box::leak(Box::new(Agent::dev()));
+                tx.send(agent).expect("send agent");
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn owner thread");
+        rx.recv().expect("the shared agent started")
+    })
+}
+
+/// Three Consul servers on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (same ports,
+/// one data folder each) forming a real Raft cluster.
+pub struct Cluster {
+    pub agents: Vec<Agent>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let ips = [
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(127, 0, 0, 2),
+            Ipv4Addr::new(127, 0, 0, 3),
+        ];
+        let (http, lan, wan, server) = (
+            free_port(ips[0]),
+            free_port(ips[0]),
+            free_port(ips[0]),
+            free_port(ips[0]),
+        );
+        let mut agents = Vec::new();
+        for (i, ip) in ips.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut args = vec![
+                "agent".to_string(),
+                "-server".into(),
+                "-bootstrap-expect".into(),
+                "3".into(),
+                "-node".into(),
+                format!("server-{i}"),
+                "-data-dir".into(),
+                dir.path().join("data").display().to_string(),
+                "-client".into(),
+                ip.to_string(),
+                "-bind".into(),
+                ip.to_string(),
+                "-http-port".into(),
+                http.to_string(),
+                "-dns-port".into(),
+                "-1".into(),
+                "-grpc-port".into(),
+                "-1".into(),
+                "-serf-lan-port".into(),
+                lan.to_string(),
+                "-serf-wan-port".into(),
+                wan.to_string(),
+                "-server-port".into(),
+                server.to_string(),
+                "-log-level".into(),
+                "warn".into(),
+            ];
+            for other in ips.iter().filter(|o| *o != ip) {
+                args.push("-retry-join".into());
+                args.push(format!("{other}:{lan}"));
+            }
+            let agent = Agent::spawn(&args, SocketAddr::from((*ip, http)), dir)
+                .unwrap_or_else(|e| panic!("start server {i}: {e}"));
+            agents.push(agent);
+        }
+        let mut cluster = Cluster { agents };
+        for a in &mut cluster.agents {
+            a.wait_ready(Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("cluster server {}: {e}", a.http));
+        }
+        cluster
+    }
+
+    /// The index of the agent that is the Raft leader, per agent 0's view
+    /// (`/v1/status/leader` names the leader's server address).
+    pub fn leader(&self) -> Option<usize> {
+        for a in &self.agents {
+            if let Some((200, body)) = http_get(a.http, "/v1/status/leader") {
+                let addr = body.trim().trim_matches('"');
+                if let Some(ip) = addr.split(':').next() {
+                    return self
+                        .agents
+                        .iter()
+                        .position(|x| x.http.ip().to_string() == ip);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A minimal HTTP/1.0 GET (no client runtime needed): status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status: u16 = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
