@@ -213,7 +213,10 @@ impl Answer {
 
 struct Inner {
     http: reqwest::Client,
+    /// Where requests go (with `CONSUL_TLS_SERVER_NAME`, its host is that name).
     base: Url,
+    /// The address as configured, for messages.
+    display: String,
     token: RwLock<Option<Secret>>,
     settings: Settings,
     observer: Option<Arc<dyn RequestObserver>>,
@@ -229,7 +232,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("addr", &self.inner.base.as_str())
+            .field("addr", &self.inner.display)
             .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
@@ -247,6 +250,7 @@ impl Client {
         observer: Option<Arc<dyn RequestObserver>>,
     ) -> Result<Self, ConsulError> {
         let mut base = settings.base_url()?;
+        let display = base.as_str().trim_end_matches('/').to_string();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -310,6 +314,7 @@ impl Client {
             inner: Arc::new(Inner {
                 http,
                 base,
+                display,
                 token: RwLock::new(token),
                 settings,
                 observer,
@@ -333,7 +338,7 @@ impl Client {
 
     /// The address requests go to (no token, no credentials).
     pub fn address(&self) -> &str {
-        self.inner.base.as_str()
+        &self.inner.display
     }
 
     /// Reads `CONSUL_HTTP_TOKEN_FILE` again (after an operator rotated it).

@@ -85,6 +85,12 @@ pub struct Agent {
 impl Agent {
     /// A dev agent (in-memory server) on free loopback ports, with a leader.
     pub fn dev() -> Agent {
+        Agent::dev_with(|_| Vec::new())
+    }
+
+    /// A dev agent with extra arguments; `extra` gets a free port it may use
+    /// (for an HTTPS listener, say).
+    pub fn dev_with(extra: impl Fn(u16) -> Vec<String>) -> Agent {
         let mut last = String::new();
         for _ in 0..3 {
             let ip = Ipv4Addr::LOCALHOST;
@@ -114,6 +120,8 @@ impl Agent {
                 "-log-level".into(),
                 "warn".into(),
             ];
+            let mut args = args;
+            args.extend(extra(free_port(ip)));
             match Agent::spawn(&args, SocketAddr::from((ip, http)), dir) {
                 Ok(mut agent) => match agent.wait_ready(Duration::from_secs(30)) {
                     Ok(()) => return agent,
