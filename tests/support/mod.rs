@@ -308,8 +308,8 @@ impl Cluster {
         cluster
     }
 
-    /// The index of the agent that is the Raft leader, per agent 0's view
-    /// (`/v1/status/leader` names the leader's server address).
+    /// The index of the agent that is the Raft leader, as the first agent that
+    /// answers `/v1/status/leader` sees it.
     pub fn leader(&self) -> Option<usize> {
         for a in &self.agents {
             if let Some((200, body)) = http_get(a.http, "/v1/status/leader") {
