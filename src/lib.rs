@@ -7,4 +7,5 @@
 pub mod consul;
 pub mod entries;
 pub mod keys;
+pub mod metrics;
 pub mod spec;

@@ -63,12 +63,12 @@ impl Scope {
     }
 
     fn append_to(&self, url: &mut Url) {
-        let mut q = url.query_pairs_mut();
         if !self.partition.is_empty() && self.partition != "default" {
-            q.append_pair("partition", &self.partition);
+            url.query_pairs_mut()
+                .append_pair("partition", &self.partition);
         }
         if !self.namespace.is_empty() && self.namespace != "default" {
-            q.append_pair("ns", &self.namespace);
+            url.query_pairs_mut().append_pair("ns", &self.namespace);
         }
     }
 }
@@ -127,19 +127,19 @@ impl QueryOptions {
     }
 
     fn append_to(&self, url: &mut Url) {
-        let mut q = url.query_pairs_mut();
         match self.consistency {
             Consistency::Default => {}
             Consistency::Consistent => {
-                q.append_key_only("consistent");
+                url.query_pairs_mut().append_key_only("consistent");
             }
             Consistency::Stale => {
-                q.append_key_only("stale");
+                url.query_pairs_mut().append_key_only("stale");
             }
         }
         if let (Some(index), Some(wait)) = (self.index, self.effective_wait()) {
-            q.append_pair("index", &index.to_string());
-            q.append_pair("wait", &format!("{}ms", wait.as_millis()));
+            url.query_pairs_mut()
+                .append_pair("index", &index.to_string())
+                .append_pair("wait", &format!("{}ms", wait.as_millis()));
         }
     }
 }

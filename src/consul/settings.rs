@@ -133,7 +133,7 @@ impl Settings {
     /// The base URL: scheme from the address when it has one, else https when
     /// `ssl` is set, else http.
     pub fn base_url(&self) -> Result<reqwest::Url, ConsulError> {
-        let addr = self.address.trim().trim_end_matches('/');
+        let addr = self.address.trim();
         if addr.is_empty() {
             return Err(ConsulError::Config("CONSUL_HTTP_ADDR is empty".into()));
         }
