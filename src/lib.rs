@@ -7,5 +7,8 @@
 pub mod consul;
 pub mod entries;
 pub mod keys;
+pub mod lock;
 pub mod metrics;
+pub mod reconcile;
+pub mod records;
 pub mod spec;

@@ -1,0 +1,1150 @@
+//! The reconcile flow of one service, step by step:
+//! lock → read base.json → parse → defaults → resolver → router? → tgw link? →
+//! snapshot → observed.json → unlock. Each object is read, compared, written
+//! with check-and-set only when it differs, read back and verified, and its
+//! record written in a transaction fenced by the lock (`check-session`), so
+//! an instance that lost its lock can never write a record.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use serde_json::Value;
+
+use crate::consul::{
+    Client, ConfigEntry, Consistency, ConsulError, QueryOptions, Scope, TxnKvOp, TxnOutcome,
+};
+use crate::entries::{self, EntryKind, Ownership};
+use crate::keys::{self, DesiredKey, Layout, RecordKind, ServiceId};
+use crate::lock::{self, LockAttempt, Session, SessionConfig};
+use crate::metrics::Metrics;
+use crate::records::{now_rfc3339, ObjectRef, Objects, Observed, Record, Status};
+use crate::spec::{self, Spec, TgwLinkSpec};
+
+/// Every read of the flow is consistent: the leader confirms it still leads.
+const CONSISTENT: QueryOptions = QueryOptions {
+    consistency: Consistency::Consistent,
+    index: None,
+    wait: None,
+};
+
+/// Consul 1.8 answers 500 to some config entries it refuses on validation
+/// (`discovery chain ... uses inconsistent protocols`): asking again gives the
+/// same answer, so such a 500 is not retried.
+fn is_refusal(e: &ConsulError) -> bool {
+    matches!(e, ConsulError::Status { status: 500, body, .. } if body.contains("discovery chain"))
+}
+
+/// A boxed future, for [`FlowHook`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Called at fixed points of the flow; tests use it to inject faults (for
+/// example destroying the session just before a fenced write).
+pub trait FlowHook: Send + Sync {
+    /// Before every fenced write; `step` names the step writing.
+    fn before_fenced_write<'a>(&'a self, step: &'a str, session: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// How a reconcile behaves.
+#[derive(Clone, Debug)]
+pub struct ReconcilerConfig {
+    pub layout: Layout,
+    /// Who this instance is, as `observed.json` and lock values say.
+    pub holder: String,
+    pub session: SessionConfig,
+    /// How many times an entry write is retried after a check-and-set loss.
+    pub cas_attempts: usize,
+    /// The same for a shared terminating gateway, where many services race.
+    pub link_cas_attempts: usize,
+    /// Retries of a Consul request that failed in a retryable way.
+    pub request_retries: usize,
+}
+
+impl ReconcilerConfig {
+    pub fn new(layout: Layout, holder: impl Into<String>) -> Self {
+        let holder = holder.into();
+        ReconcilerConfig {
+            layout,
+            session: SessionConfig {
+                name: format!("svc-handler {holder}"),
+                ttl: Duration::from_secs(15),
+                lock_delay: Duration::from_secs(1),
+            },
+            holder,
+            cas_attempts: 8,
+            link_cas_attempts: 64,
+            request_retries: 3,
+        }
+    }
+}
+
+/// What a reconcile ended with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything in base.json is in Consul; `changed` when anything was written
+    /// to Consul's config entries.
+    Applied {
+        changed: bool,
+        drifted: Vec<EntryKind>,
+    },
+    /// Ended with `status` at `step`; observed.json says so.
+    Failed {
+        status: Status,
+        step: String,
+        message: String,
+    },
+    /// Another instance holds the service's lock: nothing done.
+    HeldElsewhere { holder: Option<String> },
+    /// base.json is gone: what svc-handler owned is removed (pruned or not).
+    Deleted { pruned: bool },
+    /// No base.json and nothing of the service's left: nothing to do.
+    Absent,
+    /// The lock was lost during the flow; fenced writes were refused, so
+    /// observed.json could not be written either.
+    LockLost { step: String, message: String },
+}
+
+impl Outcome {
+    /// The `result` label of `svc_handler_reconcile_total`.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            Outcome::Applied { changed: true, .. } => "applied",
+            Outcome::Applied { changed: false, .. } => "unchanged",
+            Outcome::Failed { status, .. } => status.as_str(),
+            Outcome::HeldElsewhere { .. } => "held_elsewhere",
+            Outcome::Deleted { .. } | Outcome::Absent => "deleted",
+            Outcome::LockLost { .. } => "error",
+        }
+    }
+
+    /// True for the outcomes `--once` exits non-zero on.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed { .. } | Outcome::LockLost { .. })
+    }
+}
+
+/// The result of one reconcile.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub id: ServiceId,
+    pub outcome: Outcome,
+    /// The base.json ModifyIndex the flow worked on, when it read one.
+    pub generation: Option<u64>,
+    pub duration: Duration,
+}
+
+/// Why a step ended the flow.
+#[derive(Debug)]
+struct Fail {
+    status: Status,
+    step: &'static str,
+    message: String,
+    lock_lost: bool,
+}
+
+impl Fail {
+    fn new(status: Status, step: &'static str, message: impl Into<String>) -> Self {
+        Fail {
+            status,
+            step,
+            message: message.into(),
+            lock_lost: false,
+        }
+    }
+
+    fn error(step: &'static str, message: impl Into<String>) -> Self {
+        Fail::new(Status::Error, step, message)
+    }
+
+    /// A Consul error: a body Consul could not decode is the user's input
+    /// (`invalid`); anything else is an `error` with Consul's own words.
+    fn consul(step: &'static str, e: &ConsulError) -> Self {
+        let msg = e.to_string();
+        let invalid = e.status() == Some(400)
+            && (msg.contains("Request decoding failed") || msg.contains("invalid config key"));
+        Fail::new(
+            if invalid {
+                Status::Invalid
+            } else {
+                Status::Error
+            },
+            step,
+            msg,
+        )
+    }
+
+    fn lock_lost(step: &'static str, message: impl Into<String>) -> Self {
+        Fail {
+            lock_lost: true,
+            ..Fail::error(step, message)
+        }
+    }
+}
+
+/// What one flow knows while it holds the lock.
+struct Ctx<'s> {
+    id: ServiceId,
+    base_key: String,
+    lock_key: String,
+    session: &'s Session,
+    /// The client in the service's partition and namespace (config entries).
+    scoped: Client,
+    generation: u64,
+    /// The records found, with their KV ModifyIndex.
+    records: HashMap<RecordKind, Record>,
+    changed: bool,
+    drifted: Vec<EntryKind>,
+}
+
+/// Runs the flow for services.
+#[derive(Clone)]
+pub struct Reconciler {
+    client: Client,
+    cfg: Arc<ReconcilerConfig>,
+    metrics: Arc<Metrics>,
+    hook: Option<Arc<dyn FlowHook>>,
+}
+
+impl Reconciler {
+    /// `client` is scoped where svc-handler's own keys live.
+    pub fn new(client: Client, cfg: ReconcilerConfig, metrics: Arc<Metrics>) -> Self {
+        Reconciler {
+            client,
+            cfg: Arc::new(cfg),
+            metrics,
+            hook: None,
+        }
+    }
+
+    pub fn with_hook(mut self, hook: Arc<dyn FlowHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.cfg.layout
+    }
+
+    pub fn config(&self) -> &ReconcilerConfig {
+        &self.cfg
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Reconciles one service with a session of its own, created for this
+    /// flow and destroyed after it. `prune`: when base.json is gone, delete
+    /// the entries svc-handler owns (else only its records).
+    pub async fn reconcile(&self, id: &ServiceId, prune: bool) -> Report {
+        let started = Instant::now();
+        let session = match Session::create(
+            &self.client,
+            &self.cfg.session,
+            Some(Arc::clone(&self.metrics)),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics
+                    .lock_acquisitions
+                    .with_label_values(&["error"])
+                    .inc();
+                let outcome = Outcome::Failed {
+                    status: Status::Error,
+                    step: "lock".into(),
+                    message: format!("cannot create a session: {e}"),
+                };
+                return self.finish(id, outcome, None, started);
+            }
+        };
+        let report = self.reconcile_with(id, prune, &session).await;
+        if let Err(e) = session.destroy().await {
+            tracing::warn!(service = %id, error = %e, "could not destroy the session; it expires with its TTL");
+        }
+        report
+    }
+
+    /// Reconciles one service under a lock held with `session` (which the
+    /// caller owns and may share between flows). Releases the lock at the end.
+    pub async fn reconcile_with(&self, id: &ServiceId, prune: bool, session: &Session) -> Report {
+        let started = Instant::now();
+        let lock_key = self.cfg.layout.lock_key(id);
+        match lock::try_lock(&self.client, session, &lock_key, &self.cfg.holder).await {
+            Ok(LockAttempt::Acquired) => {
+                self.metrics
+                    .lock_acquisitions
+                    .with_label_values(&["acquired"])
+                    .inc();
+            }
+            Ok(LockAttempt::HeldElsewhere { holder }) => {
+                self.metrics
+                    .lock_acquisitions
+                    .with_label_values(&["held_elsewhere"])
+                    .inc();
+                let outcome = Outcome::HeldElsewhere { holder };
+                return self.finish(id, outcome, None, started);
+            }
+            Err(e) => {
+                self.metrics
+                    .lock_acquisitions
+                    .with_label_values(&["error"])
+                    .inc();
+                let outcome = Outcome::Failed {
+                    status: Status::Error,
+                    step: "lock".into(),
+                    message: format!("cannot take the lock {lock_key}: {e}"),
+                };
+                return self.finish(id, outcome, None, started);
+            }
+        }
+
+        let (outcome, generation) = self.locked(id, prune, session, &lock_key, started).await;
+
+        match lock::unlock(&self.client, session, &lock_key).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(service = %id, "the lock was no longer ours at release"),
+            Err(e) => {
+                tracing::warn!(service = %id, error = %e, "could not release the lock; it frees itself with the session")
+            }
+        }
+        self.finish(id, outcome, generation, started)
+    }
+
+    fn finish(
+        &self,
+        id: &ServiceId,
+        outcome: Outcome,
+        generation: Option<u64>,
+        started: Instant,
+    ) -> Report {
+        let duration = started.elapsed();
+        let label = outcome.result_label();
+        if label != "held_elsewhere" {
+            self.metrics
+                .reconcile_total
+                .with_label_values(&[label])
+                .inc();
+            self.metrics
+                .reconcile_duration
+                .with_label_values(&[label])
+                .observe(duration.as_secs_f64());
+        }
+        if let Outcome::Applied { drifted, .. } = &outcome {
+            for k in drifted {
+                self.metrics
+                    .drift_corrections
+                    .with_label_values(&[k.as_str()])
+                    .inc();
+            }
+        }
+        match &outcome {
+            Outcome::Failed {
+                status,
+                step,
+                message,
+            } => {
+                tracing::warn!(service = %id, generation, %status, step, message, "reconcile failed")
+            }
+            Outcome::LockLost { step, message } => {
+                tracing::error!(service = %id, generation, step, message, "lost the lock during reconcile")
+            }
+            other => {
+                tracing::info!(service = %id, generation, result = label, duration_ms = duration.as_millis() as u64, outcome = ?other, "reconciled")
+            }
+        }
+        Report {
+            id: id.clone(),
+            outcome,
+            generation,
+            duration,
+        }
+    }
+
+    /// The flow under the lock.
+    async fn locked(
+        &self,
+        id: &ServiceId,
+        prune: bool,
+        session: &Session,
+        lock_key: &str,
+        started: Instant,
+    ) -> (Outcome, Option<u64>) {
+        let layout = &self.cfg.layout;
+        let base_key = layout.base_key(id);
+        let dir = format!("{}/", layout.service_dir(id));
+        let listing = self.retry(|| self.client.kv_list(&dir, &CONSISTENT)).await;
+        let pairs = match listing {
+            Ok((pairs, _)) => pairs,
+            Err(e) => {
+                return (
+                    Outcome::Failed {
+                        status: Status::Error,
+                        step: "read".into(),
+                        message: e.to_string(),
+                    },
+                    None,
+                )
+            }
+        };
+        let mut base = None;
+        let mut records = HashMap::new();
+        for p in pairs {
+            match layout.parse_desired_key(&p.key) {
+                DesiredKey::Base(_) => base = Some(p),
+                DesiredKey::Record(_, kind) => match serde_json::from_slice::<Record>(&p.value) {
+                    Ok(r) => {
+                        records.insert(kind, r);
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %p.key, error = %e, "ignoring an unreadable record")
+                    }
+                },
+                _ => {}
+            }
+        }
+        let mut ctx = Ctx {
+            id: id.clone(),
+            base_key: base_key.clone(),
+            lock_key: lock_key.to_string(),
+            session,
+            scoped: self
+                .client
+                .scoped(Scope::new(id.partition.clone(), id.namespace.clone())),
+            generation: base.as_ref().map_or(0, |b| b.modify_index),
+            records,
+            changed: false,
+            drifted: Vec::new(),
+        };
+
+        let Some(base) = base else {
+            let generation = None;
+            return match self.delete_flow(&mut ctx, prune).await {
+                Ok(outcome) => (outcome, generation),
+                Err(f) if f.lock_lost => (
+                    Outcome::LockLost {
+                        step: f.step.into(),
+                        message: f.message,
+                    },
+                    generation,
+                ),
+                Err(f) => (
+                    Outcome::Failed {
+                        status: f.status,
+                        step: f.step.into(),
+                        message: f.message,
+                    },
+                    generation,
+                ),
+            };
+        };
+        let generation = Some(base.modify_index);
+
+        let result = match spec::parse(&base.value) {
+            Err(e) => Err(Fail::new(
+                Status::Invalid,
+                "parse",
+                format!("{base_key}: {e}"),
+            )),
+            Ok(spec) => self.apply_flow(&mut ctx, &spec).await,
+        };
+        let (observed, outcome) = match result {
+            Ok(objects) => (
+                self.observed(&ctx, Status::Applied, None, None, objects, started),
+                Outcome::Applied {
+                    changed: ctx.changed,
+                    drifted: ctx.drifted.clone(),
+                },
+            ),
+            Err(f) if f.lock_lost => {
+                return (
+                    Outcome::LockLost {
+                        step: f.step.into(),
+                        message: f.message,
+                    },
+                    generation,
+                )
+            }
+            Err(f) => {
+                let objects = self.snapshot(&ctx).await.unwrap_or_default();
+                (
+                    self.observed(
+                        &ctx,
+                        f.status,
+                        Some(f.message.clone()),
+                        Some(f.step),
+                        objects,
+                        started,
+                    ),
+                    Outcome::Failed {
+                        status: f.status,
+                        step: f.step.into(),
+                        message: f.message,
+                    },
+                )
+            }
+        };
+        let bytes = serde_json::to_vec(&observed).expect("observed serializes");
+        let write = self
+            .fenced(
+                &ctx,
+                "observed",
+                vec![TxnKvOp::Set {
+                    key: layout.observed_key(id),
+                    value: bytes,
+                }],
+            )
+            .await;
+        match write {
+            Ok(()) => (outcome, generation),
+            Err(f) if f.lock_lost => (
+                Outcome::LockLost {
+                    step: f.step.into(),
+                    message: f.message,
+                },
+                generation,
+            ),
+            Err(f) => (
+                Outcome::Failed {
+                    status: Status::Error,
+                    step: f.step.into(),
+                    message: f.message,
+                },
+                generation,
+            ),
+        }
+    }
+
+    fn observed(
+        &self,
+        ctx: &Ctx<'_>,
+        status: Status,
+        message: Option<String>,
+        step: Option<&str>,
+        objects: Objects,
+        started: Instant,
+    ) -> Observed {
+        Observed {
+            status,
+            generation: ctx.generation,
+            message,
+            step: step.map(str::to_string),
+            objects,
+            updated_at: now_rfc3339(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            holder: self.cfg.holder.clone(),
+            base_key: ctx.base_key.clone(),
+        }
+    }
+
+    /// The ordered upserts, then the snapshot.
+    async fn apply_flow(&self, ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Objects, Fail> {
+        // A router that left base.json goes first: while it exists, the
+        // defaults cannot go back to a protocol the router cannot use.
+        if spec.router.is_none() {
+            self.remove_entry(ctx, EntryKind::ServiceRouter, "router")
+                .await?;
+        }
+        self.upsert_entry(ctx, spec, EntryKind::ServiceDefaults, "defaults")
+            .await?;
+        self.upsert_entry(ctx, spec, EntryKind::ServiceResolver, "resolver")
+            .await?;
+        if spec.router.is_some() {
+            self.upsert_entry(ctx, spec, EntryKind::ServiceRouter, "router")
+                .await?;
+        }
+        match &spec.terminating_gateway {
+            Some(link) => self.link(ctx, link, spec.adopt).await?,
+            None => self.unlink_recorded(ctx).await?,
+        }
+        self.snapshot(ctx).await
+    }
+
+    /// One config entry: read, ownership check, compare, CAS write, read
+    /// back, verify, record.
+    async fn upsert_entry(
+        &self,
+        ctx: &mut Ctx<'_>,
+        spec: &Spec,
+        kind: EntryKind,
+        step: &'static str,
+    ) -> Result<(), Fail> {
+        let body = match kind {
+            EntryKind::ServiceDefaults => spec.defaults.as_ref(),
+            EntryKind::ServiceResolver => spec.resolver.as_ref(),
+            EntryKind::ServiceRouter => spec.router.as_ref(),
+            EntryKind::TerminatingGateway => unreachable!("links go through link()"),
+        };
+        let desired = entries::build_entry(kind, &ctx.id, body, &ctx.base_key);
+        let kind_s = kind.as_str();
+        let mut delays = self.cas_delays(self.cfg.cas_attempts);
+        let actual = loop {
+            let current = self.get_entry(ctx, kind_s, step).await?;
+            self.check_owner(ctx, kind, current.as_ref(), spec.adopt, step)?;
+            if let Some(c) = &current {
+                if entries::entries_equal(&desired, &c.0) {
+                    break c.clone();
+                }
+            }
+            let index = current.as_ref().map_or(0, ConfigEntry::modify_index);
+            match self.retry(|| ctx.scoped.config_cas(&desired, index)).await {
+                Ok(()) => {
+                    self.count_write(kind_s, "ok");
+                    ctx.changed = true;
+                    if let Some(rec) = ctx.records.get(&kind.record_kind()) {
+                        // We wrote it before and it no longer matches our
+                        // record: someone changed it behind our back.
+                        if rec.generation == ctx.generation {
+                            ctx.drifted.push(kind);
+                        }
+                    }
+                    match self.get_entry(ctx, kind_s, step).await? {
+                        Some(back) => break back,
+                        None => {
+                            return Err(Fail::error(
+                                step,
+                                format!("{kind_s}/{}: written, but gone on read-back", ctx.id.name),
+                            ))
+                        }
+                    }
+                }
+                Err(e) if e.is_cas_conflict() => {
+                    self.count_write(kind_s, "cas_retry");
+                    match delays.next() {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => {
+                            return Err(Fail::error(
+                                step,
+                                format!("{e}; gave up after {} attempts", self.cfg.cas_attempts),
+                            ))
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.count_write(kind_s, "error");
+                    return Err(Fail::consul(step, &e));
+                }
+            }
+        };
+        if let Err(m) = entries::verify(&desired, &actual.0) {
+            self.metrics
+                .verify_failures
+                .with_label_values(&[kind_s])
+                .inc();
+            return Err(Fail::error(
+                step,
+                format!("{kind_s}/{}: read-back differs at {m}", ctx.id.name),
+            ));
+        }
+        let record = Record {
+            kind: kind_s.to_string(),
+            name: ctx.id.name.clone(),
+            partition: ctx.id.partition.clone(),
+            namespace: ctx.id.namespace.clone(),
+            resource_id: keys::resource_id(kind_s, &ctx.id),
+            create_index: actual.create_index(),
+            modify_index: actual.modify_index(),
+            generation: ctx.generation,
+            object: actual.0.clone(),
+            verified_at: now_rfc3339(),
+            base_key: ctx.base_key.clone(),
+            service: None,
+        };
+        self.write_record(ctx, kind.record_kind(), record, step)
+            .await
+    }
+
+    fn check_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: EntryKind,
+        current: Option<&ConfigEntry>,
+        adopt: bool,
+        step: &'static str,
+    ) -> Result<(), Fail> {
+        let what = format!("{}/{}", kind.as_str(), ctx.id.name);
+        match entries::ownership(current.map(|c| &c.0), &ctx.base_key) {
+            Ownership::Absent | Ownership::Ours => Ok(()),
+            Ownership::Unmarked if adopt => Ok(()),
+            Ownership::Unmarked => Err(Fail::new(
+                Status::Conflict,
+                step,
+                format!(
+                    "{what} exists without svc-handler's ownership mark; it is left unchanged (set \"adopt\": true in base.json to take it over)"
+                ),
+            )),
+            Ownership::Other { key, managed_by } => {
+                let by = match (managed_by.is_empty(), key.is_empty()) {
+                    (false, false) => format!("{managed_by} for {key}"),
+                    (false, true) => managed_by,
+                    (true, _) => format!("svc-handler for {key}"),
+                };
+                Err(Fail::new(
+                    Status::Conflict,
+                    step,
+                    format!("{what} is managed by {by}; it is left unchanged"),
+                ))
+            }
+        }
+    }
+
+    /// Deletes an entry svc-handler owns (router removed from base.json, or
+    /// the service deleted), and its record.
+    async fn remove_entry(
+        &self,
+        ctx: &mut Ctx<'_>,
+        kind: EntryKind,
+        step: &'static str,
+    ) -> Result<(), Fail> {
+        let kind_s = kind.as_str();
+        let current = self.get_entry(ctx, kind_s, step).await?;
+        if entries::ownership(current.as_ref().map(|c| &c.0), &ctx.base_key) == Ownership::Ours {
+            match self
+                .retry(|| ctx.scoped.config_delete(kind_s, &ctx.id.name))
+                .await
+            {
+                Ok(()) => {
+                    self.count_write(kind_s, "ok");
+                    ctx.changed = true;
+                }
+                Err(e) => {
+                    self.count_write(kind_s, "error");
+                    return Err(Fail::consul(step, &e));
+                }
+            }
+        } else if current.is_some() {
+            tracing::info!(service = %ctx.id, kind = kind_s, "not deleting an entry svc-handler does not own");
+        }
+        self.delete_record(ctx, kind.record_kind(), step).await
+    }
+
+    /// Adds or replaces this service's link in the gateway `link.gateway`;
+    /// removes it from a gateway it was linked to before.
+    async fn link(&self, ctx: &mut Ctx<'_>, link: &TgwLinkSpec, adopt: bool) -> Result<(), Fail> {
+        const STEP: &str = "terminating_gateway";
+        const KIND: &str = "terminating-gateway";
+        let gateway = link.gateway.as_str();
+        let recorded = ctx.records.get(&RecordKind::Tgw).map(|r| r.name.clone());
+        let mut delays = self.cas_delays(self.cfg.link_cas_attempts);
+        let actual = loop {
+            let current = self.get_entry_named(ctx, KIND, gateway, STEP).await?;
+            if let Some(c) = &current {
+                let existing = entries::find_link(&c.0, &ctx.id);
+                if existing.is_some() && recorded.as_deref() != Some(gateway) && !adopt {
+                    return Err(Fail::new(
+                        Status::Conflict,
+                        STEP,
+                        format!(
+                            "terminating-gateway/{gateway} already links {} and svc-handler has no record of writing it; it is left unchanged (set \"adopt\": true to take it over)",
+                            ctx.id.name
+                        ),
+                    ));
+                }
+            }
+            let Some(new) = entries::upsert_link(
+                current.as_ref().map(|c| &c.0),
+                gateway,
+                &ctx.id,
+                link,
+                &ctx.base_key,
+            ) else {
+                break current.expect("an equal link implies a gateway");
+            };
+            let index = current.as_ref().map_or(0, ConfigEntry::modify_index);
+            match self.retry(|| ctx.scoped.config_cas(&new, index)).await {
+                Ok(()) => {
+                    self.count_write(KIND, "ok");
+                    ctx.changed = true;
+                    match self.get_entry_named(ctx, KIND, gateway, STEP).await? {
+                        Some(back) => break back,
+                        None => {
+                            return Err(Fail::error(
+                                STEP,
+                                format!(
+                                    "terminating-gateway/{gateway}: written, but gone on read-back"
+                                ),
+                            ))
+                        }
+                    }
+                }
+                Err(e) if e.is_cas_conflict() => {
+                    self.count_write(KIND, "cas_retry");
+                    match delays.next() {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => {
+                            return Err(Fail::error(
+                                STEP,
+                                format!(
+                                    "{e}; gave up after {} attempts",
+                                    self.cfg.link_cas_attempts
+                                ),
+                            ))
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.count_write(KIND, "error");
+                    return Err(Fail::consul(STEP, &e));
+                }
+            }
+        };
+        if let Err(m) = entries::verify_link(&actual.0, &ctx.id, link) {
+            self.metrics
+                .verify_failures
+                .with_label_values(&[KIND])
+                .inc();
+            return Err(Fail::error(
+                STEP,
+                format!("terminating-gateway/{gateway}: read-back of the link differs at {m}"),
+            ));
+        }
+        // Linked to another gateway before: take that link out now.
+        if let Some(old) = recorded.filter(|old| old != gateway) {
+            self.unlink(ctx, &old).await?;
+        }
+        let object = entries::find_link(&actual.0, &ctx.id)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let record = Record {
+            kind: KIND.to_string(),
+            name: gateway.to_string(),
+            partition: ctx.id.partition.clone(),
+            namespace: ctx.id.namespace.clone(),
+            resource_id: keys::link_resource_id(
+                &ctx.id.partition,
+                &ctx.id.namespace,
+                gateway,
+                &ctx.id.name,
+            ),
+            create_index: actual.create_index(),
+            modify_index: actual.modify_index(),
+            generation: ctx.generation,
+            object,
+            verified_at: now_rfc3339(),
+            base_key: ctx.base_key.clone(),
+            service: Some(ctx.id.name.clone()),
+        };
+        self.write_record(ctx, RecordKind::Tgw, record, STEP).await
+    }
+
+    /// Removes the link tgw.json records, then tgw.json.
+    async fn unlink_recorded(&self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        let Some(old) = ctx.records.get(&RecordKind::Tgw).map(|r| r.name.clone()) else {
+            return Ok(());
+        };
+        self.unlink(ctx, &old).await?;
+        self.delete_record(ctx, RecordKind::Tgw, "terminating_gateway")
+            .await
+    }
+
+    /// Takes this service's link out of `gateway`, keeping everything else.
+    async fn unlink(&self, ctx: &mut Ctx<'_>, gateway: &str) -> Result<(), Fail> {
+        const STEP: &str = "terminating_gateway";
+        const KIND: &str = "terminating-gateway";
+        let mut delays = self.cas_delays(self.cfg.link_cas_attempts);
+        loop {
+            let Some(current) = self.get_entry_named(ctx, KIND, gateway, STEP).await? else {
+                return Ok(());
+            };
+            let Some(new) = entries::remove_link(&current.0, &ctx.id) else {
+                return Ok(());
+            };
+            match self
+                .retry(|| ctx.scoped.config_cas(&new, current.modify_index()))
+                .await
+            {
+                Ok(()) => {
+                    self.count_write(KIND, "ok");
+                    ctx.changed = true;
+                    return Ok(());
+                }
+                Err(e) if e.is_cas_conflict() => {
+                    self.count_write(KIND, "cas_retry");
+                    match delays.next() {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => return Err(Fail::error(STEP, e.to_string())),
+                    }
+                }
+                Err(e) => {
+                    self.count_write(KIND, "error");
+                    return Err(Fail::consul(STEP, &e));
+                }
+            }
+        }
+    }
+
+    /// base.json is gone: remove what svc-handler owns (when pruning), in
+    /// reverse order, then the records and observed.json.
+    async fn delete_flow(&self, ctx: &mut Ctx<'_>, prune: bool) -> Result<Outcome, Fail> {
+        let observed_key = self.cfg.layout.observed_key(&ctx.id);
+        let observed = self
+            .retry(|| self.client.kv_get(&observed_key, &CONSISTENT))
+            .await
+            .map_err(|e| Fail::error("delete", e.to_string()))?
+            .0;
+        if ctx.records.is_empty() && observed.is_none() {
+            return Ok(Outcome::Absent);
+        }
+        if prune {
+            self.unlink_recorded(ctx).await?;
+            for kind in [
+                EntryKind::ServiceRouter,
+                EntryKind::ServiceResolver,
+                EntryKind::ServiceDefaults,
+            ] {
+                self.remove_entry(ctx, kind, "delete").await?;
+            }
+        }
+        let mut ops: Vec<TxnKvOp> = RecordKind::ALL
+            .iter()
+            .map(|k| TxnKvOp::Delete {
+                key: self.cfg.layout.record_key(&ctx.id, *k),
+            })
+            .collect();
+        ops.push(TxnKvOp::Delete { key: observed_key });
+        self.fenced(ctx, "delete", ops).await?;
+        Ok(Outcome::Deleted { pruned: prune })
+    }
+
+    /// Reads every object back (consistent) for observed.json.
+    async fn snapshot(&self, ctx: &Ctx<'_>) -> Result<Objects, Fail> {
+        const STEP: &str = "snapshot";
+        let mut objects = Objects::default();
+        for (kind, slot) in [
+            (EntryKind::ServiceDefaults, &mut objects.defaults),
+            (EntryKind::ServiceResolver, &mut objects.resolver),
+            (EntryKind::ServiceRouter, &mut objects.router),
+        ] {
+            let kind_s = kind.as_str();
+            if let Some(e) = self.get_entry(ctx, kind_s, STEP).await? {
+                if entries::ownership(Some(&e.0), &ctx.base_key) == Ownership::Ours {
+                    *slot = Some(ObjectRef {
+                        resource_id: keys::resource_id(kind_s, &ctx.id),
+                        modify_index: e.modify_index(),
+                    });
+                }
+            }
+        }
+        if let Some(rec) = ctx.records.get(&RecordKind::Tgw) {
+            let gw = self
+                .get_entry_named(ctx, "terminating-gateway", &rec.name, STEP)
+                .await?;
+            if let Some(gw) = gw.filter(|g| entries::find_link(&g.0, &ctx.id).is_some()) {
+                objects.terminating_gateway = Some(ObjectRef {
+                    resource_id: rec.resource_id.clone(),
+                    modify_index: gw.modify_index(),
+                });
+            }
+        }
+        Ok(objects)
+    }
+
+    async fn get_entry(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: &str,
+        step: &'static str,
+    ) -> Result<Option<ConfigEntry>, Fail> {
+        self.get_entry_named(ctx, kind, &ctx.id.name, step).await
+    }
+
+    async fn get_entry_named(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: &str,
+        name: &str,
+        step: &'static str,
+    ) -> Result<Option<ConfigEntry>, Fail> {
+        self.retry(|| ctx.scoped.config_get(kind, name, &CONSISTENT))
+            .await
+            .map(|(e, _)| e)
+            .map_err(|e| Fail::consul(step, &e))
+    }
+
+    /// Writes a record, fenced; skips it when the stored one says the same.
+    async fn write_record(
+        &self,
+        ctx: &mut Ctx<'_>,
+        kind: RecordKind,
+        record: Record,
+        step: &'static str,
+    ) -> Result<(), Fail> {
+        if ctx.records.get(&kind).is_some_and(|r| r.same_as(&record)) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&record).expect("record serializes");
+        self.fenced(
+            ctx,
+            step,
+            vec![TxnKvOp::Set {
+                key: self.cfg.layout.record_key(&ctx.id, kind),
+                value: bytes,
+            }],
+        )
+        .await?;
+        ctx.records.insert(kind, record);
+        Ok(())
+    }
+
+    async fn delete_record(
+        &self,
+        ctx: &mut Ctx<'_>,
+        kind: RecordKind,
+        step: &'static str,
+    ) -> Result<(), Fail> {
+        if ctx.records.remove(&kind).is_none() {
+            return Ok(());
+        }
+        self.fenced(
+            ctx,
+            step,
+            vec![TxnKvOp::Delete {
+                key: self.cfg.layout.record_key(&ctx.id, kind),
+            }],
+        )
+        .await
+    }
+
+    /// KV writes in one transaction that applies only while this flow's
+    /// session still holds the service's lock.
+    async fn fenced(
+        &self,
+        ctx: &Ctx<'_>,
+        step: &'static str,
+        ops: Vec<TxnKvOp>,
+    ) -> Result<(), Fail> {
+        if let Some(h) = &self.hook {
+            h.before_fenced_write(step, ctx.session.id()).await;
+        }
+        if ctx.session.is_lost() {
+            return Err(Fail::lock_lost(
+                step,
+                "the session expired or was destroyed: the lock is lost",
+            ));
+        }
+        let mut all = Vec::with_capacity(ops.len() + 1);
+        all.push(TxnKvOp::CheckSession {
+            key: ctx.lock_key.clone(),
+            session: ctx.session.id().to_string(),
+        });
+        all.extend(ops);
+        match self.retry(|| self.client.txn(&all)).await {
+            Ok(TxnOutcome::Committed(_)) => Ok(()),
+            Ok(TxnOutcome::RolledBack(errors)) => {
+                let what = errors
+                    .iter()
+                    .map(|e| format!("op {}: {}", e.op_index, e.what))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if errors.iter().any(|e| e.op_index == 0) {
+                    Err(Fail::lock_lost(
+                        step,
+                        format!(
+                            "write refused: {} no longer holds the lock ({what})",
+                            ctx.session.id()
+                        ),
+                    ))
+                } else {
+                    Err(Fail::error(step, format!("write rolled back: {what}")))
+                }
+            }
+            Err(e) => Err(Fail::consul(step, &e)),
+        }
+    }
+
+    fn count_write(&self, kind: &str, result: &str) {
+        self.metrics
+            .object_writes
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
+    fn cas_delays(&self, attempts: usize) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(250))
+            .with_max_times(attempts)
+            .build()
+    }
+
+    /// Retries a Consul request that failed in a retryable way, with capped,
+    /// jittered exponential backoff.
+    async fn retry<T, F, Fut>(&self, f: F) -> Result<T, ConsulError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ConsulError>>,
+    {
+        let metrics = Arc::clone(&self.metrics);
+        f.retry(
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_max_times(self.cfg.request_retries),
+        )
+        .when(|e| e.is_retryable() && !is_refusal(e))
+        .notify(move |e, after| {
+            metrics.retries.inc();
+            tracing::debug!(error = %e, ?after, "retrying a Consul request");
+        })
+        .await
+    }
+
+    /// For a key under the desired prefix that does not fit the layout: when
+    /// it ends in `/base.json`, writes an `invalid` observed.json at the
+    /// mirrored place under the observed prefix and returns that key; else
+    /// only logs. Nothing else is touched.
+    pub async fn report_invalid_key(
+        &self,
+        key: &str,
+        reason: &str,
+        generation: u64,
+    ) -> Result<Option<String>, ConsulError> {
+        let desired = self.cfg.layout.desired_prefix();
+        let observed_key = key
+            .strip_prefix(&desired)
+            .and_then(|rest| rest.strip_suffix(keys::BASE_FILE))
+            .map(|dir| {
+                format!(
+                    "{}{dir}{}",
+                    self.cfg.layout.observed_prefix(),
+                    keys::OBSERVED_FILE
+                )
+            });
+        tracing::error!(
+            key,
+            reason,
+            "a key under the desired prefix does not fit the layout"
+        );
+        let Some(observed_key) = observed_key else {
+            return Ok(None);
+        };
+        let observed = Observed {
+            status: Status::Invalid,
+            generation,
+            message: Some(format!("{key}: {reason}")),
+            step: Some("key".into()),
+            objects: Objects::default(),
+            updated_at: now_rfc3339(),
+            duration_ms: 0,
+            holder: self.cfg.holder.clone(),
+            base_key: key.to_string(),
+        };
+        let bytes = serde_json::to_vec(&observed).expect("observed serializes");
+        self.client.kv_put(&observed_key, &bytes).await?;
+        self.metrics
+            .reconcile_total
+            .with_label_values(&["invalid"])
+            .inc();
+        Ok(Some(observed_key))
+    }
+}

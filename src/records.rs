@@ -1,0 +1,180 @@
+//! What the daemon writes back to KV: the per-object records (`defaults.json`,
+//! `resolver.json`, `router.json`, `tgw.json`) and `observed.json`. Pure data,
+//! with the contract's field names.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The outcome of a reconcile as `observed.json` and the metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Applied,
+    Error,
+    Invalid,
+    Conflict,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "applied",
+            Status::Error => "error",
+            Status::Invalid => "invalid",
+            Status::Conflict => "conflict",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The record of one object svc-handler wrote and verified.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The config entry kind (`service-defaults`, ..., `terminating-gateway`).
+    pub kind: String,
+    /// The entry's name (for a link: the gateway's name).
+    pub name: String,
+    pub partition: String,
+    pub namespace: String,
+    /// `<kind>/<partition>/<namespace>/<name>`; for a link
+    /// `terminating-gateway/<p>/<ns>/<gateway>#<service>`.
+    pub resource_id: String,
+    /// The entry's indexes as read back.
+    pub create_index: u64,
+    pub modify_index: u64,
+    /// The base.json ModifyIndex this record is for.
+    pub generation: u64,
+    /// The entry as read back (for a link: the link inside the gateway).
+    pub object: Value,
+    /// RFC 3339, when the read-back was verified.
+    pub verified_at: String,
+    /// The base.json key the object belongs to.
+    pub base_key: String,
+    /// For a link: the service linked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+impl Record {
+    /// True when both say the same, apart from when they were verified.
+    pub fn same_as(&self, other: &Record) -> bool {
+        let mut a = self.clone();
+        a.verified_at.clear();
+        let mut b = other.clone();
+        b.verified_at.clear();
+        a == b
+    }
+}
+
+/// A reference to one object in `observed.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub resource_id: String,
+    pub modify_index: u64,
+}
+
+/// The objects of a service as last read back (`null` when there is none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Objects {
+    pub defaults: Option<ObjectRef>,
+    pub resolver: Option<ObjectRef>,
+    pub router: Option<ObjectRef>,
+    pub terminating_gateway: Option<ObjectRef>,
+}
+
+/// `observed.json`: the outcome of the last reconcile of one service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    pub status: Status,
+    /// The base.json ModifyIndex this outcome is for.
+    pub generation: u64,
+    /// Why, when not applied.
+    pub message: Option<String>,
+    /// The step that failed, when one did.
+    pub step: Option<String>,
+    pub objects: Objects,
+    /// RFC 3339.
+    pub updated_at: String,
+    pub duration_ms: u64,
+    /// Which daemon instance wrote this.
+    pub holder: String,
+    /// The base.json key this outcome is for.
+    pub base_key: String,
+}
+
+/// Now, as RFC 3339 with milliseconds (UTC).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn observed_has_the_contract_fields() {
+        let o = Observed {
+            status: Status::Conflict,
+            generation: 12,
+            message: Some("owned elsewhere".into()),
+            step: Some("defaults".into()),
+            objects: Objects::default(),
+            updated_at: now_rfc3339(),
+            duration_ms: 3,
+            holder: "node-1:42".into(),
+            base_key: "svc-handler/desired/default/default/web/base.json".into(),
+        };
+        let v = serde_json::to_value(&o).unwrap();
+        for f in [
+            "status",
+            "generation",
+            "message",
+            "step",
+            "objects",
+            "updated_at",
+            "duration_ms",
+            "holder",
+        ] {
+            assert!(v.get(f).is_some(), "missing {f}");
+        }
+        assert_eq!(v["status"], "conflict");
+        assert_eq!(
+            v["objects"],
+            json!({"defaults": null, "resolver": null, "router": null, "terminating_gateway": null})
+        );
+        assert!(v["updated_at"].as_str().unwrap().ends_with('Z'));
+        let back: Observed = serde_json::from_value(v).unwrap();
+        assert_eq!(back, o);
+    }
+
+    #[test]
+    fn records_compare_without_their_time() {
+        let r = Record {
+            kind: "service-defaults".into(),
+            name: "web".into(),
+            partition: "default".into(),
+            namespace: "default".into(),
+            resource_id: "service-defaults/default/default/web".into(),
+            create_index: 1,
+            modify_index: 2,
+            generation: 3,
+            object: json!({"Protocol": "http"}),
+            verified_at: "2026-01-01T00:00:00.000Z".into(),
+            base_key: "k".into(),
+            service: None,
+        };
+        let mut later = r.clone();
+        later.verified_at = now_rfc3339();
+        assert!(r.same_as(&later));
+        later.modify_index = 5;
+        assert!(!r.same_as(&later));
+    }
+}

@@ -1,0 +1,850 @@
+//! The reconcile flow of one service against a real Consul agent.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{prefix, shared};
+use svc_handler::consul::{Client, QueryOptions, SessionRequest, Settings};
+use svc_handler::keys::{Layout, ServiceId};
+use svc_handler::metrics::Metrics;
+use svc_handler::reconcile::{BoxFuture, FlowHook, Outcome, Reconciler, ReconcilerConfig};
+use svc_handler::records::{Observed, Record, Status};
+
+/// A test's own world: a KV prefix, fresh metrics, unique service names.
+struct World {
+    client: Client,
+    layout: Layout,
+    rec: Reconciler,
+    metrics: Arc<Metrics>,
+    tag: String,
+}
+
+fn world(test: &str) -> World {
+    let client = shared().client();
+    let p = prefix(test);
+    let layout = Layout::new(&p).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let rec = Reconciler::new(
+        client.clone(),
+        ReconcilerConfig::new(layout.clone(), "test-holder"),
+        Arc::clone(&metrics),
+    );
+    let tag = p.rsplit('/').next().unwrap().to_string();
+    World {
+        client,
+        layout,
+        rec,
+        metrics,
+        tag,
+    }
+}
+
+impl World {
+    fn id(&self, name: &str) -> ServiceId {
+        ServiceId::new("default", "default", &format!("{name}-{}", self.tag)).unwrap()
+    }
+
+    async fn put(&self, id: &ServiceId, body: &Value) -> u64 {
+        self.put_raw(id, &serde_json::to_vec(body).unwrap()).await
+    }
+
+    async fn put_raw(&self, id: &ServiceId, bytes: &[u8]) -> u64 {
+        let key = self.layout.base_key(id);
+        self.client.kv_put(&key, bytes).await.unwrap();
+        let (p, _) = self
+            .client
+            .kv_get(&key, &QueryOptions::consistent())
+            .await
+            .unwrap();
+        p.unwrap().modify_index
+    }
+
+    async fn entry(&self, kind: &str, name: &str) -> Option<Value> {
+        self.client
+            .config_get(kind, name, &QueryOptions::consistent())
+            .await
+            .unwrap()
+            .0
+            .map(|e| e.0)
+    }
+
+    async fn kv_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let (p, _) = self
+            .client
+            .kv_get(key, &QueryOptions::consistent())
+            .await
+            .unwrap();
+        p.map(|p| serde_json::from_slice(&p.value).unwrap())
+    }
+
+    async fn observed(&self, id: &ServiceId) -> Option<Observed> {
+        self.kv_json(&self.layout.observed_key(id)).await
+    }
+
+    async fn record(&self, id: &ServiceId, file: &str) -> Option<Record> {
+        self.kv_json(&format!("{}/{file}", self.layout.service_dir(id)))
+            .await
+    }
+
+    fn writes(&self, kind: &str, result: &str) -> u64 {
+        self.metrics
+            .object_writes
+            .with_label_values(&[kind, result])
+            .get()
+    }
+
+    fn total_writes(&self) -> u64 {
+        [
+            "service-defaults",
+            "service-resolver",
+            "service-router",
+            "terminating-gateway",
+        ]
+        .iter()
+        .map(|k| self.writes(k, "ok"))
+        .sum()
+    }
+
+    fn failed_writes(&self) -> u64 {
+        [
+            "service-defaults",
+            "service-resolver",
+            "service-router",
+            "terminating-gateway",
+        ]
+        .iter()
+        .map(|k| self.writes(k, "error"))
+        .sum()
+    }
+
+    /// ModifyIndex of each of the service's entries (0 when absent).
+    async fn indexes(&self, id: &ServiceId, gateway: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        for kind in ["service-defaults", "service-resolver", "service-router"] {
+            out.push(
+                self.entry(kind, &id.name)
+                    .await
+                    .map_or(0, |e| e["ModifyIndex"].as_u64().unwrap()),
+            );
+        }
+        out.push(
+            self.entry("terminating-gateway", gateway)
+                .await
+                .map_or(0, |e| e["ModifyIndex"].as_u64().unwrap()),
+        );
+        out
+    }
+}
+
+fn full_spec(gateway: &str) -> Value {
+    json!({
+        "defaults": { "Protocol": "http" },
+        "resolver": {
+            "ConnectTimeout": "5s",
+            "DefaultSubset": "v1",
+            "Subsets": { "v1": { "Filter": "Service.Meta.version == v1" } }
+        },
+        "router": { "Routes": [ {
+            "Match": { "HTTP": { "PathPrefix": "/admin" } },
+            "Destination": { "ServiceSubset": "v1" }
+        } ] },
+        "terminating_gateway": { "Gateway": gateway, "SNI": "api.example.com" }
+    })
+}
+
+#[tokio::test]
+async fn full_spec_gives_four_entries_records_and_applied() {
+    let w = world("full");
+    let id = w.id("web");
+    let gw = format!("egress-{}", w.tag);
+    let generation = w.put(&id, &full_spec(&gw)).await;
+
+    let report = w.rec.reconcile(&id, true).await;
+    assert!(
+        matches!(report.outcome, Outcome::Applied { changed: true, .. }),
+        "{report:?}"
+    );
+    assert_eq!(report.generation, Some(generation));
+
+    let base_key = w.layout.base_key(&id);
+    for kind in ["service-defaults", "service-resolver", "service-router"] {
+        let e = w.entry(kind, &id.name).await.expect(kind);
+        assert_eq!(e["Meta"]["managed-by"], "svc-handler", "{kind}");
+        assert_eq!(e["Meta"]["svc-handler-key"], base_key.as_str(), "{kind}");
+    }
+    let d = w.entry("service-defaults", &id.name).await.unwrap();
+    assert_eq!(d["Protocol"], "http");
+    let r = w.entry("service-resolver", &id.name).await.unwrap();
+    assert_eq!(r["Subsets"]["v1"]["Filter"], "Service.Meta.version == v1");
+    let g = w.entry("terminating-gateway", &gw).await.unwrap();
+    assert_eq!(
+        g["Services"],
+        json!([{"Name": id.name, "SNI": "api.example.com"}])
+    );
+
+    for (file, kind, rid) in [
+        (
+            "defaults.json",
+            "service-defaults",
+            format!("service-defaults/default/default/{}", id.name),
+        ),
+        (
+            "resolver.json",
+            "service-resolver",
+            format!("service-resolver/default/default/{}", id.name),
+        ),
+        (
+            "router.json",
+            "service-router",
+            format!("service-router/default/default/{}", id.name),
+        ),
+        (
+            "tgw.json",
+            "terminating-gateway",
+            format!("terminating-gateway/default/default/{gw}#{}", id.name),
+        ),
+    ] {
+        let rec = w.record(&id, file).await.expect(file);
+        assert_eq!(rec.kind, kind);
+        assert_eq!(rec.resource_id, rid);
+        assert_eq!(rec.generation, generation, "{file}");
+        assert!(rec.modify_index > 0 && rec.create_index > 0);
+        assert!(rec.verified_at.ends_with('Z'));
+        assert!(rec.object.is_object());
+    }
+    let rec = w.record(&id, "defaults.json").await.unwrap();
+    assert_eq!(rec.object["Protocol"], "http");
+    assert_eq!(rec.modify_index, d["ModifyIndex"].as_u64().unwrap());
+
+    let obs = w.observed(&id).await.expect("observed.json");
+    assert_eq!(obs.status, Status::Applied);
+    assert_eq!(obs.generation, generation);
+    assert_eq!(obs.holder, "test-holder");
+    assert_eq!(obs.message, None);
+    assert_eq!(
+        obs.objects.defaults.as_ref().unwrap().modify_index,
+        d["ModifyIndex"].as_u64().unwrap()
+    );
+    assert!(obs.objects.resolver.is_some() && obs.objects.router.is_some());
+    assert_eq!(
+        obs.objects.terminating_gateway.unwrap().resource_id,
+        format!("terminating-gateway/default/default/{gw}#{}", id.name)
+    );
+
+    // What an operator sees with the consul CLI.
+    let out = std::process::Command::new(support::consul_bin())
+        .args([
+            "config",
+            "read",
+            "-kind",
+            "service-defaults",
+            "-name",
+            &id.name,
+            "-http-addr",
+            &shared().url(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("\"managed-by\": \"svc-handler\""), "{text}");
+
+    // The lock is released and no session is left behind.
+    let (lock, _) = w
+        .client
+        .kv_get(&w.layout.lock_key(&id), &QueryOptions::consistent())
+        .await
+        .unwrap();
+    assert_eq!(lock.unwrap().session, None);
+    assert_eq!(
+        w.metrics
+            .reconcile_total
+            .with_label_values(&["applied"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unchanged_spec_writes_nothing_for_every_field_kind() {
+    let w = world("idem");
+    let gw = format!("egress-{}", w.tag);
+    let variants = [
+        ("plain", full_spec(&gw)),
+        (
+            "durations",
+            json!({"resolver": {"ConnectTimeout": "5000ms"}}),
+        ),
+        (
+            "durations-minutes",
+            json!({"resolver": {"ConnectTimeout": "90s"}}),
+        ),
+        (
+            "empty-defaults",
+            json!({"defaults": {"Protocol": "http", "MeshGateway": {}, "Expose": {}}}),
+        ),
+        (
+            "redirect-ns",
+            json!({"resolver": {"Redirect": {"Service": "other", "Namespace": ""}}}),
+        ),
+        (
+            "failover-ns",
+            json!({"resolver": {"Failover": {"*": {"Service": "backup", "Namespace": "default"}}}}),
+        ),
+        (
+            "route-destination",
+            json!({"defaults": {"Protocol": "http"}, "router": {"Routes": [{
+                "Match": {"HTTP": {"PathPrefix": "/x", "Methods": ["GET"]}},
+                "Destination": {"Namespace": "", "NumRetries": 0, "RequestTimeout": "2000ms"}
+            }]}}),
+        ),
+        (
+            "nulls",
+            json!({"defaults": null, "router": null, "resolver": {}}),
+        ),
+    ];
+    for (name, body) in variants {
+        let id = w.id(name);
+        w.put(&id, &body).await;
+        let first = w.rec.reconcile(&id, true).await;
+        assert!(
+            matches!(first.outcome, Outcome::Applied { changed: true, .. }),
+            "{name}: {first:?}"
+        );
+        let before = w.indexes(&id, &gw).await;
+        let writes = w.total_writes();
+        let again = w.rec.reconcile(&id, true).await;
+        assert_eq!(
+            again.outcome,
+            Outcome::Applied {
+                changed: false,
+                drifted: vec![]
+            },
+            "{name}: the second run must change nothing"
+        );
+        assert_eq!(w.total_writes(), writes, "{name}: config writes");
+        assert_eq!(
+            w.indexes(&id, &gw).await,
+            before,
+            "{name}: ModifyIndex moved"
+        );
+    }
+    assert!(
+        w.metrics
+            .reconcile_total
+            .with_label_values(&["unchanged"])
+            .get()
+            >= 8
+    );
+}
+
+#[tokio::test]
+async fn router_on_tcp_is_an_error_until_the_protocol_is_fixed() {
+    let w = world("tcp-router");
+    let id = w.id("api");
+    let mut spec = full_spec("unused");
+    spec.as_object_mut().unwrap().remove("terminating_gateway");
+    spec["defaults"]["Protocol"] = json!("tcp");
+    let generation = w.put(&id, &spec).await;
+    let r = w.rec.reconcile(&id, true).await;
+    let Outcome::Failed {
+        status,
+        step,
+        message,
+    } = &r.outcome
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*status, Status::Error);
+    assert_eq!(step, "router");
+    assert!(message.contains("protocol"), "Consul's words: {message}");
+    let obs = w.observed(&id).await.unwrap();
+    assert_eq!(obs.status, Status::Error);
+    assert_eq!(obs.step.as_deref(), Some("router"));
+    assert_eq!(obs.generation, generation);
+    assert!(obs.message.unwrap().contains("protocol"));
+    // What was applied before the failing step stays.
+    assert!(obs.objects.defaults.is_some() && obs.objects.router.is_none());
+    assert!(w.record(&id, "router.json").await.is_none());
+
+    spec["defaults"]["Protocol"] = json!("http");
+    w.put(&id, &spec).await;
+    let r = w.rec.reconcile(&id, true).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    assert_eq!(w.observed(&id).await.unwrap().status, Status::Applied);
+    assert!(w.entry("service-router", &id.name).await.is_some());
+}
+
+#[tokio::test]
+async fn fifty_services_share_one_gateway_from_eight_tasks() {
+    let w = world("gw50");
+    let gw = format!("shared-gw-{}", w.tag);
+    // A gateway someone else made, with a link and Meta of its own.
+    w.client
+        .config_put(&json!({
+            "Kind": "terminating-gateway",
+            "Name": gw,
+            "Meta": {"team": "network"},
+            "Services": [{"Name": "legacy-db", "CAFile": "/etc/ca.pem"}]
+        }))
+        .await
+        .unwrap();
+    let ids: Vec<ServiceId> = (0..50).map(|i| w.id(&format!("s{i}"))).collect();
+    for id in &ids {
+        w.put(
+            id,
+            &json!({"terminating_gateway": {"Gateway": gw, "SNI": format!("{}.example", id.name)}}),
+        )
+        .await;
+    }
+    let queue = Arc::new(tokio::sync::Mutex::new(ids.clone()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let queue = Arc::clone(&queue);
+        let rec = w.rec.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            loop {
+                let Some(id) = queue.lock().await.pop() else {
+                    break;
+                };
+                outcomes.push(rec.reconcile(&id, true).await.outcome);
+            }
+            outcomes
+        }));
+    }
+    for t in tasks {
+        for o in t.await.unwrap() {
+            assert!(matches!(o, Outcome::Applied { .. }), "{o:?}");
+        }
+    }
+    let g = w.entry("terminating-gateway", &gw).await.unwrap();
+    let links = g["Services"].as_array().unwrap();
+    let ours: Vec<&Value> = links.iter().filter(|l| l["Name"] != "legacy-db").collect();
+    assert_eq!(ours.len(), 50, "exactly one link per service");
+    for id in &ids {
+        let l = ours.iter().find(|l| l["Name"] == id.name.as_str()).unwrap();
+        assert_eq!(l["SNI"], format!("{}.example", id.name));
+    }
+    assert_eq!(links.len(), 51);
+    assert!(links
+        .iter()
+        .any(|l| l["Name"] == "legacy-db" && l["CAFile"] == "/etc/ca.pem"));
+    assert_eq!(
+        g["Meta"],
+        json!({"team": "network"}),
+        "the gateway's own fields stay"
+    );
+    println!(
+        "cas retries on the gateway: {}",
+        w.writes("terminating-gateway", "cas_retry")
+    );
+}
+
+#[tokio::test]
+async fn unowned_entry_is_a_conflict_until_adopted() {
+    let w = world("adopt");
+    let id = w.id("legacy");
+    w.client
+        .config_put(&json!({"Kind": "service-defaults", "Name": id.name, "Protocol": "grpc"}))
+        .await
+        .unwrap();
+    let before = w.entry("service-defaults", &id.name).await.unwrap();
+    w.put(&id, &json!({"defaults": {"Protocol": "http"}})).await;
+    let r = w.rec.reconcile(&id, true).await;
+    let Outcome::Failed {
+        status,
+        step,
+        message,
+    } = &r.outcome
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!((*status, step.as_str()), (Status::Conflict, "defaults"));
+    assert!(message.contains("adopt"), "{message}");
+    let after = w.entry("service-defaults", &id.name).await.unwrap();
+    assert_eq!(after, before, "the unowned entry is unchanged");
+    let obs = w.observed(&id).await.unwrap();
+    assert_eq!(obs.status, Status::Conflict);
+    assert!(obs
+        .message
+        .unwrap()
+        .contains("without svc-handler's ownership mark"));
+
+    // Marked for another base.json key: never touched, even with adopt.
+    let other = w.id("marked");
+    w.client
+        .config_put(
+            &json!({"Kind": "service-defaults", "Name": other.name, "Meta": {
+            "managed-by": "svc-handler", "svc-handler-key": "somewhere/else/base.json"}}),
+        )
+        .await
+        .unwrap();
+    w.put(&other, &json!({"adopt": true})).await;
+    let r = w.rec.reconcile(&other, true).await;
+    assert!(
+        matches!(&r.outcome, Outcome::Failed { status: Status::Conflict, message, .. } if message.contains("somewhere/else/base.json")),
+        "{r:?}"
+    );
+
+    w.put(
+        &id,
+        &json!({"defaults": {"Protocol": "http"}, "adopt": true}),
+    )
+    .await;
+    let r = w.rec.reconcile(&id, true).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    let adopted = w.entry("service-defaults", &id.name).await.unwrap();
+    assert_eq!(adopted["Protocol"], "http");
+    assert_eq!(adopted["Meta"]["managed-by"], "svc-handler");
+}
+
+struct DestroySessionBefore {
+    step: &'static str,
+    client: Client,
+}
+
+impl FlowHook for DestroySessionBefore {
+    fn before_fenced_write<'a>(&'a self, step: &'a str, session: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if step == self.step {
+                self.client.session_destroy(session).await.unwrap();
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn record_write_after_losing_the_session_is_refused() {
+    let w = world("fence");
+    let id = w.id("fenced");
+    w.put(&id, &json!({"defaults": {"Protocol": "http"}})).await;
+    let rec = w.rec.clone().with_hook(Arc::new(DestroySessionBefore {
+        step: "resolver",
+        client: w.client.clone(),
+    }));
+    let r = rec.reconcile(&id, true).await;
+    let Outcome::LockLost { step, message } = &r.outcome else {
+        panic!("{r:?}")
+    };
+    assert_eq!(step, "resolver");
+    assert!(message.contains("lock"), "{message}");
+    assert!(
+        w.record(&id, "defaults.json").await.is_some(),
+        "written before"
+    );
+    assert!(
+        w.record(&id, "resolver.json").await.is_none(),
+        "the fenced record never landed"
+    );
+    assert!(w.observed(&id).await.is_none(), "nor did observed.json");
+    assert_eq!(
+        w.metrics
+            .reconcile_total
+            .with_label_values(&["error"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn held_lock_means_nothing_is_done() {
+    let w = world("held");
+    let id = w.id("busy");
+    w.put(&id, &json!({})).await;
+    let other = w
+        .client
+        .session_create(&SessionRequest {
+            name: "another instance".into(),
+            ttl: Some(Duration::from_secs(30)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(w
+        .client
+        .kv_acquire(&w.layout.lock_key(&id), br#"{"holder":"node-b"}"#, &other)
+        .await
+        .unwrap());
+    let r = w.rec.reconcile(&id, true).await;
+    assert_eq!(
+        r.outcome,
+        Outcome::HeldElsewhere {
+            holder: Some("node-b".into())
+        }
+    );
+    assert!(w.entry("service-defaults", &id.name).await.is_none());
+    assert!(w.observed(&id).await.is_none());
+    assert_eq!(
+        w.metrics
+            .lock_acquisitions
+            .with_label_values(&["held_elsewhere"])
+            .get(),
+        1
+    );
+    w.client.session_destroy(&other).await.unwrap();
+}
+
+#[tokio::test]
+async fn router_and_link_removed_from_base_json_are_deleted() {
+    let w = world("remove");
+    let id = w.id("shrink");
+    let gw_a = format!("gw-a-{}", w.tag);
+    let gw_b = format!("gw-b-{}", w.tag);
+    w.put(&id, &full_spec(&gw_a)).await;
+    assert!(matches!(
+        w.rec.reconcile(&id, true).await.outcome,
+        Outcome::Applied { .. }
+    ));
+
+    // Move the link to another gateway.
+    let mut spec = full_spec(&gw_b);
+    w.put(&id, &spec).await;
+    assert!(matches!(
+        w.rec.reconcile(&id, true).await.outcome,
+        Outcome::Applied { .. }
+    ));
+    let a = w.entry("terminating-gateway", &gw_a).await.unwrap();
+    assert_eq!(a["Services"], json!([]), "old link removed, gateway kept");
+    let b = w.entry("terminating-gateway", &gw_b).await.unwrap();
+    assert_eq!(b["Services"][0]["Name"], id.name.as_str());
+    assert_eq!(w.record(&id, "tgw.json").await.unwrap().name, gw_b);
+
+    // Drop the router and the link, and go back to tcp in the same change:
+    // the router goes first, so Consul accepts the protocol change.
+    let obj = spec.as_object_mut().unwrap();
+    obj.remove("router");
+    obj.remove("terminating_gateway");
+    spec["defaults"]["Protocol"] = json!("tcp");
+    w.put(&id, &spec).await;
+    let r = w.rec.reconcile(&id, true).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    assert!(w.entry("service-router", &id.name).await.is_none());
+    assert!(w.record(&id, "router.json").await.is_none());
+    assert!(w.record(&id, "tgw.json").await.is_none());
+    let b = w.entry("terminating-gateway", &gw_b).await.unwrap();
+    assert_eq!(b["Services"], json!([]));
+    let obs = w.observed(&id).await.unwrap();
+    assert!(obs.objects.router.is_none() && obs.objects.terminating_gateway.is_none());
+    assert_eq!(
+        w.entry("service-defaults", &id.name).await.unwrap()["Protocol"],
+        "tcp"
+    );
+}
+
+#[tokio::test]
+async fn deleted_base_json_prunes_or_only_forgets() {
+    let w = world("delete");
+    let gw = format!("gw-del-{}", w.tag);
+    for (name, prune) in [("pruned", true), ("kept", false)] {
+        let id = w.id(name);
+        w.put(&id, &full_spec(&gw)).await;
+        assert!(matches!(
+            w.rec.reconcile(&id, prune).await.outcome,
+            Outcome::Applied { .. }
+        ));
+        w.client.kv_delete(&w.layout.base_key(&id)).await.unwrap();
+        let r = w.rec.reconcile(&id, prune).await;
+        assert_eq!(r.outcome, Outcome::Deleted { pruned: prune }, "{name}");
+        for file in ["defaults.json", "resolver.json", "router.json", "tgw.json"] {
+            assert!(w.record(&id, file).await.is_none(), "{name}: {file}");
+        }
+        assert!(w.observed(&id).await.is_none());
+        for kind in ["service-defaults", "service-resolver", "service-router"] {
+            assert_eq!(
+                w.entry(kind, &id.name).await.is_some(),
+                !prune,
+                "{name}: {kind}"
+            );
+        }
+        let g = w.entry("terminating-gateway", &gw).await.unwrap();
+        let linked = g["Services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["Name"] == id.name.as_str());
+        assert_eq!(linked, !prune, "{name}: link");
+        // Nothing left: a second run has nothing to do.
+        assert_eq!(w.rec.reconcile(&id, prune).await.outcome, Outcome::Absent);
+    }
+}
+
+#[tokio::test]
+async fn invalid_input_table() {
+    let w = world("invalid");
+    let huge = format!(
+        r#"{{"defaults": {{"Protocol": "http", "X": "{}"}}}}"#,
+        "a".repeat(600 * 1024)
+    );
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("syntax", b"{\"defaults\": ".to_vec(), "line 1"),
+        ("not-object", b"[1,2]".to_vec(), "object"),
+        ("empty", b"".to_vec(), "empty"),
+        ("unknown-top", br#"{"default": {}}"#.to_vec(), "default"),
+        (
+            "defaults-string",
+            br#"{"defaults": "http"}"#.to_vec(),
+            "$.defaults",
+        ),
+        ("router-array", br#"{"router": []}"#.to_vec(), "$.router"),
+        ("router-number", br#"{"router": 3}"#.to_vec(), "$.router"),
+        (
+            "kind-set",
+            br#"{"defaults": {"Kind": "service-defaults"}}"#.to_vec(),
+            "Kind",
+        ),
+        (
+            "name-set",
+            br#"{"resolver": {"Name": "other"}}"#.to_vec(),
+            "Name",
+        ),
+        (
+            "meta-set",
+            br#"{"router": {"Meta": {"a": "b"}}}"#.to_vec(),
+            "Meta",
+        ),
+        (
+            "namespace-set",
+            br#"{"defaults": {"Namespace": "x"}}"#.to_vec(),
+            "Namespace",
+        ),
+        (
+            "partition-set",
+            br#"{"defaults": {"partition": "x"}}"#.to_vec(),
+            "partition",
+        ),
+        ("adopt-string", br#"{"adopt": "yes"}"#.to_vec(), "$.adopt"),
+        (
+            "bad-protocol",
+            br#"{"defaults": {"Protocol": "udp"}}"#.to_vec(),
+            "Protocol",
+        ),
+        (
+            "bad-timeout",
+            br#"{"resolver": {"ConnectTimeout": "soon"}}"#.to_vec(),
+            "ConnectTimeout",
+        ),
+        (
+            "subsets-array",
+            br#"{"resolver": {"Subsets": []}}"#.to_vec(),
+            "Subsets",
+        ),
+        (
+            "routes-object",
+            br#"{"router": {"Routes": {}}}"#.to_vec(),
+            "Routes",
+        ),
+        (
+            "tgw-no-gateway",
+            br#"{"terminating_gateway": {"SNI": "x"}}"#.to_vec(),
+            "Gateway",
+        ),
+        (
+            "tgw-bad-name",
+            br#"{"terminating_gateway": {"Gateway": "bad name!"}}"#.to_vec(),
+            "Gateway",
+        ),
+        (
+            "tgw-unknown",
+            br#"{"terminating_gateway": {"Gateway": "g", "Port": 1}}"#.to_vec(),
+            "Port",
+        ),
+        (
+            "duplicate-key",
+            br#"{"adopt": true, "adopt": false}"#.to_vec(),
+            "duplicate",
+        ),
+        (
+            "non-utf8",
+            b"{\"defaults\": {\"Protocol\": \"\xff\"}}".to_vec(),
+            "UTF-8",
+        ),
+        ("too-big", huge.into_bytes(), "512"),
+        ("too-deep", deep.into_bytes(), "deep"),
+        (
+            "bogus-field",
+            br#"{"defaults": {"Bogus": 1}}"#.to_vec(),
+            "Bogus",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (name, body, needle) in &cases {
+        let id = w.id(name);
+        if body.len() > 512 * 1024 {
+            // Consul itself refuses a KV value over 512 KB: the document
+            // cannot even be stored, so the parser's limit is checked alone.
+            let e = svc_handler::spec::parse(body).unwrap_err().to_string();
+            assert!(e.contains(needle), "{name}: {e}");
+            let r = w
+                .client
+                .kv_put(&w.layout.base_key(&id), body)
+                .await
+                .unwrap_err();
+            assert_eq!(r.status(), Some(413), "{name}: {r}");
+            continue;
+        }
+        let generation = w.put_raw(&id, body).await;
+        let r = w.rec.reconcile(&id, true).await;
+        let Outcome::Failed {
+            status, message, ..
+        } = &r.outcome
+        else {
+            panic!("{name}: {r:?}")
+        };
+        assert_eq!(*status, Status::Invalid, "{name}: {message}");
+        assert!(
+            message.to_lowercase().contains(&needle.to_lowercase()),
+            "{name}: {message:?} should name {needle:?}"
+        );
+        let obs = w.observed(&id).await.expect(name);
+        assert_eq!(obs.status, Status::Invalid);
+        assert_eq!(obs.generation, generation);
+        assert_eq!(obs.message.as_deref(), Some(message.as_str()));
+        for kind in ["service-defaults", "service-resolver", "service-router"] {
+            assert!(
+                w.entry(kind, &id.name).await.is_none(),
+                "{name}: {kind} written"
+            );
+        }
+    }
+    assert_eq!(w.total_writes(), 0, "no config write for invalid input");
+    assert_eq!(
+        w.failed_writes(),
+        1,
+        "only the unknown field reached Consul, which refused it"
+    );
+
+    // Keys outside the layout: an invalid observed.json where one can go.
+    let desired = w.layout.desired_prefix();
+    for (key, observed) in [
+        (
+            format!("{desired}default/default/Bad Name!/base.json"),
+            true,
+        ),
+        (format!("{desired}default/web/base.json"), true),
+        (format!("{desired}default/default/web/notes.txt"), false),
+    ] {
+        let svc_handler::keys::DesiredKey::Invalid { reason, .. } =
+            w.layout.parse_desired_key(&key)
+        else {
+            panic!("{key} should be invalid")
+        };
+        let written = w.rec.report_invalid_key(&key, &reason, 7).await.unwrap();
+        assert_eq!(written.is_some(), observed, "{key}");
+        if let Some(okey) = written {
+            let obs: Observed = w.kv_json(&okey).await.unwrap();
+            assert_eq!(obs.status, Status::Invalid);
+            assert!(obs.message.unwrap().contains(&reason));
+        }
+    }
+}
+
+#[test]
+fn settings_for_the_shared_agent_are_plain_http() {
+    let s: Settings = shared().settings();
+    assert!(s.address.starts_with("http://127.0.0.1:"));
+}
