@@ -4,11 +4,16 @@
 //! The binary (`src/main.rs`) is only the command line; everything else lives here
 //! so that tests and benchmarks can use it.
 
+pub mod cli;
 pub mod consul;
+pub mod daemon;
 pub mod entries;
+pub mod http;
 pub mod keys;
 pub mod lock;
 pub mod metrics;
+pub mod queue;
 pub mod reconcile;
 pub mod records;
 pub mod spec;
+pub mod watch;

@@ -91,8 +91,9 @@ impl Session {
     }
 
     /// Stops renewing and destroys the session (its locks are released).
-    pub async fn destroy(self) -> Result<(), ConsulError> {
+    pub async fn destroy(&self) -> Result<(), ConsulError> {
         self.renewer.abort();
+        self.lost.store(true, Ordering::SeqCst);
         self.client.session_destroy(&self.id).await
     }
 }

@@ -1,1 +1,144 @@
-fn main() {}
+//! The `svc-handler` command line: parse, build the pieces, hand over.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use svc_handler::cli::{Cli, Command, LogFormat, RunArgs};
+use svc_handler::daemon::{default_holder, Daemon, DaemonConfig};
+use svc_handler::keys::Layout;
+use svc_handler::lock::SessionConfig;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(cli: &Cli) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(EnvFilter::new)
+        .unwrap_or_else(|| EnvFilter::new(&cli.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("svc-handler: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Run(args) => run(&cli, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            eprintln!("svc-handler: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode, String> {
+    let settings = cli.consul.settings().map_err(|e| e.to_string())?;
+    let layout = Layout::new(&cli.prefix).map_err(|e| format!("--prefix: {e}"))?;
+    let holder = args.instance.clone().unwrap_or_else(default_holder);
+    let mut cfg = DaemonConfig::new(layout, holder.clone());
+    cfg.workers = args.workers as usize;
+    cfg.session = SessionConfig {
+        name: format!("svc-handler {holder}"),
+        ttl: args.session_ttl,
+        lock_delay: args.lock_delay,
+    };
+    if args.session_ttl < svc_handler::lock::MIN_TTL
+        || args.session_ttl > svc_handler::lock::MAX_TTL
+    {
+        return Err(format!(
+            "--session-ttl {:?}: Consul accepts 10s to 24h",
+            args.session_ttl
+        ));
+    }
+    cfg.resync_interval = Some(args.resync_interval).filter(|d| !d.is_zero());
+    cfg.watch_wait = args.watch_wait.min(svc_handler::consul::MAX_BLOCKING_WAIT);
+    cfg.prune = args.prune();
+    cfg.shutdown_timeout = args.shutdown_timeout;
+    let daemon = Daemon::new(settings, cfg).map_err(|e| e.to_string())?;
+
+    if args.once {
+        let summary = daemon.run_once().await.map_err(|e| e.to_string())?;
+        tracing::info!(?summary, "run --once done");
+        println!(
+            "applied {}, unchanged {}, deleted {}, failed {}, held elsewhere {}, invalid keys {}",
+            summary.applied,
+            summary.unchanged,
+            summary.deleted,
+            summary.failed,
+            summary.held_elsewhere,
+            summary.invalid_keys
+        );
+        return Ok(if summary.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|e| format!("--metrics-listen {}: {e}", args.metrics_listen))?;
+    tracing::info!(
+        metrics = %args.metrics_listen,
+        consul = daemon.client().address(),
+        instance = %holder,
+        "svc-handler starting"
+    );
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let client = daemon.client().clone();
+    let shutdown = async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match client.reload_token() {
+                    Ok(()) => tracing::info!("SIGHUP: token file re-read"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: could not re-read the token file; keeping the old token"),
+                },
+            }
+        }
+        tracing::info!("signal received: stopping (a second signal exits at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            eprintln!("svc-handler: second signal: exiting now");
+            std::process::exit(130);
+        });
+    };
+    daemon
+        .run(Some(listener), shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -81,6 +81,20 @@ impl ReconcilerConfig {
     }
 }
 
+/// Why a service is reconciled, which decides what may be skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// base.json changed: skip (without taking the lock) when observed.json
+    /// already shows this generation applied, as when another instance did it.
+    Change,
+    /// A re-check (startup, resync, drift): skip without the lock and without
+    /// writing when observed.json shows this generation applied and every
+    /// entry in Consul still matches; otherwise run the whole flow.
+    Verify,
+    /// Run the whole flow.
+    Force,
+}
+
 /// What a reconcile ended with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -96,6 +110,9 @@ pub enum Outcome {
         step: String,
         message: String,
     },
+    /// Already in place (observed.json shows this generation applied, and in
+    /// [`Mode::Verify`] every entry matches): nothing written, no lock taken.
+    UpToDate,
     /// Another instance holds the service's lock: nothing done.
     HeldElsewhere { holder: Option<String> },
     /// base.json is gone: what svc-handler owned is removed (pruned or not).
@@ -112,7 +129,7 @@ impl Outcome {
     pub fn result_label(&self) -> &'static str {
         match self {
             Outcome::Applied { changed: true, .. } => "applied",
-            Outcome::Applied { changed: false, .. } => "unchanged",
+            Outcome::Applied { changed: false, .. } | Outcome::UpToDate => "unchanged",
             Outcome::Failed { status, .. } => status.as_str(),
             Outcome::HeldElsewhere { .. } => "held_elsewhere",
             Outcome::Deleted { .. } | Outcome::Absent => "deleted",
@@ -244,7 +261,17 @@ impl Reconciler {
     /// flow and destroyed after it. `prune`: when base.json is gone, delete
     /// the entries svc-handler owns (else only its records).
     pub async fn reconcile(&self, id: &ServiceId, prune: bool) -> Report {
+        self.reconcile_mode(id, prune, Mode::Force).await
+    }
+
+    /// Like [`Reconciler::reconcile`], with a [`Mode`].
+    pub async fn reconcile_mode(&self, id: &ServiceId, prune: bool, mode: Mode) -> Report {
         let started = Instant::now();
+        if mode != Mode::Force {
+            if let Ok(Some(generation)) = self.precheck(id, mode).await {
+                return self.finish(id, Outcome::UpToDate, Some(generation), started);
+            }
+        }
         let session = match Session::create(
             &self.client,
             &self.cfg.session,
@@ -266,7 +293,7 @@ impl Reconciler {
                 return self.finish(id, outcome, None, started);
             }
         };
-        let report = self.reconcile_with(id, prune, &session).await;
+        let report = self.reconcile_with(id, prune, &session, Mode::Force).await;
         if let Err(e) = session.destroy().await {
             tracing::warn!(service = %id, error = %e, "could not destroy the session; it expires with its TTL");
         }
@@ -275,8 +302,25 @@ impl Reconciler {
 
     /// Reconciles one service under a lock held with `session` (which the
     /// caller owns and may share between flows). Releases the lock at the end.
-    pub async fn reconcile_with(&self, id: &ServiceId, prune: bool, session: &Session) -> Report {
+    pub async fn reconcile_with(
+        &self,
+        id: &ServiceId,
+        prune: bool,
+        session: &Session,
+        mode: Mode,
+    ) -> Report {
         let started = Instant::now();
+        if mode != Mode::Force {
+            match self.precheck(id, mode).await {
+                Ok(Some(generation)) => {
+                    return self.finish(id, Outcome::UpToDate, Some(generation), started)
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(service = %id, error = %e, "pre-check failed; running the flow")
+                }
+            }
+        }
         let lock_key = self.cfg.layout.lock_key(id);
         match lock::try_lock(&self.client, session, &lock_key, &self.cfg.holder).await {
             Ok(LockAttempt::Acquired) => {
@@ -317,6 +361,83 @@ impl Reconciler {
             }
         }
         self.finish(id, outcome, generation, started)
+    }
+
+    /// Reads, without the lock, whether the service is already in place;
+    /// returns the generation when it is. In [`Mode::Change`] observed.json
+    /// decides; in [`Mode::Verify`] every entry is compared too.
+    async fn precheck(&self, id: &ServiceId, mode: Mode) -> Result<Option<u64>, ConsulError> {
+        let layout = &self.cfg.layout;
+        let base_key = layout.base_key(id);
+        let (base, _) = self.client.kv_get(&base_key, &CONSISTENT).await?;
+        let Some(base) = base else {
+            return Ok(None);
+        };
+        let (observed, _) = self
+            .client
+            .kv_get(&layout.observed_key(id), &CONSISTENT)
+            .await?;
+        let Some(observed) =
+            observed.and_then(|o| serde_json::from_slice::<Observed>(&o.value).ok())
+        else {
+            return Ok(None);
+        };
+        if observed.status != Status::Applied || observed.generation != base.modify_index {
+            return Ok(None);
+        }
+        if mode == Mode::Change {
+            return Ok(Some(base.modify_index));
+        }
+        let Ok(spec) = spec::parse(&base.value) else {
+            return Ok(None);
+        };
+        let scoped = self
+            .client
+            .scoped(Scope::new(id.partition.clone(), id.namespace.clone()));
+        for (kind, body) in [
+            (EntryKind::ServiceDefaults, spec.defaults.as_ref()),
+            (EntryKind::ServiceResolver, spec.resolver.as_ref()),
+            (EntryKind::ServiceRouter, spec.router.as_ref()),
+        ] {
+            let (current, _) = scoped
+                .config_get(kind.as_str(), &id.name, &CONSISTENT)
+                .await?;
+            let wanted = kind != EntryKind::ServiceRouter || spec.router.is_some();
+            let in_place = match (&current, wanted) {
+                (Some(c), true) => {
+                    let desired = entries::build_entry(kind, id, body, &base_key);
+                    entries::entries_equal(&desired, &c.0)
+                }
+                (None, true) => false,
+                (Some(c), false) => entries::ownership(Some(&c.0), &base_key) != Ownership::Ours,
+                (None, false) => true,
+            };
+            if !in_place {
+                return Ok(None);
+            }
+        }
+        let (records, _) = self
+            .client
+            .kv_get(&layout.record_key(id, RecordKind::Tgw), &CONSISTENT)
+            .await?;
+        let recorded: Option<Record> = records.and_then(|r| serde_json::from_slice(&r.value).ok());
+        match (&spec.terminating_gateway, recorded) {
+            (None, None) => {}
+            (None, Some(_)) | (Some(_), None) => return Ok(None),
+            (Some(link), Some(rec)) => {
+                if rec.name != link.gateway {
+                    return Ok(None);
+                }
+                let (gw, _) = scoped
+                    .config_get("terminating-gateway", &link.gateway, &CONSISTENT)
+                    .await?;
+                let Some(gw) = gw else { return Ok(None) };
+                if entries::upsert_link(Some(&gw.0), &link.gateway, id, link, &base_key).is_some() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(base.modify_index))
     }
 
     fn finish(
@@ -674,6 +795,10 @@ impl Reconciler {
         match entries::ownership(current.map(|c| &c.0), &ctx.base_key) {
             Ownership::Absent | Ownership::Ours => Ok(()),
             Ownership::Unmarked if adopt => Ok(()),
+            // Rewritten without the mark (as `consul config write` of a file
+            // without Meta does) after svc-handler recorded writing it: ours,
+            // drifted.
+            Ownership::Unmarked if ctx.records.contains_key(&kind.record_kind()) => Ok(()),
             Ownership::Unmarked => Err(Fail::new(
                 Status::Conflict,
                 step,
@@ -706,7 +831,9 @@ impl Reconciler {
     ) -> Result<(), Fail> {
         let kind_s = kind.as_str();
         let current = self.get_entry(ctx, kind_s, step).await?;
-        if entries::ownership(current.as_ref().map(|c| &c.0), &ctx.base_key) == Ownership::Ours {
+        let owner = entries::ownership(current.as_ref().map(|c| &c.0), &ctx.base_key);
+        let recorded = ctx.records.contains_key(&kind.record_kind());
+        if owner == Ownership::Ours || (owner == Ownership::Unmarked && recorded) {
             match self
                 .retry(|| ctx.scoped.config_delete(kind_s, &ctx.id.name))
                 .await

@@ -1,0 +1,763 @@
+//! The daemon: wiring of watch → queue → workers, drift watches, resync,
+//! readiness, systemd notifications, and a clean shutdown. Also `--once`.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::consul::{Client, ConsulError, QueryOptions, Settings};
+use crate::entries::EntryKind;
+use crate::http::{Health, Observer};
+use crate::keys::{Layout, ServiceId};
+use crate::lock::{Session, SessionConfig};
+use crate::metrics::{Metrics, STATUSES};
+use crate::queue::{Backoff, Queue};
+use crate::reconcile::{Mode, Outcome, Reconciler, ReconcilerConfig, Report};
+use crate::records::Status;
+use crate::watch::{self, Snapshot, TokenBucket};
+
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub layout: Layout,
+    /// This instance's name (locks, observed.json, logs).
+    pub holder: String,
+    pub workers: usize,
+    pub session: SessionConfig,
+    /// `None`: no periodic resync.
+    pub resync_interval: Option<Duration>,
+    pub watch_wait: Duration,
+    /// Most watch requests per second after a burst of 2.
+    pub watch_rate: f64,
+    pub prune: bool,
+    pub shutdown_timeout: Duration,
+}
+
+impl DaemonConfig {
+    pub fn new(layout: Layout, holder: impl Into<String>) -> Self {
+        let holder = holder.into();
+        DaemonConfig {
+            layout,
+            session: SessionConfig {
+                name: format!("svc-handler {holder}"),
+                ttl: Duration::from_secs(15),
+                lock_delay: Duration::from_secs(1),
+            },
+            holder,
+            workers: 4,
+            resync_interval: Some(Duration::from_secs(600)),
+            watch_wait: Duration::from_secs(300),
+            watch_rate: 10.0,
+            prune: true,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The default instance name: host name and process id.
+pub fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// The instance's session, shared by every worker and replaced when lost.
+struct Sessions {
+    client: Client,
+    cfg: SessionConfig,
+    metrics: Arc<Metrics>,
+    current: tokio::sync::Mutex<Option<Arc<Session>>>,
+}
+
+impl Sessions {
+    async fn get(&self) -> Result<Arc<Session>, ConsulError> {
+        let mut cur = self.current.lock().await;
+        if let Some(s) = cur.as_ref().filter(|s| !s.is_lost()) {
+            return Ok(Arc::clone(s));
+        }
+        let s = Arc::new(
+            Session::create(&self.client, &self.cfg, Some(Arc::clone(&self.metrics))).await?,
+        );
+        tracing::info!(session = s.id(), "created the instance session");
+        *cur = Some(Arc::clone(&s));
+        Ok(s)
+    }
+
+    async fn close(&self) {
+        if let Some(s) = self.current.lock().await.take() {
+            match s.destroy().await {
+                Ok(()) => tracing::info!(session = s.id(), "destroyed the instance session"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not destroy the session; it expires with its TTL")
+                }
+            }
+        }
+    }
+}
+
+/// What the coordinator hears.
+enum Event {
+    Listing(Snapshot),
+    Drift(Vec<ServiceId>),
+    Resync,
+    Done(Report),
+}
+
+/// Counts of `--once` outcomes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OnceSummary {
+    pub applied: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+    pub failed: usize,
+    pub held_elsewhere: usize,
+    pub invalid_keys: usize,
+}
+
+impl OnceSummary {
+    pub fn success(&self) -> bool {
+        self.failed == 0 && self.invalid_keys == 0
+    }
+}
+
+/// The reconciler daemon.
+pub struct Daemon {
+    client: Client,
+    reconciler: Reconciler,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    cfg: DaemonConfig,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+impl Daemon {
+    pub fn new(settings: Settings, cfg: DaemonConfig) -> Result<Self, ConsulError> {
+        let metrics = Arc::new(Metrics::new());
+        let wait = cfg.watch_wait;
+        let stale_after = wait + wait / 16 + settings.request_timeout + Duration::from_secs(30);
+        let health = Health::new(stale_after);
+        let observer = Arc::new(Observer {
+            metrics: Arc::clone(&metrics),
+            health: Arc::clone(&health),
+        });
+        let client = Client::with_observer(settings, Some(observer))?;
+        let mut rcfg = ReconcilerConfig::new(cfg.layout.clone(), cfg.holder.clone());
+        rcfg.session = cfg.session.clone();
+        let reconciler = Reconciler::new(client.clone(), rcfg, Arc::clone(&metrics));
+        Ok(Daemon {
+            client,
+            reconciler,
+            metrics,
+            health,
+            cfg,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn sessions(&self) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            client: self.client.clone(),
+            cfg: self.cfg.session.clone(),
+            metrics: Arc::clone(&self.metrics),
+            current: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// `run --once`: reconciles every service present (and prunes services
+    /// whose base.json is gone), then returns what happened.
+    pub async fn run_once(&self) -> Result<OnceSummary, ConsulError> {
+        let prefix = self.cfg.layout.desired_prefix();
+        let (pairs, _) = self
+            .client
+            .kv_list(&prefix, &QueryOptions::consistent())
+            .await?;
+        let snap = Snapshot::from_pairs(&self.cfg.layout, &pairs);
+        let changes = watch::diff(None, &snap);
+        let mut summary = OnceSummary::default();
+        for (key, reason, index) in &changes.invalid {
+            summary.invalid_keys += 1;
+            self.reconciler
+                .report_invalid_key(key, reason, *index)
+                .await?;
+        }
+        let sessions = self.sessions();
+        let ids: Vec<ServiceId> = changes
+            .changed
+            .iter()
+            .map(|(id, _)| id.clone())
+            .chain(changes.gone.iter().cloned())
+            .collect();
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.workers.max(1)));
+        let mut set = JoinSet::new();
+        // A lock held by another instance is retried until it could have
+        // expired: 2 x TTL + lock-delay + a margin.
+        let deadline = Instant::now()
+            + self.cfg.session.ttl * 2
+            + self.cfg.session.lock_delay
+            + Duration::from_secs(5);
+        for id in ids {
+            let (rec, sessions, sem) = (
+                self.reconciler.clone(),
+                Arc::clone(&sessions),
+                Arc::clone(&sem),
+            );
+            let prune = self.cfg.prune;
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore open");
+                loop {
+                    let report = match sessions.get().await {
+                        Ok(s) => rec.reconcile_with(&id, prune, &s, Mode::Verify).await,
+                        Err(e) => Report {
+                            id: id.clone(),
+                            outcome: Outcome::Failed {
+                                status: Status::Error,
+                                step: "lock".into(),
+                                message: format!("cannot create a session: {e}"),
+                            },
+                            generation: None,
+                            duration: Duration::ZERO,
+                        },
+                    };
+                    if matches!(report.outcome, Outcome::HeldElsewhere { .. })
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(250 + fastrand::u64(0..500)))
+                            .await;
+                        continue;
+                    }
+                    return report;
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let report = r.expect("a reconcile task panicked");
+            match &report.outcome {
+                Outcome::Applied { changed: true, .. } => summary.applied += 1,
+                Outcome::Applied { changed: false, .. } | Outcome::UpToDate => {
+                    summary.unchanged += 1
+                }
+                Outcome::Deleted { .. } | Outcome::Absent => summary.deleted += 1,
+                Outcome::HeldElsewhere { .. } => summary.held_elsewhere += 1,
+                Outcome::Failed { .. } | Outcome::LockLost { .. } => summary.failed += 1,
+            }
+        }
+        sessions.close().await;
+        Ok(summary)
+    }
+
+    /// Runs until `shutdown` completes, then stops cleanly: stops the
+    /// watches, lets in-flight reconciles finish within the shutdown timeout,
+    /// destroys the session (releasing any lock still held).
+    pub async fn run(
+        self,
+        listener: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ConsulError> {
+        let daemon = Arc::new(self);
+        let cfg = daemon.cfg.clone();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        if let Some(listener) = listener {
+            let (m, h) = (Arc::clone(&daemon.metrics), Arc::clone(&daemon.health));
+            let mut rx = stop_rx.clone();
+            tasks.spawn(async move {
+                crate::http::serve(listener, m, h, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+            });
+        }
+
+        let queue: Arc<Queue<ServiceId>> = Queue::new(Backoff::default());
+        let modes: Arc<Mutex<HashMap<ServiceId, Mode>>> = Arc::default();
+        let snapshot: Arc<RwLock<Arc<Snapshot>>> = Arc::default();
+        let sessions = daemon.sessions();
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+
+        // The KV watch.
+        {
+            let d = Arc::clone(&daemon);
+            let tx = ev_tx.clone();
+            let rx = stop_rx.clone();
+            tasks.spawn(async move { d.watch_desired(tx, rx).await });
+        }
+        // Drift watches, one per kind.
+        for kind in EntryKind::ALL {
+            let d = Arc::clone(&daemon);
+            let (tx, rx, snap, q) = (
+                ev_tx.clone(),
+                stop_rx.clone(),
+                Arc::clone(&snapshot),
+                Arc::clone(&queue),
+            );
+            tasks.spawn(async move { d.watch_entries(kind, snap, q, tx, rx).await });
+        }
+        // Resync ticker.
+        if let Some(every) = cfg.resync_interval.filter(|d| !d.is_zero()) {
+            let tx = ev_tx.clone();
+            let mut rx = stop_rx.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        _ = rx.wait_for(|s| *s) => return,
+                        _ = tick.tick() => { let _ = tx.send(Event::Resync); }
+                    }
+                }
+            });
+        }
+        // systemd watchdog: pinged from here only while the loops are healthy.
+        if let Some(period) = sd_notify::watchdog_enabled().filter(|d| !d.is_zero()) {
+            let h = Arc::clone(&daemon.health);
+            let mut rx = stop_rx.clone();
+            let every = period / 2;
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = rx.wait_for(|s| *s) => return,
+                        _ = tick.tick() => {
+                            match h.healthy() {
+                                Ok(()) => notify(&[sd_notify::NotifyState::Watchdog]),
+                                Err(e) => tracing::error!(reason = %e, "unhealthy: not pinging the systemd watchdog"),
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // Workers.
+        let mut workers = JoinSet::new();
+        for _ in 0..cfg.workers.max(1) {
+            let (d, q, m, s, tx) = (
+                Arc::clone(&daemon),
+                Arc::clone(&queue),
+                Arc::clone(&modes),
+                Arc::clone(&sessions),
+                ev_tx.clone(),
+            );
+            workers.spawn(async move { d.worker(q, m, s, tx).await });
+        }
+        drop(ev_tx);
+
+        // The coordinator.
+        let mut previous: Option<Arc<Snapshot>> = None;
+        let mut initial: Option<HashSet<ServiceId>> = None;
+        let mut seen: HashMap<ServiceId, (u64, Instant)> = HashMap::new();
+        let mut statuses: HashMap<ServiceId, Status> = HashMap::new();
+        let enqueue = |id: ServiceId, mode: Mode| {
+            {
+                let mut m = modes.lock().expect("modes lock");
+                let e = m.entry(id.clone()).or_insert(mode);
+                *e = merge(*e, mode);
+            }
+            queue.add(id);
+            daemon.metrics.queue_depth.set(queue.len() as i64);
+        };
+        tokio::pin!(shutdown);
+        loop {
+            let ev = tokio::select! {
+                _ = &mut shutdown => break,
+                ev = ev_rx.recv() => match ev { Some(ev) => ev, None => break },
+            };
+            match ev {
+                Event::Listing(snap) => {
+                    let snap = Arc::new(snap);
+                    let changes = watch::diff(previous.as_deref(), &snap);
+                    *snapshot.write().expect("snapshot lock") = Arc::clone(&snap);
+                    let first = previous.is_none();
+                    for (key, reason, index) in &changes.invalid {
+                        if let Err(e) = daemon
+                            .reconciler
+                            .report_invalid_key(key, reason, *index)
+                            .await
+                        {
+                            tracing::warn!(key, error = %e, "could not write observed.json for an invalid key");
+                        }
+                    }
+                    if first {
+                        // Startup: re-check everything; what is in place costs reads only.
+                        let ids: HashSet<ServiceId> = changes
+                            .changed
+                            .iter()
+                            .map(|(id, _)| id.clone())
+                            .chain(changes.gone.iter().cloned())
+                            .collect();
+                        tracing::info!(
+                            services = snap.services.len(),
+                            orphans = changes.gone.len(),
+                            "first listing: full sync"
+                        );
+                        for id in &ids {
+                            enqueue(id.clone(), Mode::Verify);
+                        }
+                        initial = Some(ids);
+                    } else {
+                        for (id, generation) in &changes.changed {
+                            seen.insert(id.clone(), (*generation, Instant::now()));
+                            enqueue(id.clone(), Mode::Change);
+                        }
+                        for id in &changes.gone {
+                            seen.remove(id);
+                            enqueue(id.clone(), Mode::Force);
+                        }
+                    }
+                    previous = Some(snap);
+                }
+                Event::Drift(ids) => {
+                    for id in ids {
+                        tracing::info!(service = %id, "an owned entry changed behind svc-handler's back; re-checking");
+                        enqueue(id, Mode::Verify);
+                    }
+                }
+                Event::Resync => {
+                    if let Some(snap) = &previous {
+                        tracing::info!(services = snap.services.len(), "periodic resync");
+                        for id in snap.services.keys().chain(snap.orphans.iter()) {
+                            enqueue(id.clone(), Mode::Verify);
+                        }
+                    }
+                }
+                Event::Done(report) => {
+                    let id = report.id.clone();
+                    match &report.outcome {
+                        Outcome::Applied { .. } | Outcome::UpToDate => {
+                            statuses.insert(id.clone(), Status::Applied);
+                            if let (Some((g, at)), Some(done)) = (seen.get(&id), report.generation)
+                            {
+                                if done >= *g {
+                                    daemon
+                                        .metrics
+                                        .apply_latency
+                                        .observe(at.elapsed().as_secs_f64());
+                                    seen.remove(&id);
+                                }
+                            }
+                        }
+                        Outcome::Failed { status, .. } => {
+                            statuses.insert(id.clone(), *status);
+                        }
+                        Outcome::LockLost { .. } => {
+                            statuses.insert(id.clone(), Status::Error);
+                        }
+                        Outcome::Deleted { .. } | Outcome::Absent => {
+                            statuses.remove(&id);
+                        }
+                        Outcome::HeldElsewhere { .. } => {}
+                    }
+                    for st in STATUSES {
+                        let n = statuses.values().filter(|s| s.as_str() == *st).count();
+                        daemon
+                            .metrics
+                            .services
+                            .with_label_values(&[st])
+                            .set(n as i64);
+                    }
+                    if let Some(pending) = initial.as_mut() {
+                        pending.remove(&id);
+                        if pending.is_empty() && !daemon.health.is_ready_flag() {
+                            daemon.health.set_ready(true);
+                            daemon.metrics.ready.set(1);
+                            tracing::info!("first full sync done: ready");
+                            notify(&[
+                                sd_notify::NotifyState::Ready,
+                                sd_notify::NotifyState::Status("ready: first full sync done"),
+                            ]);
+                        }
+                    }
+                    daemon.metrics.queue_depth.set(queue.len() as i64);
+                }
+            }
+            // An empty desired prefix is synced as soon as it is listed.
+            if initial.as_ref().is_some_and(|p| p.is_empty()) && !daemon.health.is_ready_flag() {
+                daemon.health.set_ready(true);
+                daemon.metrics.ready.set(1);
+                tracing::info!("first full sync done (nothing to reconcile): ready");
+                notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status("ready: first full sync done"),
+                ]);
+            }
+        }
+
+        // Shutdown.
+        tracing::info!("shutting down: letting in-flight reconciles finish");
+        notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("stopping"),
+        ]);
+        daemon.health.set_ready(false);
+        daemon.metrics.ready.set(0);
+        let _ = stop_tx.send(true);
+        queue.shut_down();
+        let drained = tokio::time::timeout(cfg.shutdown_timeout, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(timeout = ?cfg.shutdown_timeout, "reconciles still running at the shutdown timeout; abandoning them (their locks go with the session)");
+            workers.abort_all();
+        }
+        tasks.abort_all();
+        sessions.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    async fn worker(
+        self: Arc<Self>,
+        queue: Arc<Queue<ServiceId>>,
+        modes: Arc<Mutex<HashMap<ServiceId, Mode>>>,
+        sessions: Arc<Sessions>,
+        events: mpsc::UnboundedSender<Event>,
+    ) {
+        while let Some(item) = queue.get().await {
+            let id = item.key;
+            self.metrics.queue_wait.observe(item.waited.as_secs_f64());
+            self.metrics.queue_depth.set(queue.len() as i64);
+            let mode = modes
+                .lock()
+                .expect("modes lock")
+                .remove(&id)
+                .unwrap_or(Mode::Change);
+            self.metrics.workers_busy.inc();
+            let report = match sessions.get().await {
+                Ok(session) => {
+                    self.reconciler
+                        .reconcile_with(&id, self.cfg.prune, &session, mode)
+                        .await
+                }
+                Err(e) => Report {
+                    id: id.clone(),
+                    outcome: Outcome::LockLost {
+                        step: "lock".into(),
+                        message: format!("cannot create a session: {e}"),
+                    },
+                    generation: None,
+                    duration: Duration::ZERO,
+                },
+            };
+            self.metrics.workers_busy.dec();
+            match &report.outcome {
+                Outcome::Failed {
+                    status: Status::Error,
+                    ..
+                }
+                | Outcome::LockLost { .. } => {
+                    {
+                        let mut m = modes.lock().expect("modes lock");
+                        let e = m.entry(id.clone()).or_insert(Mode::Force);
+                        *e = merge(*e, Mode::Force);
+                    }
+                    let delay = queue.add_rate_limited(id.clone(), fastrand::f64());
+                    tracing::info!(service = %id, retry_in = ?delay, "will retry");
+                }
+                Outcome::HeldElsewhere { .. } => {
+                    {
+                        let mut m = modes.lock().expect("modes lock");
+                        let e = m.entry(id.clone()).or_insert(mode);
+                        *e = merge(*e, mode);
+                    }
+                    // Not a spin: come back in about a second. The holder
+                    // may be applying an older generation; then this one
+                    // still gets applied.
+                    queue.add_after(
+                        id.clone(),
+                        Duration::from_millis(500 + fastrand::u64(0..1000)),
+                    );
+                }
+                _ => queue.forget(&id),
+            }
+            queue.done(&id);
+            let _ = events.send(Event::Done(report));
+        }
+    }
+
+    /// The blocking-query loop on the desired prefix.
+    async fn watch_desired(
+        self: Arc<Self>,
+        events: mpsc::UnboundedSender<Event>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let prefix = self.cfg.layout.desired_prefix();
+        let mut index = 0u64;
+        let mut bucket = TokenBucket::new(2, self.cfg.watch_rate);
+        let mut backoff = watch::error_backoff();
+        let mut outage_since: Option<Instant> = None;
+        loop {
+            self.health.beat();
+            bucket.take().await;
+            let opts = if index == 0 {
+                QueryOptions::consistent()
+            } else {
+                QueryOptions::blocking(index, self.cfg.watch_wait)
+            };
+            let result = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = self.client.kv_list(&prefix, &opts) => r,
+            };
+            self.health.beat();
+            match result {
+                Ok((pairs, meta)) => {
+                    self.metrics.watch_wakeups.inc();
+                    self.metrics.watch_last_success.set(unix_now());
+                    if let Some(since) = outage_since.take() {
+                        tracing::info!(after = ?since.elapsed(), "Consul answers again; watching");
+                    }
+                    backoff = watch::error_backoff();
+                    let next = watch::next_index(index, meta.index);
+                    if next == 0 {
+                        tracing::info!(
+                            previous = index,
+                            returned = meta.index,
+                            "the watch index went backwards; re-reading"
+                        );
+                    }
+                    let changed = next != index || index == 0;
+                    index = next;
+                    self.metrics.watch_index.set(index as i64);
+                    if changed {
+                        let snap = Snapshot::from_pairs(&self.cfg.layout, &pairs);
+                        if events.send(Event::Listing(snap)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.metrics.watch_errors.inc();
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    if outage_since.is_none() {
+                        outage_since = Some(Instant::now());
+                        tracing::error!(error = %e, retry_in = ?delay, "watch failed; Consul unreachable or erroring");
+                    } else {
+                        tracing::debug!(error = %e, retry_in = ?delay, "watch still failing");
+                    }
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A blocking list of one config-entry kind; owned entries that no
+    /// longer match their records are sent for a re-check.
+    async fn watch_entries(
+        self: Arc<Self>,
+        kind: EntryKind,
+        snapshot: Arc<RwLock<Arc<Snapshot>>>,
+        queue: Arc<Queue<ServiceId>>,
+        events: mpsc::UnboundedSender<Event>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut index = 0u64;
+        let mut bucket = TokenBucket::new(2, self.cfg.watch_rate);
+        let mut backoff = watch::error_backoff();
+        loop {
+            bucket.take().await;
+            let opts = if index == 0 {
+                QueryOptions::default()
+            } else {
+                QueryOptions::blocking(index, self.cfg.watch_wait)
+            };
+            let result = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = self.client.config_list(kind.as_str(), &opts) => r,
+            };
+            match result {
+                Ok((entries, meta)) => {
+                    backoff = watch::error_backoff();
+                    let next = watch::next_index(index, meta.index);
+                    let first = index == 0;
+                    index = next;
+                    if first {
+                        continue; // the startup sync checks everything anyway
+                    }
+                    let snap = Arc::clone(&snapshot.read().expect("snapshot lock"));
+                    let ids: Vec<ServiceId> = watch::drifted(&snap, kind, &entries)
+                        .into_iter()
+                        .filter(|id| !queue.contains(id))
+                        .collect();
+                    if !ids.is_empty() && events.send(Event::Drift(ids)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tracing::debug!(kind = kind.as_str(), error = %e, retry_in = ?delay, "config-entry watch failed");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Of two pending reasons, the one that checks more.
+fn merge(a: Mode, b: Mode) -> Mode {
+    fn rank(m: Mode) -> u8 {
+        match m {
+            Mode::Change => 0,
+            Mode::Verify => 1,
+            Mode::Force => 2,
+        }
+    }
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_reasons_merge_to_the_stronger() {
+        assert_eq!(merge(Mode::Change, Mode::Verify), Mode::Verify);
+        assert_eq!(merge(Mode::Force, Mode::Change), Mode::Force);
+        assert_eq!(merge(Mode::Verify, Mode::Verify), Mode::Verify);
+    }
+
+    #[test]
+    fn default_holder_names_host_and_pid() {
+        let h = default_holder();
+        assert!(h.ends_with(&format!(":{}", std::process::id())), "{h}");
+    }
+}

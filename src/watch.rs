@@ -1,0 +1,454 @@
+//! Watching Consul with blocking queries, and the pure decisions around it:
+//! which index to wait on next, what changed between two listings of the
+//! desired prefix, which owned config entries drifted from their records,
+//! and how fast the loop may go (a token bucket).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
+
+use crate::consul::{ConfigEntry, KvPair};
+use crate::entries::{self, EntryKind};
+use crate::keys::{DesiredKey, Layout, RecordKind, ServiceId};
+use crate::records::Record;
+
+/// The index to wait on after an answer carrying `returned`, per Consul's
+/// rules: an index that went backwards resets to 0 (the next read is a fresh,
+/// non-blocking one); otherwise never below 1, so that a blocking read never
+/// degrades into a busy loop of non-blocking ones.
+pub fn next_index(previous: u64, returned: u64) -> u64 {
+    if returned < previous {
+        0
+    } else {
+        returned.max(1)
+    }
+}
+
+/// What one listing of `<prefix>/desired/` holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Every service with a base.json, and that base.json's ModifyIndex.
+    pub services: BTreeMap<ServiceId, u64>,
+    /// Services with records but no base.json (deleted while nobody watched).
+    pub orphans: BTreeSet<ServiceId>,
+    /// Keys that do not fit the layout: key → (reason, ModifyIndex).
+    pub invalid: BTreeMap<String, (String, u64)>,
+    /// The records found, readable ones only.
+    pub records: HashMap<(ServiceId, RecordKind), Record>,
+}
+
+impl Snapshot {
+    pub fn from_pairs(layout: &Layout, pairs: &[KvPair]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        let mut with_records = BTreeSet::new();
+        for p in pairs {
+            match layout.parse_desired_key(&p.key) {
+                DesiredKey::Base(id) => {
+                    snap.services.insert(id, p.modify_index);
+                }
+                DesiredKey::Record(id, kind) => {
+                    with_records.insert(id.clone());
+                    if let Ok(r) = serde_json::from_slice::<Record>(&p.value) {
+                        snap.records.insert((id, kind), r);
+                    }
+                }
+                DesiredKey::Invalid { key, reason } => {
+                    snap.invalid.insert(key, (reason, p.modify_index));
+                }
+                DesiredKey::Other => {}
+            }
+        }
+        snap.orphans = with_records
+            .into_iter()
+            .filter(|id| !snap.services.contains_key(id))
+            .collect();
+        snap
+    }
+}
+
+/// What to do after a new listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// New or changed base.json: service and its generation.
+    pub changed: Vec<(ServiceId, u64)>,
+    /// base.json gone.
+    pub gone: Vec<ServiceId>,
+    /// Keys outside the layout, new or changed: key, reason, ModifyIndex.
+    pub invalid: Vec<(String, String, u64)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.gone.is_empty() && self.invalid.is_empty()
+    }
+}
+
+/// Compares two listings. The first listing (`previous` = `None`) reports
+/// every service as changed and every orphan as gone. Records written by
+/// the daemon itself change nothing here: only base.json generations count.
+pub fn diff(previous: Option<&Snapshot>, next: &Snapshot) -> Changes {
+    let mut out = Changes::default();
+    match previous {
+        None => {
+            out.changed = next
+                .services
+                .iter()
+                .map(|(id, g)| (id.clone(), *g))
+                .collect();
+            out.gone = next.orphans.iter().cloned().collect();
+            out.invalid = next
+                .invalid
+                .iter()
+                .map(|(k, (r, i))| (k.clone(), r.clone(), *i))
+                .collect();
+        }
+        Some(prev) => {
+            for (id, g) in &next.services {
+                if prev.services.get(id) != Some(g) {
+                    out.changed.push((id.clone(), *g));
+                }
+            }
+            for id in prev.services.keys() {
+                if !next.services.contains_key(id) {
+                    out.gone.push(id.clone());
+                }
+            }
+            for (k, (r, i)) in &next.invalid {
+                if prev.invalid.get(k).map(|(_, pi)| pi) != Some(i) {
+                    out.invalid.push((k.clone(), r.clone(), *i));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Services whose owned entries of `kind` no longer match their records:
+/// a different ModifyIndex, or the entry gone. For terminating gateways, a
+/// recorded link that is missing or different. Only services with a
+/// base.json count (deletions are the watch's business).
+pub fn drifted(snapshot: &Snapshot, kind: EntryKind, entries: &[ConfigEntry]) -> Vec<ServiceId> {
+    let mut out = BTreeSet::new();
+    let rk = kind.record_kind();
+    let by_name: HashMap<&str, &ConfigEntry> = entries.iter().map(|e| (e.name(), e)).collect();
+    for ((id, k), rec) in &snapshot.records {
+        if *k != rk || !snapshot.services.contains_key(id) {
+            continue;
+        }
+        // Entries are listed per scope; a record in another partition or
+        // namespace is checked by that scope's watch.
+        let entry = by_name.get(rec.name.as_str());
+        let drift = match (kind, entry) {
+            (_, None) => true,
+            (EntryKind::TerminatingGateway, Some(gw)) => match entries::find_link(&gw.0, id) {
+                Some(link) => !entries::links_equal(link, &rec.object),
+                None => true,
+            },
+            (_, Some(e)) => e.modify_index() != rec.modify_index,
+        };
+        if drift {
+            out.insert(id.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// A token bucket: `burst` tokens, refilled at `per_second`. A loop that
+/// takes a token before each request degrades to polling at that rate when
+/// what it watches flaps, instead of spinning.
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    tokens: f64,
+    per_second: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(burst: u32, per_second: f64) -> Self {
+        TokenBucket {
+            capacity: burst as f64,
+            tokens: burst as f64,
+            per_second,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let add = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + add).min(self.capacity);
+        self.last = now;
+    }
+
+    /// How long until a token is available (zero when one is).
+    pub fn wait_time(&mut self) -> Duration {
+        self.refill();
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.per_second)
+        }
+    }
+
+    /// Waits for a token and takes it.
+    pub async fn take(&mut self) {
+        let wait = self.wait_time();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+            self.refill();
+        }
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+}
+
+/// Backoff for a watch loop's errors: jittered, exponential, capped, and
+/// reset (by building a new one) after a success.
+pub fn error_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn layout() -> Layout {
+        Layout::new("svc-handler").unwrap()
+    }
+
+    fn pair(key: &str, index: u64, value: &[u8]) -> KvPair {
+        KvPair {
+            key: key.into(),
+            value: value.to_vec(),
+            flags: 0,
+            create_index: index,
+            modify_index: index,
+            lock_index: 0,
+            session: None,
+        }
+    }
+
+    fn id(name: &str) -> ServiceId {
+        ServiceId::new("default", "default", name).unwrap()
+    }
+
+    fn record(kind: &str, name: &str, modify_index: u64, object: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&Record {
+            kind: kind.into(),
+            name: name.into(),
+            partition: "default".into(),
+            namespace: "default".into(),
+            resource_id: format!("{kind}/default/default/{name}"),
+            create_index: 1,
+            modify_index,
+            generation: 1,
+            object,
+            verified_at: "2026-01-01T00:00:00Z".into(),
+            base_key: String::new(),
+            service: None,
+        })
+        .unwrap()
+    }
+
+    const D: &str = "svc-handler/desired/default/default";
+
+    #[test]
+    fn index_resets_when_it_goes_backwards() {
+        assert_eq!(next_index(0, 10), 10);
+        assert_eq!(next_index(10, 10), 10);
+        assert_eq!(next_index(10, 12), 12);
+        assert_eq!(next_index(10, 3), 0);
+        assert_eq!(next_index(0, 0), 1, "never wait on an index below 1");
+    }
+
+    #[test]
+    fn first_listing_reports_everything() {
+        let snap = Snapshot::from_pairs(
+            &layout(),
+            &[
+                pair(&format!("{D}/web/base.json"), 5, b"{}"),
+                pair(&format!("{D}/web/defaults.json"), 6, b"{}"),
+                pair(&format!("{D}/old/defaults.json"), 3, b"{}"),
+                pair(&format!("{D}/bad name/base.json"), 7, b"{}"),
+                pair("svc-handler/desired/default/", 1, b""),
+            ],
+        );
+        let c = diff(None, &snap);
+        assert_eq!(c.changed, vec![(id("web"), 5)]);
+        assert_eq!(c.gone, vec![id("old")], "records without base.json");
+        assert_eq!(c.invalid.len(), 1);
+        assert_eq!(c.invalid[0].2, 7);
+    }
+
+    #[test]
+    fn own_record_writes_cause_nothing() {
+        let l = layout();
+        let before = Snapshot::from_pairs(&l, &[pair(&format!("{D}/web/base.json"), 5, b"{}")]);
+        let after = Snapshot::from_pairs(
+            &l,
+            &[
+                pair(&format!("{D}/web/base.json"), 5, b"{}"),
+                pair(&format!("{D}/web/defaults.json"), 9, b"{}"),
+                pair(&format!("{D}/web/tgw.json"), 10, b"{}"),
+            ],
+        );
+        assert!(diff(Some(&before), &after).is_empty());
+    }
+
+    #[test]
+    fn changes_and_deletions_are_seen_once() {
+        let l = layout();
+        let a = Snapshot::from_pairs(
+            &l,
+            &[
+                pair(&format!("{D}/web/base.json"), 5, b"{}"),
+                pair(&format!("{D}/api/base.json"), 6, b"{}"),
+            ],
+        );
+        let b = Snapshot::from_pairs(
+            &l,
+            &[
+                pair(&format!("{D}/web/base.json"), 8, b"{}"),
+                pair(&format!("{D}/new/base.json"), 9, b"{}"),
+            ],
+        );
+        let c = diff(Some(&a), &b);
+        assert_eq!(c.changed, vec![(id("new"), 9), (id("web"), 8)]);
+        assert_eq!(c.gone, vec![id("api")]);
+        assert!(
+            diff(Some(&b), &b).is_empty(),
+            "the same listing twice: nothing"
+        );
+    }
+
+    #[test]
+    fn invalid_keys_are_reported_when_they_change() {
+        let l = layout();
+        let k = format!("{D}/x/y/base.json");
+        let a = Snapshot::from_pairs(&l, &[pair(&k, 5, b"{}")]);
+        let b = Snapshot::from_pairs(&l, &[pair(&k, 6, b"{}")]);
+        assert!(diff(Some(&a), &a).is_empty());
+        assert_eq!(diff(Some(&a), &b).invalid.len(), 1);
+    }
+
+    #[test]
+    fn drift_is_a_changed_or_missing_entry() {
+        let l = layout();
+        let snap = Snapshot::from_pairs(
+            &l,
+            &[
+                pair(&format!("{D}/web/base.json"), 5, b"{}"),
+                pair(
+                    &format!("{D}/web/defaults.json"),
+                    6,
+                    &record("service-defaults", "web", 40, json!({})),
+                ),
+                pair(&format!("{D}/api/base.json"), 5, b"{}"),
+                pair(
+                    &format!("{D}/api/defaults.json"),
+                    6,
+                    &record("service-defaults", "api", 41, json!({})),
+                ),
+            ],
+        );
+        let same = |name: &str, idx: u64| {
+            ConfigEntry(json!({"Kind": "service-defaults", "Name": name, "ModifyIndex": idx}))
+        };
+        assert!(drifted(
+            &snap,
+            EntryKind::ServiceDefaults,
+            &[same("web", 40), same("api", 41)]
+        )
+        .is_empty());
+        assert_eq!(
+            drifted(
+                &snap,
+                EntryKind::ServiceDefaults,
+                &[same("web", 44), same("api", 41)]
+            ),
+            vec![id("web")]
+        );
+        assert_eq!(
+            drifted(&snap, EntryKind::ServiceDefaults, &[same("web", 40)]),
+            vec![id("api")],
+            "deleted behind our back"
+        );
+        assert!(drifted(&snap, EntryKind::ServiceRouter, &[]).is_empty());
+    }
+
+    #[test]
+    fn gateway_drift_compares_the_link_only() {
+        let l = layout();
+        let mut rec: Record = serde_json::from_slice(&record(
+            "terminating-gateway",
+            "egress",
+            10,
+            json!({"Name": "web", "SNI": "a"}),
+        ))
+        .unwrap();
+        rec.service = Some("web".into());
+        let snap = Snapshot::from_pairs(
+            &l,
+            &[
+                pair(&format!("{D}/web/base.json"), 5, b"{}"),
+                pair(
+                    &format!("{D}/web/tgw.json"),
+                    6,
+                    &serde_json::to_vec(&rec).unwrap(),
+                ),
+            ],
+        );
+        let gw = |services: serde_json::Value, idx: u64| {
+            ConfigEntry(json!({"Kind": "terminating-gateway", "Name": "egress",
+                "ModifyIndex": idx, "Services": services}))
+        };
+        // Another service's link changed the gateway's index: not our drift.
+        let other = gw(json!([{"Name": "web", "SNI": "a"}, {"Name": "db"}]), 99);
+        assert!(drifted(&snap, EntryKind::TerminatingGateway, &[other]).is_empty());
+        let changed = gw(json!([{"Name": "web", "SNI": "b"}]), 100);
+        assert_eq!(
+            drifted(&snap, EntryKind::TerminatingGateway, &[changed]),
+            vec![id("web")]
+        );
+        let removed = gw(json!([{"Name": "db"}]), 101);
+        assert_eq!(
+            drifted(&snap, EntryKind::TerminatingGateway, &[removed]),
+            vec![id("web")]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_a_burst_then_paces() {
+        let mut b = TokenBucket::new(2, 10.0);
+        let start = Instant::now();
+        b.take().await;
+        b.take().await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "burst of 2");
+        b.take().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        for _ in 0..10 {
+            b.take().await;
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(1100),
+            "10 per second"
+        );
+    }
+
+    #[test]
+    fn error_backoff_grows_and_caps() {
+        let d: Vec<Duration> = error_backoff().take(12).collect();
+        assert!(d[0] >= Duration::from_millis(250));
+        assert!(d.iter().all(|x| *x <= Duration::from_secs(60)));
+        assert!(d[8] >= Duration::from_secs(30), "{d:?}");
+    }
+}
