@@ -17,9 +17,30 @@ use crate::keys::{Layout, ServiceId};
 use crate::lock::{Session, SessionConfig};
 use crate::metrics::{Metrics, STATUSES};
 use crate::queue::{Backoff, Queue};
-use crate::reconcile::{Mode, Outcome, Reconciler, ReconcilerConfig, Report};
+use crate::reconcile::{BoxFuture, FlowHook, Mode, Outcome, Reconciler, ReconcilerConfig, Report};
 use crate::records::Status;
 use crate::watch::{self, Snapshot, TokenBucket};
+
+/// Fault injection for tests, documented in the README: when set to a step
+/// name (`defaults`, `resolver`, `router`, `terminating_gateway`, `observed`,
+/// `delete`), every reconcile hangs just before that step's fenced write, as
+/// a daemon stuck (or about to be killed) while it holds a lock would.
+pub const FAULT_PAUSE_ENV: &str = "SVC_HANDLER_FAULT_PAUSE_BEFORE";
+
+struct PauseBefore {
+    step: String,
+}
+
+impl FlowHook for PauseBefore {
+    fn before_fenced_write<'a>(&'a self, step: &'a str, _session: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if step == self.step {
+                tracing::warn!(step, "fault injection: pausing before the fenced write");
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
 
 /// How the daemon runs.
 #[derive(Clone, Debug)]
@@ -163,7 +184,14 @@ impl Daemon {
         let client = Client::with_observer(settings, Some(observer))?;
         let mut rcfg = ReconcilerConfig::new(cfg.layout.clone(), cfg.holder.clone());
         rcfg.session = cfg.session.clone();
-        let reconciler = Reconciler::new(client.clone(), rcfg, Arc::clone(&metrics));
+        let mut reconciler = Reconciler::new(client.clone(), rcfg, Arc::clone(&metrics));
+        if let Some(step) = std::env::var(FAULT_PAUSE_ENV)
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            tracing::warn!(step, "{FAULT_PAUSE_ENV} is set: reconciles hang before that step's fenced write (fault tests only)");
+            reconciler = reconciler.with_hook(Arc::new(PauseBefore { step }));
+        }
         Ok(Daemon {
             client,
             reconciler,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::consul::{
     Client, ConfigEntry, Consistency, ConsulError, QueryOptions, Scope, TxnKvOp, TxnOutcome,
@@ -266,6 +267,12 @@ impl Reconciler {
 
     /// Like [`Reconciler::reconcile`], with a [`Mode`].
     pub async fn reconcile_mode(&self, id: &ServiceId, prune: bool, mode: Mode) -> Report {
+        self.reconcile_own_session(id, prune, mode)
+            .instrument(self.span(id, mode))
+            .await
+    }
+
+    async fn reconcile_own_session(&self, id: &ServiceId, prune: bool, mode: Mode) -> Report {
         let started = Instant::now();
         if mode != Mode::Force {
             if let Ok(Some(generation)) = self.precheck(id, mode).await {
@@ -293,7 +300,9 @@ impl Reconciler {
                 return self.finish(id, outcome, None, started);
             }
         };
-        let report = self.reconcile_with(id, prune, &session, Mode::Force).await;
+        let report = self
+            .reconcile_locked(id, prune, &session, Mode::Force)
+            .await;
         if let Err(e) = session.destroy().await {
             tracing::warn!(service = %id, error = %e, "could not destroy the session; it expires with its TTL");
         }
@@ -303,6 +312,30 @@ impl Reconciler {
     /// Reconciles one service under a lock held with `session` (which the
     /// caller owns and may share between flows). Releases the lock at the end.
     pub async fn reconcile_with(
+        &self,
+        id: &ServiceId,
+        prune: bool,
+        session: &Session,
+        mode: Mode,
+    ) -> Report {
+        self.reconcile_locked(id, prune, session, mode)
+            .instrument(self.span(id, mode))
+            .await
+    }
+
+    /// One span per reconcile, carrying the service key and (once read) the
+    /// generation.
+    fn span(&self, id: &ServiceId, mode: Mode) -> tracing::Span {
+        tracing::info_span!(
+            "reconcile",
+            service = %id,
+            key = %self.cfg.layout.base_key(id),
+            ?mode,
+            generation = tracing::field::Empty,
+        )
+    }
+
+    async fn reconcile_locked(
         &self,
         id: &ServiceId,
         prune: bool,
@@ -448,6 +481,9 @@ impl Reconciler {
         started: Instant,
     ) -> Report {
         let duration = started.elapsed();
+        if let Some(g) = generation {
+            tracing::Span::current().record("generation", g);
+        }
         let label = outcome.result_label();
         if label != "held_elsewhere" {
             self.metrics

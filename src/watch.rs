@@ -210,7 +210,7 @@ pub fn error_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(30))
+        .with_max_delay(Duration::from_secs(5))
         .without_max_times()
         .build()
 }
@@ -448,7 +448,7 @@ mod tests {
     fn error_backoff_grows_and_caps() {
         let d: Vec<Duration> = error_backoff().take(12).collect();
         assert!(d[0] >= Duration::from_millis(250));
-        assert!(d.iter().all(|x| *x <= Duration::from_secs(60)));
-        assert!(d[8] >= Duration::from_secs(30), "{d:?}");
+        assert!(d.iter().all(|x| *x <= Duration::from_secs(10)), "{d:?}");
+        assert!(d[8] >= Duration::from_secs(5), "{d:?}");
     }
 }

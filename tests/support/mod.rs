@@ -8,6 +8,8 @@
 //! (`PR_SET_PDEATHSIG`), so no agent outlives the test process.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -79,6 +81,7 @@ pub struct Agent {
     child: Child,
     pub http: SocketAddr,
     pub log: PathBuf,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -153,8 +156,95 @@ impl Agent {
             child,
             http,
             log,
+            args: args.to_vec(),
             _dir: dir,
         })
+    }
+
+    fn command(args: &[String], log: &Path) -> Result<Command, String> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(consul_bin());
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// A single-server agent that keeps its state in a data folder, so it can
+    /// be stopped and started again ([`Agent::stop`], [`Agent::start_again`]).
+    pub fn persistent() -> Agent {
+        let ip = Ipv4Addr::LOCALHOST;
+        let http = free_port(ip);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args = vec![
+            "agent".to_string(),
+            "-server".into(),
+            "-bootstrap-expect".into(),
+            "1".into(),
+            "-node".into(),
+            format!("persistent-{http}"),
+            "-data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "-client".into(),
+            ip.to_string(),
+            "-bind".into(),
+            ip.to_string(),
+            "-http-port".into(),
+            http.to_string(),
+            "-dns-port".into(),
+            "-1".into(),
+            "-grpc-port".into(),
+            "-1".into(),
+            "-serf-lan-port".into(),
+            free_port(ip).to_string(),
+            "-serf-wan-port".into(),
+            free_port(ip).to_string(),
+            "-server-port".into(),
+            free_port(ip).to_string(),
+            "-log-level".into(),
+            "warn".into(),
+        ];
+        let mut agent = Agent::spawn(&args, SocketAddr::from((ip, http)), dir)
+            .unwrap_or_else(|e| panic!("start a persistent agent: {e}"));
+        agent
+            .wait_ready(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("persistent agent: {e}"));
+        agent
+    }
+
+    /// Stops the agent gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
+    /// Starts the stopped agent again with the same ports and data folder.
+    pub fn start_again(&mut self) {
+        let mut cmd = Agent::command(&self.args, &self.log).expect("command");
+        self.child = cmd.spawn().expect("spawn consul again");
+        self.wait_ready(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("restarted agent: {e}"));
     }
 
     /// Waits until the agent knows a leader and serves KV reads.

@@ -1,0 +1,433 @@
+//! `svc-handler run` end to end: the real binary against real Consul agents,
+//! driven with the real `consul` CLI where users would use it.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::daemon::DaemonProc;
+use support::{consul_bin, eventually, prefix, shared, Agent};
+use svc_handler::consul::{Client, QueryOptions};
+use svc_handler::keys::{Layout, ServiceId};
+use svc_handler::records::{Observed, Status};
+
+fn consul_cli(url: &str, args: &[&str]) {
+    let out = Command::new(consul_bin())
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", url)
+        .output()
+        .expect("run consul");
+    assert!(out.status.success(), "consul {args:?}: {out:?}");
+}
+
+struct Fixture {
+    client: Client,
+    layout: Layout,
+    prefix: String,
+    tag: String,
+    url: String,
+}
+
+impl Fixture {
+    fn new(test: &str, agent: &Agent) -> Fixture {
+        let p = prefix(test);
+        Fixture {
+            client: agent.client(),
+            layout: Layout::new(&p).unwrap(),
+            tag: p.rsplit('/').next().unwrap().to_string(),
+            prefix: p,
+            url: agent.url(),
+        }
+    }
+
+    fn id(&self, name: &str) -> ServiceId {
+        ServiceId::new("default", "default", &format!("{name}-{}", self.tag)).unwrap()
+    }
+
+    async fn generation(&self, id: &ServiceId) -> Option<u64> {
+        self.client
+            .kv_get(&self.layout.base_key(id), &QueryOptions::consistent())
+            .await
+            .unwrap()
+            .0
+            .map(|p| p.modify_index)
+    }
+
+    async fn observed(&self, id: &ServiceId) -> Option<Observed> {
+        self.client
+            .kv_get(&self.layout.observed_key(id), &QueryOptions::default())
+            .await
+            .ok()?
+            .0
+            .map(|p| serde_json::from_slice(&p.value).unwrap())
+    }
+
+    /// True when observed.json shows base.json's current generation applied.
+    async fn applied(&self, id: &ServiceId) -> bool {
+        let Some(g) = self.generation(id).await else {
+            return false;
+        };
+        matches!(self.observed(id).await, Some(o) if o.status == Status::Applied && o.generation == g)
+    }
+
+    async fn all_applied(&self, ids: &[ServiceId], timeout: Duration) -> bool {
+        eventually(timeout, || async {
+            for id in ids {
+                if !self.applied(id).await {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    }
+
+    async fn entry(&self, kind: &str, name: &str) -> Option<Value> {
+        self.client
+            .config_get(kind, name, &QueryOptions::consistent())
+            .await
+            .unwrap()
+            .0
+            .map(|e| e.0)
+    }
+
+    fn start(&self, instance: &str, extra: &[&str], env: &[(&str, &str)]) -> DaemonProc {
+        DaemonProc::start(&self.url, &self.prefix, instance, extra, env)
+    }
+}
+
+#[tokio::test]
+async fn twenty_services_from_the_consul_cli_update_one_delete_one() {
+    let f = Fixture::new("twenty", shared());
+    let d = f.start("d1", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+
+    let ids: Vec<ServiceId> = (0..20).map(|i| f.id(&format!("svc{i}"))).collect();
+    for id in &ids {
+        let body = json!({"defaults": {"Protocol": "http"}, "resolver": {"ConnectTimeout": "3s"}});
+        consul_cli(
+            &f.url,
+            &["kv", "put", &f.layout.base_key(id), &body.to_string()],
+        );
+    }
+    assert!(
+        f.all_applied(&ids, Duration::from_secs(60)).await,
+        "not all applied:\n{}",
+        d.log_text()
+    );
+    assert_eq!(
+        d.metric(r#"svc_handler_reconcile_total{result="applied"}"#)
+            .await,
+        20.0
+    );
+    assert_eq!(
+        d.metric(r#"svc_handler_services{status="applied"}"#).await,
+        20.0
+    );
+
+    // Update one: that one is reconciled, once; the others are not touched.
+    let before: Vec<String> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(f.observed(id).await.unwrap().updated_at);
+        }
+        v
+    };
+    let changed = &ids[7];
+    consul_cli(
+        &f.url,
+        &[
+            "kv",
+            "put",
+            &f.layout.base_key(changed),
+            r#"{"defaults": {"Protocol": "grpc"}}"#,
+        ],
+    );
+    assert!(
+        f.all_applied(std::slice::from_ref(changed), Duration::from_secs(30))
+            .await
+    );
+    assert_eq!(
+        f.entry("service-defaults", &changed.name).await.unwrap()["Protocol"],
+        "grpc"
+    );
+    assert_eq!(
+        d.metric(r#"svc_handler_reconcile_total{result="applied"}"#)
+            .await,
+        21.0
+    );
+    assert_eq!(
+        d.metric(r#"svc_handler_reconcile_total{result="unchanged"}"#)
+            .await,
+        0.0
+    );
+    for (i, id) in ids.iter().enumerate() {
+        if i != 7 {
+            assert_eq!(
+                f.observed(id).await.unwrap().updated_at,
+                before[i],
+                "{id} was re-run"
+            );
+        }
+    }
+
+    // Delete one: its entries, records and observed.json go.
+    let gone = &ids[3];
+    consul_cli(&f.url, &["kv", "delete", &f.layout.base_key(gone)]);
+    let pruned = eventually(Duration::from_secs(30), || async {
+        f.observed(gone).await.is_none()
+            && f.entry("service-defaults", &gone.name).await.is_none()
+            && f.entry("service-resolver", &gone.name).await.is_none()
+    })
+    .await;
+    assert!(pruned, "not pruned:\n{}", d.log_text());
+    let (left, _) = f
+        .client
+        .kv_list(
+            &format!("{}/", f.layout.service_dir(gone)),
+            &QueryOptions::consistent(),
+        )
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "records left: {left:?}");
+    assert_eq!(
+        d.metric(r#"svc_handler_reconcile_total{result="deleted"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        d.metric(r#"svc_handler_services{status="applied"}"#).await,
+        19.0
+    );
+}
+
+#[tokio::test]
+async fn an_entry_changed_with_consul_config_write_is_put_back() {
+    let f = Fixture::new("drift", shared());
+    let d = f.start("d1", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let id = f.id("drifty");
+    f.client
+        .kv_put(
+            &f.layout.base_key(&id),
+            br#"{"defaults": {"Protocol": "http"}}"#,
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.all_applied(std::slice::from_ref(&id), Duration::from_secs(30))
+            .await
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("drift.json");
+    std::fs::write(
+        &file,
+        json!({"Kind": "service-defaults", "Name": id.name, "Protocol": "grpc"}).to_string(),
+    )
+    .unwrap();
+    consul_cli(&f.url, &["config", "write", file.to_str().unwrap()]);
+    let restored = eventually(Duration::from_secs(30), || async {
+        let e = f.entry("service-defaults", &id.name).await.unwrap();
+        e["Protocol"] == "http" && e["Meta"]["managed-by"] == "svc-handler"
+    })
+    .await;
+    assert!(restored, "drift not corrected:\n{}", d.log_text());
+    assert!(
+        d.metric(r#"svc_handler_drift_corrections_total{kind="service-defaults"}"#)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn three_daemons_share_the_work_without_doubling_it() {
+    let f = Fixture::new("three", shared());
+    let daemons: Vec<DaemonProc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| f.start(n, &[], &[]))
+        .collect();
+    for d in &daemons {
+        d.wait_ready(Duration::from_secs(30)).await;
+    }
+    let ids: Vec<ServiceId> = (0..100).map(|i| f.id(&format!("m{i}"))).collect();
+    for round in 0..2 {
+        let timeout = format!("{}s", round + 2);
+        let mut puts = tokio::task::JoinSet::new();
+        for id in &ids {
+            let (c, key) = (f.client.clone(), f.layout.base_key(id));
+            let body = json!({"resolver": {"ConnectTimeout": timeout}}).to_string();
+            puts.spawn(async move { c.kv_put(&key, body.as_bytes()).await.unwrap() });
+        }
+        while puts.join_next().await.is_some() {}
+        assert!(
+            f.all_applied(&ids, Duration::from_secs(90)).await,
+            "round {round} not applied"
+        );
+    }
+    let mut applied = 0.0;
+    for d in &daemons {
+        applied += d
+            .metric(r#"svc_handler_reconcile_total{result="applied"}"#)
+            .await;
+    }
+    println!("applied reconciles across three daemons: {applied} (minimum 200)");
+    assert!(applied >= 200.0, "{applied}");
+    assert!(
+        applied <= 220.0,
+        "{applied} reconciles: more than 10% over the minimum"
+    );
+    for id in &ids {
+        let o = f.observed(id).await.unwrap();
+        assert!(["a", "b", "c"].contains(&o.holder.as_str()), "{}", o.holder);
+        assert_eq!(
+            f.entry("service-resolver", &id.name).await.unwrap()["ConnectTimeout"],
+            "3s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_killed_lock_holder_is_taken_over_within_the_ttl_bound() {
+    let f = Fixture::new("kill9", shared());
+    let id = f.id("orphaned");
+    let mut stuck = f.start(
+        "stuck",
+        &["--session-ttl", "10s", "--lock-delay", "1s"],
+        &[("SVC_HANDLER_FAULT_PAUSE_BEFORE", "resolver")],
+    );
+    stuck.wait_ready(Duration::from_secs(30)).await;
+    f.client
+        .kv_put(
+            &f.layout.base_key(&id),
+            br#"{"defaults": {"Protocol": "http"}}"#,
+        )
+        .await
+        .unwrap();
+    let lock_key = f.layout.lock_key(&id);
+    let held = eventually(Duration::from_secs(30), || async {
+        let (p, _) = f
+            .client
+            .kv_get(&lock_key, &QueryOptions::default())
+            .await
+            .unwrap();
+        p.and_then(|p| p.session).is_some()
+    })
+    .await;
+    assert!(held, "the stuck daemon never took the lock");
+    stuck.kill9();
+    let killed_at = Instant::now();
+
+    let rescuer = f.start("rescuer", &["--session-ttl", "10s"], &[]);
+    let bound = Duration::from_secs(2 * 10 + 1 + 5);
+    let done = f
+        .all_applied(std::slice::from_ref(&id), bound + Duration::from_secs(15))
+        .await;
+    let took = killed_at.elapsed();
+    assert!(
+        done,
+        "not applied after the holder died:\n{}",
+        rescuer.log_text()
+    );
+    println!("taken over {took:?} after kill -9 (bound {bound:?})");
+    assert!(took <= bound, "took {took:?}, bound {bound:?}");
+    assert_eq!(f.observed(&id).await.unwrap().holder, "rescuer");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_burst_exits_cleanly() {
+    let f = Fixture::new("sigterm", shared());
+    let mut d = f.start("term", &["--workers", "4"], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let ids: Vec<ServiceId> = (0..60).map(|i| f.id(&format!("t{i}"))).collect();
+    for id in &ids {
+        f.client
+            .kv_put(
+                &f.layout.base_key(id),
+                br#"{"defaults": {"Protocol": "http"}, "resolver": {}}"#,
+            )
+            .await
+            .unwrap();
+    }
+    let busy = eventually(Duration::from_secs(30), || async {
+        d.metric(r#"svc_handler_reconcile_total{result="applied"}"#)
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(busy);
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(10 + 5));
+    let status = status.unwrap_or_else(|| panic!("did not exit:\n{}", d.log_text()));
+    assert!(status.success(), "{status:?}\n{}", d.log_text());
+
+    let (locks, _) = f
+        .client
+        .kv_list(
+            &format!("{}/", f.layout.locks_prefix().trim_end_matches('/')),
+            &QueryOptions::consistent(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        locks.iter().all(|l| l.session.is_none()),
+        "a lock is still held: {locks:?}"
+    );
+    let sessions: Vec<Value> = reqwest::get(format!("{}/v1/session/list", f.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !sessions.iter().any(|s| s["Name"] == "svc-handler term"),
+        "session left: {sessions:?}"
+    );
+}
+
+#[tokio::test]
+async fn consul_outage_of_twenty_seconds_is_survived() {
+    let mut agent = Agent::persistent();
+    let f = Fixture::new("outage", &agent);
+    let d = f.start("survivor", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let before = f.id("before");
+    f.client
+        .kv_put(
+            &f.layout.base_key(&before),
+            br#"{"defaults": {"Protocol": "http"}}"#,
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.all_applied(std::slice::from_ref(&before), Duration::from_secs(30))
+            .await
+    );
+
+    agent.stop();
+    // The outage itself: 20 seconds without Consul.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    agent.start_again();
+
+    let after = f.id("after");
+    f.client
+        .kv_put(
+            &f.layout.base_key(&after),
+            br#"{"defaults": {"Protocol": "grpc"}}"#,
+        )
+        .await
+        .unwrap();
+    let ok = f
+        .all_applied(std::slice::from_ref(&after), Duration::from_secs(60))
+        .await;
+    let log = d.log_text();
+    assert!(ok, "not applied after the outage:\n{log}");
+    assert!(
+        log.contains("watch failed"),
+        "the outage was not logged:\n{log}"
+    );
+    assert!(log.contains("Consul answers again"), "{log}");
+    assert!(d.metric("svc_handler_watch_errors_total").await >= 1.0);
+}
