@@ -458,7 +458,7 @@ impl Reconciler {
             (None, None) => {}
             (None, Some(_)) | (Some(_), None) => return Ok(None),
             (Some(link), Some(rec)) => {
-                if rec.name != link.gateway {
+                if rec.name != link.gateway || rec.previous_gateway.is_some() {
                     return Ok(None);
                 }
                 let (gw, _) = scoped
@@ -814,6 +814,7 @@ impl Reconciler {
             verified_at: now_rfc3339(),
             base_key: ctx.base_key.clone(),
             service: None,
+            previous_gateway: None,
         };
         self.write_record(ctx, kind.record_kind(), record, step)
             .await
@@ -895,23 +896,63 @@ impl Reconciler {
         const STEP: &str = "terminating_gateway";
         const KIND: &str = "terminating-gateway";
         let gateway = link.gateway.as_str();
-        let recorded = ctx.records.get(&RecordKind::Tgw).map(|r| r.name.clone());
+        let prior = ctx.records.get(&RecordKind::Tgw).cloned();
+        // Gateways this service may still be linked into, besides `gateway`:
+        // the one recorded, and one a crashed earlier run was moving away from.
+        let mut stale: Vec<String> = prior
+            .iter()
+            .flat_map(|r| [Some(r.name.clone()), r.previous_gateway.clone()])
+            .flatten()
+            .filter(|g| g != gateway)
+            .collect();
+        stale.dedup();
+        if prior.as_ref().map(|r| r.name.as_str()) != Some(gateway) {
+            // First link into this gateway. A link already there that no
+            // record of ours explains belongs to someone else.
+            let current = self.get_entry_named(ctx, KIND, gateway, STEP).await?;
+            if current
+                .as_ref()
+                .and_then(|c| entries::find_link(&c.0, &ctx.id))
+                .is_some()
+                && !adopt
+            {
+                return Err(Fail::new(
+                    Status::Conflict,
+                    STEP,
+                    format!(
+                        "terminating-gateway/{gateway} already links {} and svc-handler has no record of writing it; it is left unchanged (set \"adopt\": true to take it over)",
+                        ctx.id.name
+                    ),
+                ));
+            }
+            // Record the intent before writing the link, so that a crash
+            // between the two leaves a link svc-handler knows is its own.
+            let intent = Record {
+                kind: KIND.to_string(),
+                name: gateway.to_string(),
+                partition: ctx.id.partition.clone(),
+                namespace: ctx.id.namespace.clone(),
+                resource_id: keys::link_resource_id(
+                    &ctx.id.partition,
+                    &ctx.id.namespace,
+                    gateway,
+                    &ctx.id.name,
+                ),
+                create_index: 0,
+                modify_index: 0,
+                generation: ctx.generation,
+                object: entries::link_object(&ctx.id, link),
+                verified_at: String::new(),
+                base_key: ctx.base_key.clone(),
+                service: Some(ctx.id.name.clone()),
+                previous_gateway: stale.first().cloned(),
+            };
+            self.write_record(ctx, RecordKind::Tgw, intent, STEP)
+                .await?;
+        }
         let mut delays = self.cas_delays(self.cfg.link_cas_attempts);
         let actual = loop {
             let current = self.get_entry_named(ctx, KIND, gateway, STEP).await?;
-            if let Some(c) = &current {
-                let existing = entries::find_link(&c.0, &ctx.id);
-                if existing.is_some() && recorded.as_deref() != Some(gateway) && !adopt {
-                    return Err(Fail::new(
-                        Status::Conflict,
-                        STEP,
-                        format!(
-                            "terminating-gateway/{gateway} already links {} and svc-handler has no record of writing it; it is left unchanged (set \"adopt\": true to take it over)",
-                            ctx.id.name
-                        ),
-                    ));
-                }
-            }
             let Some(new) = entries::upsert_link(
                 current.as_ref().map(|c| &c.0),
                 gateway,
@@ -970,8 +1011,8 @@ impl Reconciler {
             ));
         }
         // Linked to another gateway before: take that link out now.
-        if let Some(old) = recorded.filter(|old| old != gateway) {
-            self.unlink(ctx, &old).await?;
+        for old in &stale {
+            self.unlink(ctx, old).await?;
         }
         let object = entries::find_link(&actual.0, &ctx.id)
             .cloned()
@@ -994,16 +1035,20 @@ impl Reconciler {
             verified_at: now_rfc3339(),
             base_key: ctx.base_key.clone(),
             service: Some(ctx.id.name.clone()),
+            previous_gateway: None,
         };
         self.write_record(ctx, RecordKind::Tgw, record, STEP).await
     }
 
     /// Removes the link tgw.json records, then tgw.json.
     async fn unlink_recorded(&self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
-        let Some(old) = ctx.records.get(&RecordKind::Tgw).map(|r| r.name.clone()) else {
+        let Some(rec) = ctx.records.get(&RecordKind::Tgw).cloned() else {
             return Ok(());
         };
-        self.unlink(ctx, &old).await?;
+        self.unlink(ctx, &rec.name).await?;
+        if let Some(prev) = rec.previous_gateway.filter(|p| *p != rec.name) {
+            self.unlink(ctx, &prev).await?;
+        }
         self.delete_record(ctx, RecordKind::Tgw, "terminating_gateway")
             .await
     }

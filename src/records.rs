@@ -60,6 +60,9 @@ pub struct Record {
     /// For a link: the service linked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// For a link being moved: the gateway it is leaving, until it is out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_gateway: Option<String>,
 }
 
 impl Record {
@@ -170,6 +173,7 @@ mod tests {
             verified_at: "2026-01-01T00:00:00.000Z".into(),
             base_key: "k".into(),
             service: None,
+            previous_gateway: None,
         };
         let mut later = r.clone();
         later.verified_at = now_rfc3339();

@@ -254,6 +254,7 @@ mod tests {
             verified_at: "2026-01-01T00:00:00Z".into(),
             base_key: String::new(),
             service: None,
+            previous_gateway: None,
         })
         .unwrap()
     }
