@@ -257,7 +257,7 @@ impl Agent {
             let leader = http_get(self.http, "/v1/status/leader");
             let kv = http_get(self.http, "/v1/kv/svc-handler-test-probe");
             if matches!(leader, Some((200, ref b)) if b.trim().len() > 2)
-                && matches!(kv, Some((404, _)))
+                && matches!(kv, Some((404 | 403, _)))
             {
                 return Ok(());
             }
