@@ -239,6 +239,19 @@ impl Agent {
         self.kill();
     }
 
+    /// Starts the stopped agent again without waiting (a cluster whose every
+    /// server restarts needs them all up before any has a leader).
+    pub fn start_again_no_wait(&mut self) {
+        let mut cmd = Agent::command(&self.args, &self.log).expect("command");
+        self.child = cmd.spawn().expect("spawn consul again");
+    }
+
+    /// Waits until a restarted agent has a leader again.
+    pub fn wait_ready_again(&mut self, timeout: Duration) {
+        self.wait_ready(timeout)
+            .unwrap_or_else(|e| panic!("restarted agent {}: {e}", self.http));
+    }
+
     /// Starts the stopped agent again with the same ports and data folder.
     pub fn start_again(&mut self) {
         let mut cmd = Agent::command(&self.args, &self.log).expect("command");
