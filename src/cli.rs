@@ -81,10 +81,12 @@ pub struct ConsulArgs {
     /// Server name to verify (CONSUL_TLS_SERVER_NAME).
     #[arg(long = "tls-server-name", global = true)]
     pub tls_server_name: Option<String>,
-    /// Consul Enterprise partition (CONSUL_PARTITION).
+    /// Consul Enterprise partition (CONSUL_PARTITION): the client's scope, and
+    /// the partition of a SERVICE argument that names none.
     #[arg(long, global = true)]
     pub partition: Option<String>,
-    /// Consul Enterprise namespace (CONSUL_NAMESPACE).
+    /// Consul Enterprise namespace (CONSUL_NAMESPACE): the client's scope, and
+    /// the namespace of a SERVICE argument that names none.
     #[arg(long, global = true)]
     pub namespace: Option<String>,
 }
@@ -135,6 +137,131 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub enum Command {
     /// Run the reconciler: watch the desired prefix and apply every change.
     Run(RunArgs),
+    /// Check base.json files offline (exit 0: all valid, 1: any invalid).
+    Validate(ValidateArgs),
+    /// Print the JSON Schema (draft 2020-12) of base.json.
+    Schema,
+    /// Validate a base.json and write it to Consul KV, refusing to overwrite a concurrent edit.
+    Apply(ApplyArgs),
+    /// Wait until the daemon has applied the current base.json (exit 0 applied, 1 failed, 2 timeout).
+    Wait(WaitArgs),
+    /// Show every service's outcome, or the details of one.
+    Status(StatusArgs),
+    /// Show what a reconcile would change in Consul (exit 0 no change, 1 changes, 2 error).
+    Diff(DiffArgs),
+    /// Delete a service's base.json; the daemon then removes what it owns.
+    Delete(DeleteArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+/// How a command prints what it found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// For machines: JSON on standard output.
+    Json,
+}
+
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+impl OutputArgs {
+    pub fn json(&self) -> bool {
+        self.output == OutputFormat::Json
+    }
+}
+
+/// How a SERVICE argument reads.
+const SERVICE_HELP: &str = "The service: NAME, NAMESPACE/NAME or PARTITION/NAMESPACE/NAME \
+(partition and namespace default to --partition/--namespace, else CONSUL_PARTITION/CONSUL_NAMESPACE, else default)";
+
+#[derive(Debug, Args, Clone)]
+pub struct ValidateArgs {
+    /// base.json files to check; `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ApplyArgs {
+    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
+    pub service: String,
+    /// The base.json to write; `-` reads standard input.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Write only if base.json is still at this generation (its ModifyIndex, as
+    /// `status` shows it; 0: only if it does not exist yet). Default: the
+    /// generation read just before writing.
+    #[arg(long, value_name = "N")]
+    pub expect_generation: Option<u64>,
+    /// Write whatever base.json holds now (no check-and-set), even an equal document.
+    #[arg(long, conflicts_with = "expect_generation")]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WaitArgs {
+    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
+    pub service: String,
+    /// Give up (exit 2) after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// One service to show in detail (NAME, NAMESPACE/NAME or
+    /// PARTITION/NAMESPACE/NAME); without it, a table of every service.
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DiffArgs {
+    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
+    pub service: String,
+    /// Compare this base.json instead of the one in Consul KV; `-` reads standard input.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DeleteArgs {
+    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
+    pub service: String,
+    /// Wait until the daemon has removed observed.json and its records (and,
+    /// when it prunes, the service's entries).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up (exit 2) after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -198,7 +325,9 @@ mod tests {
     #[test]
     fn run_defaults_match_the_contract() {
         let cli = Cli::try_parse_from(["svc-handler", "run"]).unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(run.metrics_listen.to_string(), "127.0.0.1:9732");
         assert_eq!(run.workers, 4);
         assert_eq!(run.session_ttl, Duration::from_secs(15));
@@ -206,9 +335,85 @@ mod tests {
         assert!(run.prune());
         assert!(!run.once);
         let cli = Cli::try_parse_from(["svc-handler", "run", "--no-prune", "--once"]).unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert!(!run.prune());
         assert!(run.once);
+    }
+
+    #[test]
+    fn operator_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "svc-handler",
+            "apply",
+            "team/web",
+            "-f",
+            "web.json",
+            "--expect-generation",
+            "7",
+            "-o",
+            "json",
+            "--namespace",
+            "team",
+        ])
+        .unwrap();
+        let Command::Apply(a) = cli.command else {
+            panic!("not apply")
+        };
+        assert_eq!(a.service, "team/web");
+        assert_eq!(a.file, PathBuf::from("web.json"));
+        assert_eq!(a.expect_generation, Some(7));
+        assert!(!a.force && a.output.json());
+        assert_eq!(cli.consul.namespace.as_deref(), Some("team"));
+
+        let e = Cli::try_parse_from([
+            "svc-handler",
+            "apply",
+            "web",
+            "-f",
+            "x",
+            "--force",
+            "--expect-generation",
+            "1",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--force") && e.contains("--expect-generation"),
+            "{e}"
+        );
+        assert!(Cli::try_parse_from(["svc-handler", "apply", "web"]).is_err());
+
+        let cli = Cli::try_parse_from(["svc-handler", "wait", "web"]).unwrap();
+        let Command::Wait(w) = cli.command else {
+            panic!("not wait")
+        };
+        assert_eq!(w.timeout, Duration::from_secs(60));
+        assert!(!w.output.json());
+
+        let cli =
+            Cli::try_parse_from(["svc-handler", "delete", "web", "--wait", "--timeout", "5s"])
+                .unwrap();
+        let Command::Delete(d) = cli.command else {
+            panic!("not delete")
+        };
+        assert!(d.wait);
+        assert_eq!(d.timeout, Duration::from_secs(5));
+
+        let cli = Cli::try_parse_from(["svc-handler", "status"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status(StatusArgs { service: None, .. })
+        ));
+        let cli = Cli::try_parse_from(["svc-handler", "diff", "-f", "-", "web"]).unwrap();
+        let Command::Diff(d) = cli.command else {
+            panic!("not diff")
+        };
+        assert_eq!(d.file, Some(PathBuf::from("-")));
+        assert!(Cli::try_parse_from(["svc-handler", "validate"]).is_err());
+        assert!(Cli::try_parse_from(["svc-handler", "completions", "tcsh"]).is_err());
+        assert!(Cli::try_parse_from(["svc-handler", "status", "-o", "yaml"]).is_err());
     }
 
     #[test]

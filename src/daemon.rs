@@ -3,14 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::consul::{Client, ConsulError, QueryOptions, Settings};
+use crate::consul::{Client, ConfigEntry, ConsulError, QueryOptions, Settings};
 use crate::entries::EntryKind;
 use crate::http::{Health, Observer};
 use crate::keys::{Layout, ServiceId};
@@ -127,7 +127,7 @@ impl Sessions {
 /// What the coordinator hears.
 enum Event {
     Listing(Snapshot),
-    Drift(Vec<ServiceId>),
+    Entries(EntryKind, Vec<ConfigEntry>),
     Resync,
     Done(Report),
 }
@@ -275,6 +275,7 @@ impl Daemon {
                             },
                             generation: None,
                             duration: Duration::ZERO,
+                            objects: None,
                         },
                     };
                     if matches!(report.outcome, Outcome::HeldElsewhere { .. })
@@ -330,7 +331,6 @@ impl Daemon {
 
         let queue: Arc<Queue<ServiceId>> = Queue::new(Backoff::default());
         let modes: Arc<Mutex<HashMap<ServiceId, Mode>>> = Arc::default();
-        let snapshot: Arc<RwLock<Arc<Snapshot>>> = Arc::default();
         let sessions = daemon.sessions();
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
 
@@ -344,13 +344,8 @@ impl Daemon {
         // Drift watches, one per kind.
         for kind in EntryKind::ALL {
             let d = Arc::clone(&daemon);
-            let (tx, rx, snap, q) = (
-                ev_tx.clone(),
-                stop_rx.clone(),
-                Arc::clone(&snapshot),
-                Arc::clone(&queue),
-            );
-            tasks.spawn(async move { d.watch_entries(kind, snap, q, tx, rx).await });
+            let (tx, rx) = (ev_tx.clone(), stop_rx.clone());
+            tasks.spawn(async move { d.watch_entries(kind, tx, rx).await });
         }
         // Resync ticker.
         if let Some(every) = cfg.resync_interval.filter(|d| !d.is_zero()) {
@@ -405,6 +400,7 @@ impl Daemon {
         let mut initial: Option<HashSet<ServiceId>> = None;
         let mut seen: HashMap<ServiceId, (u64, Instant)> = HashMap::new();
         let mut statuses: HashMap<ServiceId, Status> = HashMap::new();
+        let mut applied = watch::Applied::new();
         let enqueue = |id: ServiceId, mode: Mode| {
             {
                 let mut m = modes.lock().expect("modes lock");
@@ -424,7 +420,6 @@ impl Daemon {
                 Event::Listing(snap) => {
                     let snap = Arc::new(snap);
                     let changes = watch::diff(previous.as_deref(), &snap);
-                    *snapshot.write().expect("snapshot lock") = Arc::clone(&snap);
                     let first = previous.is_none();
                     for (key, reason, index) in &changes.invalid {
                         if let Err(e) = daemon
@@ -464,8 +459,10 @@ impl Daemon {
                     }
                     previous = Some(snap);
                 }
-                Event::Drift(ids) => {
-                    for id in ids {
+                Event::Entries(kind, entries) => {
+                    let Some(snap) = &previous else { continue };
+                    let ids = watch::drifted(snap, kind, &entries, &applied);
+                    for id in ids.into_iter().filter(|id| !queue.contains(id)) {
                         tracing::info!(service = %id, "an owned entry changed behind svc-handler's back; re-checking");
                         enqueue(id, Mode::Verify);
                     }
@@ -480,6 +477,22 @@ impl Daemon {
                 }
                 Event::Done(report) => {
                     let id = report.id.clone();
+                    if let Some(objects) = &report.objects {
+                        for (kind, r) in [
+                            (EntryKind::ServiceDefaults, &objects.defaults),
+                            (EntryKind::ServiceResolver, &objects.resolver),
+                            (EntryKind::ServiceRouter, &objects.router),
+                            (EntryKind::TerminatingGateway, &objects.terminating_gateway),
+                        ] {
+                            match r {
+                                Some(r) => applied.insert((id.clone(), kind), r.modify_index),
+                                None => applied.remove(&(id.clone(), kind)),
+                            };
+                        }
+                    }
+                    if matches!(report.outcome, Outcome::Deleted { .. } | Outcome::Absent) {
+                        applied.retain(|(s, _), _| *s != id);
+                    }
                     match &report.outcome {
                         Outcome::Applied { .. } | Outcome::UpToDate => {
                             statuses.insert(id.clone(), Status::Applied);
@@ -595,6 +608,7 @@ impl Daemon {
                     },
                     generation: None,
                     duration: Duration::ZERO,
+                    objects: None,
                 },
             };
             self.metrics.workers_busy.dec();
@@ -706,8 +720,6 @@ impl Daemon {
     async fn watch_entries(
         self: Arc<Self>,
         kind: EntryKind,
-        snapshot: Arc<RwLock<Arc<Snapshot>>>,
-        queue: Arc<Queue<ServiceId>>,
         events: mpsc::UnboundedSender<Event>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
@@ -734,12 +746,7 @@ impl Daemon {
                     if first {
                         continue; // the startup sync checks everything anyway
                     }
-                    let snap = Arc::clone(&snapshot.read().expect("snapshot lock"));
-                    let ids: Vec<ServiceId> = watch::drifted(&snap, kind, &entries)
-                        .into_iter()
-                        .filter(|id| !queue.contains(id))
-                        .collect();
-                    if !ids.is_empty() && events.send(Event::Drift(ids)).is_err() {
+                    if events.send(Event::Entries(kind, entries)).is_err() {
                         return;
                     }
                 }

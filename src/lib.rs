@@ -5,6 +5,7 @@
 //! so that tests and benchmarks can use it.
 
 pub mod cli;
+pub mod commands;
 pub mod consul;
 pub mod daemon;
 pub mod entries;

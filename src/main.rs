@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use svc_handler::cli::{Cli, Command, LogFormat, RunArgs};
 use svc_handler::daemon::{default_holder, Daemon, DaemonConfig};
 use svc_handler::keys::Layout;
@@ -10,12 +11,13 @@ use svc_handler::lock::SessionConfig;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(cli: &Cli) {
+/// `level`: the filter when RUST_LOG is not set.
+fn init_logging(cli: &Cli, level: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.is_empty())
         .map(EnvFilter::new)
-        .unwrap_or_else(|| EnvFilter::new(&cli.log_level));
+        .unwrap_or_else(|| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -30,8 +32,18 @@ fn init_logging(cli: &Cli) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli);
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The operator commands talk to people: only warnings, unless asked.
+    let level = match (&cli.command, matches.value_source("log_level")) {
+        (Command::Run(_), _) => cli.log_level.clone(),
+        (_, Some(ValueSource::DefaultValue) | None) => "warn".to_string(),
+        _ => cli.log_level.clone(),
+    };
+    init_logging(&cli, &level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,6 +57,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Run(args) => run(&cli, args).await,
+            _ => Ok(match svc_handler::commands::dispatch(&cli).await {
+                Ok(code) => ExitCode::from(code),
+                Err(failure) => {
+                    if !failure.message.is_empty() {
+                        eprintln!("svc-handler: {}", failure.message);
+                    }
+                    ExitCode::from(failure.code)
+                }
+            }),
         }
     });
     match result {

@@ -152,6 +152,8 @@ pub struct Report {
     /// The base.json ModifyIndex the flow worked on, when it read one.
     pub generation: Option<u64>,
     pub duration: Duration,
+    /// The objects as this flow left them (when it applied).
+    pub objects: Option<Objects>,
 }
 
 /// Why a step ended the flow.
@@ -215,6 +217,11 @@ struct Ctx<'s> {
     records: HashMap<RecordKind, Record>,
     changed: bool,
     drifted: Vec<EntryKind>,
+    /// Record writes not yet committed: they go with the next fenced
+    /// transaction (at the latest the one that writes observed.json).
+    pending: Vec<TxnKvOp>,
+    /// The objects as verified by this flow, for observed.json.
+    objects: Objects,
 }
 
 /// Runs the flow for services.
@@ -384,16 +391,21 @@ impl Reconciler {
             }
         }
 
-        let (outcome, generation) = self.locked(id, prune, session, &lock_key, started).await;
+        let (outcome, generation, released, objects) =
+            self.locked(id, prune, session, &lock_key, started).await;
 
-        match lock::unlock(&self.client, session, &lock_key).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(service = %id, "the lock was no longer ours at release"),
-            Err(e) => {
-                tracing::warn!(service = %id, error = %e, "could not release the lock; it frees itself with the session")
+        if !released {
+            match lock::unlock(&self.client, session, &lock_key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(service = %id, "the lock was no longer ours at release")
+                }
+                Err(e) => {
+                    tracing::warn!(service = %id, error = %e, "could not release the lock; it frees itself with the session")
+                }
             }
         }
-        self.finish(id, outcome, generation, started)
+        self.finish_with(id, outcome, generation, started, objects)
     }
 
     /// Reads, without the lock, whether the service is already in place;
@@ -480,6 +492,17 @@ impl Reconciler {
         generation: Option<u64>,
         started: Instant,
     ) -> Report {
+        self.finish_with(id, outcome, generation, started, None)
+    }
+
+    fn finish_with(
+        &self,
+        id: &ServiceId,
+        outcome: Outcome,
+        generation: Option<u64>,
+        started: Instant,
+        objects: Option<Objects>,
+    ) -> Report {
         let duration = started.elapsed();
         if let Some(g) = generation {
             tracing::Span::current().record("generation", g);
@@ -523,6 +546,7 @@ impl Reconciler {
             outcome,
             generation,
             duration,
+            objects,
         }
     }
 
@@ -534,7 +558,7 @@ impl Reconciler {
         session: &Session,
         lock_key: &str,
         started: Instant,
-    ) -> (Outcome, Option<u64>) {
+    ) -> (Outcome, Option<u64>, bool, Option<Objects>) {
         let layout = &self.cfg.layout;
         let base_key = layout.base_key(id);
         let dir = format!("{}/", layout.service_dir(id));
@@ -548,6 +572,8 @@ impl Reconciler {
                         step: "read".into(),
                         message: e.to_string(),
                     },
+                    None,
+                    false,
                     None,
                 )
             }
@@ -580,18 +606,23 @@ impl Reconciler {
             records,
             changed: false,
             drifted: Vec::new(),
+            pending: Vec::new(),
+            objects: Objects::default(),
         };
 
         let Some(base) = base else {
             let generation = None;
             return match self.delete_flow(&mut ctx, prune).await {
-                Ok(outcome) => (outcome, generation),
+                Ok(Outcome::Absent) => (Outcome::Absent, generation, false, None),
+                Ok(outcome) => (outcome, generation, true, None),
                 Err(f) if f.lock_lost => (
                     Outcome::LockLost {
                         step: f.step.into(),
                         message: f.message,
                     },
                     generation,
+                    false,
+                    None,
                 ),
                 Err(f) => (
                     Outcome::Failed {
@@ -600,6 +631,8 @@ impl Reconciler {
                         message: f.message,
                     },
                     generation,
+                    false,
+                    None,
                 ),
             };
         };
@@ -613,6 +646,7 @@ impl Reconciler {
             )),
             Ok(spec) => self.apply_flow(&mut ctx, &spec).await,
         };
+        let applied_objects = result.as_ref().ok().cloned();
         let (observed, outcome) = match result {
             Ok(objects) => (
                 self.observed(&ctx, Status::Applied, None, None, objects, started),
@@ -628,6 +662,8 @@ impl Reconciler {
                         message: f.message,
                     },
                     generation,
+                    false,
+                    None,
                 )
             }
             Err(f) => {
@@ -649,25 +685,30 @@ impl Reconciler {
                 )
             }
         };
+        // One transaction: the records not yet written, observed.json, and
+        // the lock's release, all fenced by the lock.
         let bytes = serde_json::to_vec(&observed).expect("observed serializes");
-        let write = self
-            .fenced(
-                &ctx,
-                "observed",
-                vec![TxnKvOp::Set {
-                    key: layout.observed_key(id),
-                    value: bytes,
-                }],
-            )
-            .await;
+        if let Some(h) = &self.hook {
+            h.before_fenced_write("observed", ctx.session.id()).await;
+        }
+        let extra = vec![
+            TxnKvOp::Set {
+                key: layout.observed_key(id),
+                value: bytes,
+            },
+            self.unlock_op(&ctx),
+        ];
+        let write = self.flush(&mut ctx, "observed", extra).await;
         match write {
-            Ok(()) => (outcome, generation),
+            Ok(()) => (outcome, generation, true, applied_objects),
             Err(f) if f.lock_lost => (
                 Outcome::LockLost {
                     step: f.step.into(),
                     message: f.message,
                 },
                 generation,
+                false,
+                None,
             ),
             Err(f) => (
                 Outcome::Failed {
@@ -676,6 +717,8 @@ impl Reconciler {
                     message: f.message,
                 },
                 generation,
+                false,
+                None,
             ),
         }
     }
@@ -722,7 +765,7 @@ impl Reconciler {
             Some(link) => self.link(ctx, link, spec.adopt).await?,
             None => self.unlink_recorded(ctx).await?,
         }
-        self.snapshot(ctx).await
+        Ok(ctx.objects.clone())
     }
 
     /// One config entry: read, ownership check, compare, CAS write, read
@@ -800,6 +843,16 @@ impl Reconciler {
                 step,
                 format!("{kind_s}/{}: read-back differs at {m}", ctx.id.name),
             ));
+        }
+        let object_ref = Some(ObjectRef {
+            resource_id: keys::resource_id(kind_s, &ctx.id),
+            modify_index: actual.modify_index(),
+        });
+        match kind {
+            EntryKind::ServiceDefaults => ctx.objects.defaults = object_ref,
+            EntryKind::ServiceResolver => ctx.objects.resolver = object_ref,
+            EntryKind::ServiceRouter => ctx.objects.router = object_ref,
+            EntryKind::TerminatingGateway => {}
         }
         let record = Record {
             kind: kind_s.to_string(),
@@ -947,8 +1000,8 @@ impl Reconciler {
                 service: Some(ctx.id.name.clone()),
                 previous_gateway: stale.first().cloned(),
             };
-            self.write_record(ctx, RecordKind::Tgw, intent, STEP)
-                .await?;
+            self.queue_record(ctx, RecordKind::Tgw, intent);
+            self.flush(ctx, STEP, Vec::new()).await?;
         }
         let mut delays = self.cas_delays(self.cfg.link_cas_attempts);
         let actual = loop {
@@ -1017,6 +1070,15 @@ impl Reconciler {
         let object = entries::find_link(&actual.0, &ctx.id)
             .cloned()
             .unwrap_or(Value::Null);
+        ctx.objects.terminating_gateway = Some(ObjectRef {
+            resource_id: keys::link_resource_id(
+                &ctx.id.partition,
+                &ctx.id.namespace,
+                gateway,
+                &ctx.id.name,
+            ),
+            modify_index: actual.modify_index(),
+        });
         let record = Record {
             kind: KIND.to_string(),
             name: gateway.to_string(),
@@ -1049,6 +1111,7 @@ impl Reconciler {
         if let Some(prev) = rec.previous_gateway.filter(|p| *p != rec.name) {
             self.unlink(ctx, &prev).await?;
         }
+        ctx.objects.terminating_gateway = None;
         self.delete_record(ctx, RecordKind::Tgw, "terminating_gateway")
             .await
     }
@@ -1118,7 +1181,11 @@ impl Reconciler {
             })
             .collect();
         ops.push(TxnKvOp::Delete { key: observed_key });
-        self.fenced(ctx, "delete", ops).await?;
+        ops.push(self.unlock_op(ctx));
+        if let Some(h) = &self.hook {
+            h.before_fenced_write("delete", ctx.session.id()).await;
+        }
+        self.flush(ctx, "delete", ops).await?;
         Ok(Outcome::Deleted { pruned: prune })
     }
 
@@ -1177,7 +1244,9 @@ impl Reconciler {
             .map_err(|e| Fail::consul(step, &e))
     }
 
-    /// Writes a record, fenced; skips it when the stored one says the same.
+    /// Queues a record for the next fenced transaction; skips it when the
+    /// stored one says the same. The record of a step is committed together
+    /// with observed.json (or earlier, with an intent), never without the lock.
     async fn write_record(
         &self,
         ctx: &mut Ctx<'_>,
@@ -1185,21 +1254,23 @@ impl Reconciler {
         record: Record,
         step: &'static str,
     ) -> Result<(), Fail> {
+        if let Some(h) = &self.hook {
+            h.before_fenced_write(step, ctx.session.id()).await;
+        }
+        self.queue_record(ctx, kind, record);
+        Ok(())
+    }
+
+    fn queue_record(&self, ctx: &mut Ctx<'_>, kind: RecordKind, record: Record) {
         if ctx.records.get(&kind).is_some_and(|r| r.same_as(&record)) {
-            return Ok(());
+            return;
         }
         let bytes = serde_json::to_vec(&record).expect("record serializes");
-        self.fenced(
-            ctx,
-            step,
-            vec![TxnKvOp::Set {
-                key: self.cfg.layout.record_key(&ctx.id, kind),
-                value: bytes,
-            }],
-        )
-        .await?;
+        ctx.pending.push(TxnKvOp::Set {
+            key: self.cfg.layout.record_key(&ctx.id, kind),
+            value: bytes,
+        });
         ctx.records.insert(kind, record);
-        Ok(())
     }
 
     async fn delete_record(
@@ -1211,14 +1282,38 @@ impl Reconciler {
         if ctx.records.remove(&kind).is_none() {
             return Ok(());
         }
-        self.fenced(
-            ctx,
-            step,
-            vec![TxnKvOp::Delete {
-                key: self.cfg.layout.record_key(&ctx.id, kind),
-            }],
-        )
-        .await
+        if let Some(h) = &self.hook {
+            h.before_fenced_write(step, ctx.session.id()).await;
+        }
+        ctx.pending.push(TxnKvOp::Delete {
+            key: self.cfg.layout.record_key(&ctx.id, kind),
+        });
+        Ok(())
+    }
+
+    /// Commits the queued record writes, plus `extra`, in one fenced
+    /// transaction.
+    async fn flush(
+        &self,
+        ctx: &mut Ctx<'_>,
+        step: &'static str,
+        extra: Vec<TxnKvOp>,
+    ) -> Result<(), Fail> {
+        let mut ops = std::mem::take(&mut ctx.pending);
+        ops.extend(extra);
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.fenced(ctx, step, ops).await
+    }
+
+    /// Releases the lock inside a transaction.
+    fn unlock_op(&self, ctx: &Ctx<'_>) -> TxnKvOp {
+        TxnKvOp::Unlock {
+            key: ctx.lock_key.clone(),
+            value: Vec::new(),
+            session: ctx.session.id().to_string(),
+        }
     }
 
     /// KV writes in one transaction that applies only while this flow's
@@ -1229,9 +1324,6 @@ impl Reconciler {
         step: &'static str,
         ops: Vec<TxnKvOp>,
     ) -> Result<(), Fail> {
-        if let Some(h) = &self.hook {
-            h.before_fenced_write(step, ctx.session.id()).await;
-        }
         if ctx.session.is_lost() {
             return Err(Fail::lock_lost(
                 step,

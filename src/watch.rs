@@ -125,11 +125,22 @@ pub fn diff(previous: Option<&Snapshot>, next: &Snapshot) -> Changes {
     out
 }
 
+/// The ModifyIndex each service's objects had when this instance last
+/// applied them: newer than the records the watch has seen, for a moment.
+pub type Applied = HashMap<(ServiceId, EntryKind), u64>;
+
 /// Services whose owned entries of `kind` no longer match their records:
 /// a different ModifyIndex, or the entry gone. For terminating gateways, a
 /// recorded link that is missing or different. Only services with a
-/// base.json count (deletions are the watch's business).
-pub fn drifted(snapshot: &Snapshot, kind: EntryKind, entries: &[ConfigEntry]) -> Vec<ServiceId> {
+/// base.json count (deletions are the watch's business). An entry whose
+/// ModifyIndex is the one this instance just applied (`applied`) is in sync
+/// even if the listing of records does not show it yet.
+pub fn drifted(
+    snapshot: &Snapshot,
+    kind: EntryKind,
+    entries: &[ConfigEntry],
+    applied: &Applied,
+) -> Vec<ServiceId> {
     let mut out = BTreeSet::new();
     let rk = kind.record_kind();
     let by_name: HashMap<&str, &ConfigEntry> = entries.iter().map(|e| (e.name(), e)).collect();
@@ -140,6 +151,11 @@ pub fn drifted(snapshot: &Snapshot, kind: EntryKind, entries: &[ConfigEntry]) ->
         // Entries are listed per scope; a record in another partition or
         // namespace is checked by that scope's watch.
         let entry = by_name.get(rec.name.as_str());
+        if let (Some(e), Some(idx)) = (entry, applied.get(&(id.clone(), kind))) {
+            if e.modify_index() == *idx {
+                continue;
+            }
+        }
         let drift = match (kind, entry) {
             (_, None) => true,
             (EntryKind::TerminatingGateway, Some(gw)) => match entries::find_link(&gw.0, id) {
@@ -360,29 +376,44 @@ mod tests {
                 ),
             ],
         );
+        let none = Applied::new();
         let same = |name: &str, idx: u64| {
             ConfigEntry(json!({"Kind": "service-defaults", "Name": name, "ModifyIndex": idx}))
         };
         assert!(drifted(
             &snap,
             EntryKind::ServiceDefaults,
-            &[same("web", 40), same("api", 41)]
+            &[same("web", 40), same("api", 41)],
+            &none
         )
         .is_empty());
         assert_eq!(
             drifted(
                 &snap,
                 EntryKind::ServiceDefaults,
-                &[same("web", 44), same("api", 41)]
+                &[same("web", 44), same("api", 41)],
+                &none
             ),
             vec![id("web")]
         );
         assert_eq!(
-            drifted(&snap, EntryKind::ServiceDefaults, &[same("web", 40)]),
+            drifted(&snap, EntryKind::ServiceDefaults, &[same("web", 40)], &none),
             vec![id("api")],
             "deleted behind our back"
         );
-        assert!(drifted(&snap, EntryKind::ServiceRouter, &[]).is_empty());
+        assert!(drifted(&snap, EntryKind::ServiceRouter, &[], &none).is_empty());
+        // Just applied by this instance, before the listing shows the record.
+        let mut applied = Applied::new();
+        applied.insert((id("web"), EntryKind::ServiceDefaults), 44);
+        assert_eq!(
+            drifted(
+                &snap,
+                EntryKind::ServiceDefaults,
+                &[same("web", 44), same("api", 41)],
+                &applied
+            ),
+            Vec::<ServiceId>::new()
+        );
     }
 
     #[test]
@@ -413,15 +444,31 @@ mod tests {
         };
         // Another service's link changed the gateway's index: not our drift.
         let other = gw(json!([{"Name": "web", "SNI": "a"}, {"Name": "db"}]), 99);
-        assert!(drifted(&snap, EntryKind::TerminatingGateway, &[other]).is_empty());
+        assert!(drifted(
+            &snap,
+            EntryKind::TerminatingGateway,
+            &[other],
+            &Applied::new()
+        )
+        .is_empty());
         let changed = gw(json!([{"Name": "web", "SNI": "b"}]), 100);
         assert_eq!(
-            drifted(&snap, EntryKind::TerminatingGateway, &[changed]),
+            drifted(
+                &snap,
+                EntryKind::TerminatingGateway,
+                &[changed],
+                &Applied::new()
+            ),
             vec![id("web")]
         );
         let removed = gw(json!([{"Name": "db"}]), 101);
         assert_eq!(
-            drifted(&snap, EntryKind::TerminatingGateway, &[removed]),
+            drifted(
+                &snap,
+                EntryKind::TerminatingGateway,
+                &[removed],
+                &Applied::new()
+            ),
             vec![id("web")]
         );
     }

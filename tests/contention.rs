@@ -48,11 +48,18 @@ async fn services_racing_into_two_gateways_end_with_exact_links() {
         .map(|i| ServiceId::new("default", "default", &format!("c{i}-{tag}")).unwrap())
         .collect();
     let started = Instant::now();
+    // At most 32 writes at once: Consul closes connections from one address
+    // beyond `http_max_conns_per_client` (200 by default).
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
     let mut puts = tokio::task::JoinSet::new();
     for (i, id) in ids.iter().enumerate() {
         let (c, key) = (client.clone(), layout.base_key(id));
         let body = json!({"terminating_gateway": {"Gateway": gateways[i % 2], "SNI": format!("{}.example", id.name)}});
-        puts.spawn(async move { c.kv_put(&key, body.to_string().as_bytes()).await.unwrap() });
+        let permits = std::sync::Arc::clone(&permits);
+        puts.spawn(async move {
+            let _p = permits.acquire().await.unwrap();
+            c.kv_put(&key, body.to_string().as_bytes()).await.unwrap()
+        });
     }
     while puts.join_next().await.is_some() {}
     let all = eventually(Duration::from_secs(600), || async {

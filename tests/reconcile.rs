@@ -530,17 +530,20 @@ async fn record_write_after_losing_the_session_is_refused() {
     let Outcome::LockLost { step, message } = &r.outcome else {
         panic!("{r:?}")
     };
-    assert_eq!(step, "resolver");
+    // Records are committed with observed.json in one transaction fenced by
+    // the lock: that transaction is refused, so none of them lands.
+    assert_eq!(step, "observed");
     assert!(message.contains("lock"), "{message}");
-    assert!(
-        w.record(&id, "defaults.json").await.is_some(),
-        "written before"
-    );
-    assert!(
-        w.record(&id, "resolver.json").await.is_none(),
-        "the fenced record never landed"
-    );
+    for file in ["defaults.json", "resolver.json"] {
+        assert!(
+            w.record(&id, file).await.is_none(),
+            "{file} landed unfenced"
+        );
+    }
     assert!(w.observed(&id).await.is_none(), "nor did observed.json");
+    // What was written to Consul before the lock was lost stays, marked.
+    let e = w.entry("service-defaults", &id.name).await.unwrap();
+    assert_eq!(e["Meta"]["managed-by"], "svc-handler");
     assert_eq!(
         w.metrics
             .reconcile_total

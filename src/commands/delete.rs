@@ -1,0 +1,180 @@
+//! `svc-handler delete SERVICE [--wait]`: deletes base.json; the daemon then
+//! removes the entries it owns (when it prunes), its records and observed.json.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{
+    get_blocking, human_duration, keys_blocking, retry_delays, sleep_until_before, Ctx, Exit,
+    Failure, EXIT_OK, EXIT_TIMEOUT,
+};
+use crate::cli::DeleteArgs;
+use crate::consul::{ConsulError, QueryOptions};
+use crate::keys::ServiceId;
+use crate::watch::next_index;
+
+/// How waiting for the daemon's clean-up ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoneEnd {
+    /// observed.json and every record are gone.
+    Gone,
+    /// Time ran out; these keys are still there.
+    TimedOut { left: Vec<String> },
+}
+
+/// What is left of a service: keys under its folder, and observed.json.
+struct Left {
+    keys: Vec<String>,
+    keys_index: u64,
+    observed: bool,
+    observed_index: u64,
+}
+
+async fn left(ctx: &Ctx, id: &ServiceId) -> Result<Left, ConsulError> {
+    let opts = QueryOptions::consistent();
+    let (keys, kmeta) = ctx
+        .client
+        .kv_keys(&ctx.layout.service_dir(id), None, &opts)
+        .await?;
+    let (observed, ometa) = ctx
+        .client
+        .kv_get(&ctx.layout.observed_key(id), &opts)
+        .await?;
+    Ok(Left {
+        keys,
+        keys_index: kmeta.index,
+        observed: observed.is_some(),
+        observed_index: ometa.index,
+    })
+}
+
+/// Waits, with blocking queries, until observed.json and every key in the
+/// service's folder are gone; fails when base.json comes back.
+pub async fn wait_gone(ctx: &Ctx, id: &ServiceId, timeout: Duration) -> Result<GoneEnd, Failure> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let base_key = ctx.layout.base_key(id);
+    let observed_key = ctx.layout.observed_key(id);
+    let dir = ctx.layout.service_dir(id);
+    let mut delays = retry_delays();
+    let mut last: Vec<String> = Vec::new();
+    loop {
+        let now = match tokio::time::timeout_at(deadline, left(ctx, id)).await {
+            Err(_) => return Ok(GoneEnd::TimedOut { left: last }),
+            Ok(Ok(now)) => now,
+            Ok(Err(e)) if e.is_retryable() => {
+                sleep_until_before(delays.next().unwrap_or_default(), deadline).await;
+                continue;
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        if now.keys.contains(&base_key) {
+            return Err(Failure::failed(format!(
+                "{id}: {base_key} was written again while waiting for the clean-up"
+            )));
+        }
+        if now.keys.is_empty() && !now.observed {
+            return Ok(GoneEnd::Gone);
+        }
+        last = now.keys.clone();
+        if now.observed {
+            last.push(observed_key.clone());
+        }
+        let waited = if now.observed {
+            let index = next_index(0, now.observed_index);
+            get_blocking(&ctx.client, &observed_key, index, deadline)
+                .await
+                .map(|r| r.map(|_| ()))
+        } else {
+            let index = next_index(0, now.keys_index);
+            keys_blocking(&ctx.client, &dir, index, deadline)
+                .await
+                .map(|r| r.map(|_| ()))
+        };
+        match waited {
+            Ok(None) => return Ok(GoneEnd::TimedOut { left: last }),
+            Ok(Some(())) => delays = retry_delays(),
+            Err(e) if e.is_retryable() => {
+                sleep_until_before(delays.next().unwrap_or_default(), deadline).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DeleteReport<'a> {
+    name: &'a str,
+    partition: &'a str,
+    namespace: &'a str,
+    key: &'a str,
+    /// False when there was no base.json to delete.
+    deleted: bool,
+    /// The generation deleted.
+    generation: Option<u64>,
+    /// With --wait: `gone` or `timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait: Option<&'static str>,
+    /// With --wait and a timeout: the keys still there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    left: Option<&'a [String]>,
+}
+
+pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
+    let id = ctx.service(&args.service)?;
+    let key = ctx.layout.base_key(&id);
+    let base = ctx.get(&key).await?;
+    let generation = base.as_ref().map(|p| p.modify_index);
+    if base.is_some() {
+        ctx.client.kv_delete(&key).await?;
+    }
+    let json = args.output.json();
+    if !json {
+        match generation {
+            Some(g) => println!("{id}: base.json deleted (it was at generation {g})"),
+            None => println!("{id}: there is no base.json ({key}); nothing to delete"),
+        }
+    }
+    let end = if args.wait {
+        Some(wait_gone(ctx, &id, args.timeout).await?)
+    } else {
+        None
+    };
+    let left = match &end {
+        Some(GoneEnd::TimedOut { left }) => Some(left.as_slice()),
+        _ => None,
+    };
+    if json {
+        super::output::print_json(&DeleteReport {
+            name: &id.name,
+            partition: &id.partition,
+            namespace: &id.namespace,
+            key: &key,
+            deleted: generation.is_some(),
+            generation,
+            wait: end.as_ref().map(|e| match e {
+                GoneEnd::Gone => "gone",
+                GoneEnd::TimedOut { .. } => "timeout",
+            }),
+            left,
+        });
+    }
+    match end {
+        None => Ok(EXIT_OK),
+        Some(GoneEnd::Gone) => {
+            if !json {
+                println!("{id}: the daemon removed its records and observed.json");
+            }
+            Ok(EXIT_OK)
+        }
+        Some(GoneEnd::TimedOut { left }) => Err(Failure::new(
+            EXIT_TIMEOUT,
+            format!(
+                "{id}: timed out after {} waiting for the clean-up (is `svc-handler run --prefix {}` running?); still there: {}",
+                human_duration(args.timeout),
+                ctx.layout.prefix(),
+                left.join(", ")
+            ),
+        )),
+    }
+}

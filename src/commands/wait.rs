@@ -1,0 +1,243 @@
+//! `svc-handler wait SERVICE`: waits, with blocking queries on observed.json,
+//! until the daemon has applied the current base.json or failed on it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{
+    get_blocking, human_duration, retry_delays, sleep_until_before, Ctx, Exit, Failure,
+    EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT,
+};
+use crate::cli::WaitArgs;
+use crate::keys::ServiceId;
+use crate::records::{Observed, Status};
+use crate::watch::next_index;
+
+/// How a wait ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitEnd {
+    /// observed.json shows `applied` at `generation` or later.
+    Applied { generation: u64, observed: Observed },
+    /// observed.json shows error, invalid or conflict at `generation` or later.
+    Failed { generation: u64, observed: Observed },
+    /// The time ran out; `observed` is what observed.json last said.
+    TimedOut {
+        generation: u64,
+        observed: Option<Observed>,
+    },
+}
+
+/// What observed.json says about `generation`: `None` while it is older.
+pub fn judge(generation: u64, observed: &Observed) -> Option<bool> {
+    (observed.generation >= generation).then_some(observed.status == Status::Applied)
+}
+
+/// Waits until observed.json answers for the current base.json generation
+/// (re-read each time observed.json changes), at most `timeout`.
+pub async fn wait_applied(
+    ctx: &Ctx,
+    id: &ServiceId,
+    timeout: Duration,
+) -> Result<WaitEnd, Failure> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let base_key = ctx.layout.base_key(id);
+    let observed_key = ctx.layout.observed_key(id);
+    let mut index = 0u64;
+    let mut delays = retry_delays();
+    let mut generation = 0u64;
+    let mut last: Option<Observed> = None;
+    let timed_out = |generation, last| WaitEnd::TimedOut {
+        generation,
+        observed: last,
+    };
+    loop {
+        let base = match tokio::time::timeout_at(deadline, ctx.get(&base_key)).await {
+            Err(_) => return Ok(timed_out(generation, last)),
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) if e.is_retryable() => {
+                tracing::debug!(error = %e, "retrying");
+                sleep_until_before(delays.next().unwrap_or_default(), deadline).await;
+                continue;
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        let Some(base) = base else {
+            return Err(Failure::failed(if generation == 0 {
+                format!("{id}: {base_key} does not exist: nothing to wait for (apply it first)")
+            } else {
+                format!("{id}: {base_key} was deleted while waiting")
+            }));
+        };
+        generation = base.modify_index;
+        if let Some(o) = &last {
+            match judge(generation, o) {
+                Some(true) => {
+                    return Ok(WaitEnd::Applied {
+                        generation,
+                        observed: o.clone(),
+                    })
+                }
+                Some(false) => {
+                    return Ok(WaitEnd::Failed {
+                        generation,
+                        observed: o.clone(),
+                    })
+                }
+                None => {}
+            }
+        }
+        match get_blocking(&ctx.client, &observed_key, index, deadline).await {
+            Ok(None) => return Ok(timed_out(generation, last)),
+            Ok(Some((pair, meta))) => {
+                index = next_index(index, meta.index);
+                delays = retry_delays();
+                last = match pair {
+                    None => None,
+                    Some(p) => match serde_json::from_slice::<Observed>(&p.value) {
+                        Ok(o) => Some(o),
+                        Err(e) => {
+                            tracing::warn!(key = %observed_key, error = %e, "observed.json does not parse; waiting on");
+                            None
+                        }
+                    },
+                };
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %e, "retrying");
+                index = 0;
+                sleep_until_before(delays.next().unwrap_or_default(), deadline).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The result of `wait`, as `--output json` prints it.
+#[derive(Debug, Serialize)]
+struct WaitReport<'a> {
+    name: &'a str,
+    partition: &'a str,
+    namespace: &'a str,
+    /// `applied`, `failed` or `timeout`.
+    result: &'static str,
+    /// The base.json generation waited for.
+    generation: u64,
+    observed: Option<&'a Observed>,
+}
+
+/// One line on a failed outcome: status, generation, step and message.
+pub fn describe(o: &Observed) -> String {
+    let step = o
+        .step
+        .as_deref()
+        .map(|s| format!(" in step {s}"))
+        .unwrap_or_default();
+    let message = o
+        .message
+        .as_deref()
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    format!("{} at generation {}{step}{message}", o.status, o.generation)
+}
+
+pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
+    let id = ctx.service(&args.service)?;
+    let end = wait_applied(ctx, &id, args.timeout).await?;
+    let (result, generation, observed) = match &end {
+        WaitEnd::Applied {
+            generation,
+            observed,
+        } => ("applied", *generation, Some(observed)),
+        WaitEnd::Failed {
+            generation,
+            observed,
+        } => ("failed", *generation, Some(observed)),
+        WaitEnd::TimedOut {
+            generation,
+            observed,
+        } => ("timeout", *generation, observed.as_ref()),
+    };
+    if args.output.json() {
+        super::output::print_json(&WaitReport {
+            name: &id.name,
+            partition: &id.partition,
+            namespace: &id.namespace,
+            result,
+            generation,
+            observed,
+        });
+    }
+    match end {
+        WaitEnd::Applied { observed, .. } => {
+            if !args.output.json() {
+                println!("{id}: applied at generation {}", observed.generation);
+            }
+            Ok(EXIT_OK)
+        }
+        WaitEnd::Failed { observed, .. } => Err(Failure::new(
+            EXIT_FAILED,
+            format!("{id}: {}", describe(&observed)),
+        )),
+        WaitEnd::TimedOut {
+            generation,
+            observed,
+        } => {
+            let seen = match &observed {
+                None => format!(
+                    "there is no observed.json yet (is `svc-handler run --prefix {}` running?)",
+                    ctx.layout.prefix()
+                ),
+                Some(o) => format!("observed.json still shows {}", describe(o)),
+            };
+            Err(Failure::new(
+                EXIT_TIMEOUT,
+                format!(
+                    "{id}: timed out after {}: base.json is at generation {generation}, {seen}",
+                    human_duration(args.timeout)
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Objects;
+
+    fn observed(status: Status, generation: u64) -> Observed {
+        Observed {
+            status,
+            generation,
+            message: (status != Status::Applied).then(|| "boom".to_string()),
+            step: (status != Status::Applied).then(|| "defaults".to_string()),
+            objects: Objects::default(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            duration_ms: 1,
+            holder: "h".into(),
+            base_key: "k".into(),
+        }
+    }
+
+    #[test]
+    fn judged_against_the_generation() {
+        assert_eq!(judge(10, &observed(Status::Applied, 9)), None);
+        assert_eq!(judge(10, &observed(Status::Applied, 10)), Some(true));
+        assert_eq!(judge(10, &observed(Status::Applied, 11)), Some(true));
+        assert_eq!(judge(10, &observed(Status::Conflict, 9)), None);
+        assert_eq!(judge(10, &observed(Status::Invalid, 10)), Some(false));
+    }
+
+    #[test]
+    fn failures_described() {
+        assert_eq!(
+            describe(&observed(Status::Error, 4)),
+            "error at generation 4 in step defaults: boom"
+        );
+        assert_eq!(
+            describe(&observed(Status::Applied, 4)),
+            "applied at generation 4"
+        );
+    }
+}

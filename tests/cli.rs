@@ -1,0 +1,810 @@
+//! The operator commands, run as the real binary against a real Consul agent
+//! (and, where a command waits for the daemon, a real `svc-handler run`).
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{http_get, prefix, shared};
+use svc_handler::consul::QueryOptions;
+
+const BIN: &str = env!("CARGO_BIN_EXE_svc-handler");
+
+/// What one run of the binary gave.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A command of the binary with no Consul setting from the test's own environment.
+fn bare(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CONSUL_") || k.starts_with("SVC_HANDLER_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn run_bare(args: &[&str]) -> Run {
+    Run::from(bare(args).output().expect("run svc-handler"))
+}
+
+/// One test's world: its own KV prefix on the shared agent and a tag that
+/// makes its service names unique (names are global in Consul).
+struct World {
+    prefix: String,
+    tag: String,
+    dir: tempfile::TempDir,
+}
+
+fn world(test: &str) -> World {
+    let prefix = prefix(test);
+    let tag = prefix.rsplit('/').next().unwrap().to_string();
+    World {
+        prefix,
+        tag,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl World {
+    fn name(&self, base: &str) -> String {
+        format!("{base}-{}", self.tag)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = bare(args);
+        cmd.args(["--prefix", &self.prefix, "--http-addr", &shared().url()]);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run svc-handler"))
+    }
+
+    fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn svc-handler");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        Run::from(child.wait_with_output().unwrap())
+    }
+
+    fn file(&self, name: &str, body: &Value) -> String {
+        self.raw_file(name, &serde_json::to_vec_pretty(body).unwrap())
+    }
+
+    fn raw_file(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    }
+
+    fn base_key(&self, name: &str) -> String {
+        format!("{}/desired/default/default/{name}/base.json", self.prefix)
+    }
+
+    /// `svc-handler run` on this world's prefix, killed when dropped.
+    fn daemon(&self) -> Daemon {
+        let log = self.dir.path().join("daemon.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = self.command(&[
+            "run",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--instance",
+            &format!("cli-test-{}", self.tag),
+            "--log-level",
+            "debug",
+        ]);
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Daemon {
+            child: cmd.spawn().expect("spawn svc-handler run"),
+            log,
+        }
+    }
+}
+
+/// A running `svc-handler run`: SIGTERM, then SIGKILL, on drop.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// The config entry, or `None` when Consul answers 404.
+fn entry(kind: &str, name: &str) -> Option<Value> {
+    match http_get(shared().http, &format!("/v1/config/{kind}/{name}")) {
+        Some((200, body)) => Some(serde_json::from_str(&body).unwrap()),
+        Some((404, _)) => None,
+        other => panic!("GET config {kind}/{name}: {other:?}"),
+    }
+}
+
+fn kv_value(key: &str) -> Option<Vec<u8>> {
+    block_on(async {
+        shared()
+            .client()
+            .kv_get(key, &QueryOptions::consistent())
+            .await
+            .unwrap()
+            .0
+            .map(|p| p.value)
+    })
+}
+
+fn kv_put(key: &str, value: &[u8]) {
+    block_on(async { shared().client().kv_put(key, value).await.unwrap() })
+}
+
+fn web_spec(gateway: &str) -> Value {
+    json!({
+        "defaults": { "Protocol": "http" },
+        "resolver": {
+            "ConnectTimeout": "5s",
+            "DefaultSubset": "v1",
+            "Subsets": { "v1": { "Filter": "Service.Meta.version == v1" } }
+        },
+        "router": { "Routes": [ {
+            "Match": { "HTTP": { "PathPrefix": "/v1" } },
+            "Destination": { "ServiceSubset": "v1" }
+        } ] },
+        "terminating_gateway": { "Gateway": gateway, "SNI": "api.example.com" }
+    })
+}
+
+#[test]
+fn apply_wait_status_diff_delete() {
+    let w = world("life");
+    let name = w.name("web");
+    let gw = w.name("egress");
+    let _daemon = w.daemon();
+
+    let file = w.file("web.json", &web_spec(&gw));
+    let r = w.run(&["apply", &name, "-f", &file, "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let applied = r.json();
+    let generation = applied["generation"].as_u64().unwrap();
+    assert!(generation > 0);
+    assert_eq!(applied["changed"], true);
+    assert_eq!(applied["key"], w.base_key(&name));
+    // Stored normalized.
+    let stored = kv_value(&w.base_key(&name)).unwrap();
+    let spec = svc_handler::spec::parse(&stored).unwrap();
+    assert_eq!(stored, svc_handler::spec::to_canonical_json(&spec));
+
+    let r = w.run(&["wait", &name, "--timeout", "30s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("applied at generation {generation}")),
+        "{r:?}"
+    );
+    assert_eq!(
+        entry("service-defaults", &name).unwrap()["Protocol"],
+        "http"
+    );
+
+    let r = w.run(&["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let header = r.stdout.lines().next().unwrap();
+    for col in [
+        "NAME",
+        "PARTITION",
+        "NAMESPACE",
+        "STATUS",
+        "GENERATION",
+        "OBSERVED",
+        "AGE",
+        "MESSAGE",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = r.stdout.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert!(row.contains(" applied "), "{row}");
+    assert!(
+        !r.stdout.contains('\x1b'),
+        "no colour when not on a terminal"
+    );
+
+    let r = w.run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let all = r.json();
+    let me = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(me["status"], "applied");
+    assert_eq!(me["generation"], generation);
+    assert_eq!(me["observed_generation"], generation);
+    assert_eq!(me["partition"], "default");
+
+    let r = w.run(&["status", &name]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Status:       applied"), "{r:?}");
+    assert!(r
+        .stdout
+        .contains(&format!("service-router/default/default/{name}")));
+    let r = w.run(&["status", &format!("default/{name}"), "-o", "json"]);
+    assert_eq!(r.json()["observed"]["status"], "applied");
+
+    let r = w.run(&["diff", &name]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "", "{r:?}");
+
+    // Edited: a longer timeout, no router, another SNI.
+    let mut edited = web_spec(&gw);
+    edited["resolver"]["ConnectTimeout"] = json!("7s");
+    edited.as_object_mut().unwrap().remove("router");
+    edited["terminating_gateway"]["SNI"] = json!("new.example.com");
+    let edited_file = w.file("web-edited.json", &edited);
+    let r = w.run(&["diff", "-f", &edited_file, &name]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("--- service-resolver/{name} (Consul)")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("+  \"ConnectTimeout\": 7000000000"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("+++ service-router/{name} (deleted)")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("+      \"SNI\": \"new.example.com\""),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("service-defaults"), "unchanged: {r:?}");
+    let r = w.run(&["diff", "-f", &edited_file, &name, "-o", "json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let d = r.json();
+    assert_eq!(d["changed"], true);
+    let actions: Vec<(String, String)> = d["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("service-defaults".to_string(), "none".to_string()),
+            ("service-resolver".into(), "update".into()),
+            ("service-router".into(), "delete".into()),
+            ("terminating-gateway".into(), "update".into()),
+        ]
+    );
+
+    let r = w.run(&["apply", &name, "-f", &edited_file]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = w.run(&["wait", &name, "--timeout", "30s", "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["result"], "applied");
+    assert!(entry("service-router", &name).is_none());
+    let r = w.run(&["diff", &name]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{r:?}");
+
+    let r = w.run(&["delete", &name, "--wait", "--timeout", "30s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(entry("service-defaults", &name).is_none());
+    assert!(entry("service-resolver", &name).is_none());
+    let linked = entry("terminating-gateway", &gw).is_some_and(|g| {
+        g["Services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|l| l["Name"] == name.as_str()))
+    });
+    assert!(!linked, "the link is gone");
+    assert!(kv_value(&format!(
+        "{}/observed/default/default/{name}/observed.json",
+        w.prefix
+    ))
+    .is_none());
+
+    let r = w.run(&["status", &name]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no such service"), "{r:?}");
+    let r = w.run(&["delete", &name]);
+    assert_eq!(r.code, 0, "deleting twice is fine: {r:?}");
+}
+
+#[test]
+fn apply_refuses_a_stale_edit_unless_forced() {
+    let w = world("cas");
+    let name = w.name("api");
+    let key = w.base_key(&name);
+    let first = w.file("a.json", &json!({"defaults": {"Protocol": "grpc"}}));
+    let r = w.run(&["apply", &name, "-f", &first, "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let read = r.json()["generation"].as_u64().unwrap();
+
+    // Someone else edits base.json after we read it.
+    kv_put(&key, br#"{"defaults":{"Protocol":"http"}}"#);
+    let mine = w.file("b.json", &json!({"defaults": {"Protocol": "tcp"}}));
+    let r = w.run(&[
+        "apply",
+        &name,
+        "-f",
+        &mine,
+        "--expect-generation",
+        &read.to_string(),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("changed by someone else"), "{r:?}");
+    assert!(r.stderr.contains(&key), "{r:?}");
+    assert!(r.stderr.contains("--force"), "{r:?}");
+    assert_eq!(
+        kv_value(&key).unwrap(),
+        br#"{"defaults":{"Protocol":"http"}}"#,
+        "nothing written"
+    );
+    // 0: only when absent.
+    let r = w.run(&["apply", &name, "-f", &mine, "--expect-generation", "0"]);
+    assert_eq!(r.code, 1, "{r:?}");
+
+    let r = w.run(&["apply", &name, "-f", &mine, "--force", "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let forced = r.json()["generation"].as_u64().unwrap();
+    assert!(forced > read);
+    assert_eq!(
+        kv_value(&key).unwrap(),
+        br#"{"defaults":{"Protocol":"tcp"}}"#
+    );
+
+    // The same document again: nothing written, same generation.
+    let r = w.run(&["apply", &name, "-f", &mine, "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["changed"], false);
+    assert_eq!(r.json()["generation"], forced);
+
+    // From standard input, with the generation just read.
+    let r = w.run_stdin(
+        &[
+            "apply",
+            &name,
+            "-f",
+            "-",
+            "--expect-generation",
+            &forced.to_string(),
+        ],
+        br#"{"resolver": {"ConnectTimeout": "1s"}}"#,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("base.json written, generation"), "{r:?}");
+
+    // An invalid file is refused before anything is written, naming the file.
+    let before = kv_value(&key);
+    let bad = w.raw_file("bad.json", b"{\n  \"defaults\": {\"Kind\": \"x\"}\n}");
+    let r = w.run(&["apply", &name, "-f", &bad]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("{bad}: $.defaults.Kind")),
+        "{r:?}"
+    );
+    assert_eq!(kv_value(&key), before);
+
+    let r = w.run(&["apply", "bad name", "-f", &mine]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("invalid service name"), "{r:?}");
+}
+
+#[test]
+fn wait_times_out_then_reports_an_invalid_base_json() {
+    let w = world("wait");
+    let name = w.name("svc");
+    let file = w.file("ok.json", &json!({"defaults": {"Protocol": "http"}}));
+    assert_eq!(w.run(&["apply", &name, "-f", &file]).code, 0);
+
+    // No daemon: nothing answers.
+    let started = Instant::now();
+    let r = w.run(&["wait", &name, "--timeout", "1s"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(r.stderr.contains("timed out after 1s"), "{r:?}");
+    assert!(r.stderr.contains("no observed.json yet"), "{r:?}");
+    let r = w.run(&["wait", &name, "--timeout", "300ms", "-o", "json"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(r.json()["result"], "timeout");
+    let r = w.run(&["status", "-o", "json"]);
+    assert_eq!(r.json()[0]["status"], "pending", "{r:?}");
+
+    // base.json written by hand, bypassing apply's validation.
+    kv_put(
+        &w.base_key(&name),
+        br#"{"defaults": {"Protocol": "http"}, "adopt": "yes"}"#,
+    );
+    let daemon = w.daemon();
+    let r = w.run(&["wait", &name, "--timeout", "30s"]);
+    assert_eq!(r.code, 1, "{r:?}\n{}", daemon.log());
+    assert!(r.stderr.contains("invalid at generation"), "{r:?}");
+    assert!(
+        r.stderr.contains("$.adopt: expected true or false"),
+        "{r:?}"
+    );
+    let r = w.run(&["status"]);
+    let row = r.stdout.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert!(row.contains(" invalid "), "{row}");
+    assert!(row.contains("$.adopt"), "{row}");
+
+    let r = w.run(&["wait", &w.name("nothing"), "--timeout", "1s"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("does not exist"), "{r:?}");
+    drop(daemon);
+}
+
+#[test]
+fn validate_exit_codes_and_places() {
+    let w = world("validate");
+    let good = w.file("good.json", &json!({"defaults": {"Protocol": "http"}}));
+    let bad = w.raw_file("bad.json", b"{\n  \"adopt\": true\n  \"defaults\": {}\n}");
+    let wrong = w.raw_file("wrong.json", br#"{"resolver": {"Subsets": {"v1": "x"}}}"#);
+
+    let r = run_bare(&["validate", &good]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&format!("{good}: valid")), "{r:?}");
+
+    let r = run_bare(&["validate", &good, &bad, &wrong]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("{bad}: line 3, column 3: expected ',' or '}}'")),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "{wrong}: $.resolver.Subsets.v1: expected an object, found a string"
+        )),
+        "{r:?}"
+    );
+
+    let r = run_bare(&["validate", "-o", "json", &good, &bad]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let v = r.json();
+    assert_eq!(v[0]["valid"], true);
+    assert_eq!(v[1]["valid"], false);
+    assert_eq!(v[1]["error"]["line"], 3);
+    assert_eq!(v[1]["error"]["column"], 3);
+
+    let mut child = bare(&["validate", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"defaults": [] }"#)
+        .unwrap();
+    let r = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("<stdin>: $.defaults: expected an object or null"),
+        "{r:?}"
+    );
+
+    let r = run_bare(&["validate", "/nonexistent/base.json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("/nonexistent/base.json: cannot read"),
+        "{r:?}"
+    );
+
+    let r = run_bare(&["validate"]);
+    assert_eq!(r.code, 2, "usage error: {r:?}");
+}
+
+#[test]
+fn schema_completions_and_offline_errors() {
+    let r = run_bare(&["schema"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let printed = r.json();
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schema/base.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(printed, shipped);
+
+    for shell in ["bash", "zsh", "fish"] {
+        let r = run_bare(&["completions", shell]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stdout.contains("svc-handler"), "{shell}: {r:?}");
+    }
+    let r = run_bare(&["completions", "bash"]);
+    for sub in ["validate", "apply", "wait", "status", "diff", "delete"] {
+        assert!(r.stdout.contains(sub), "{sub}");
+    }
+
+    // No Consul there: a clear error, and the token never shows.
+    let r = run_bare(&[
+        "status",
+        "--http-addr",
+        "127.0.0.1:1",
+        "--token",
+        "secret-token-123",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("cannot reach Consul"), "{r:?}");
+    assert!(!r.stderr.contains("secret-token-123") && !r.stdout.contains("secret-token-123"));
+    let r = run_bare(&["diff", "web", "--http-addr", "127.0.0.1:1"]);
+    assert_eq!(r.code, 2, "diff's trouble is 2: {r:?}");
+}
+
+#[test]
+fn status_and_diff_of_nothing() {
+    let w = world("empty");
+    let r = w.run(&["status", "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json(), json!([]));
+    let r = w.run(&["status"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{r:?}");
+    assert!(r.stderr.contains("no services"), "{r:?}");
+    let name = w.name("ghost");
+    let r = w.run(&["diff", &name]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("does not exist"), "{r:?}");
+    // A file against nothing in Consul: every entry is created.
+    let file = w.file("g.json", &json!({"defaults": {"Protocol": "http"}}));
+    let r = w.run(&["diff", "-f", &file, &name]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("--- service-defaults/{name} (absent)")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("+++ service-resolver/{name} (desired)")),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("service-router"), "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The JSON Schema against the examples and the README.
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fenced code blocks of `markdown` whose info string is `json base.json`.
+fn base_json_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        match &mut current {
+            None => {
+                if let Some(info) = trimmed.strip_prefix("```") {
+                    if info.split_whitespace().collect::<Vec<_>>() == ["json", "base.json"] {
+                        current = Some(String::new());
+                    }
+                }
+            }
+            Some(text) => {
+                if trimmed.starts_with("```") {
+                    blocks.push(std::mem::take(text));
+                    current = None;
+                } else {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    blocks
+}
+
+fn validator() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(svc_handler::commands::BASE_SCHEMA).unwrap();
+    jsonschema::validator_for(&schema).expect("the schema compiles")
+}
+
+#[test]
+fn readme_blocks_are_found() {
+    let md = "text\n```json base.json\n{\"adopt\": true}\n```\n```json\n{}\n```\n  ```json  base.json\n{}\n  ```\n";
+    assert_eq!(base_json_blocks(md), ["{\"adopt\": true}\n", "{}\n"]);
+}
+
+#[test]
+fn schema_accepts_the_examples_and_the_readme() {
+    let v = validator();
+    let mut docs: Vec<(String, String)> = Vec::new();
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 2, "{examples:?}");
+    for p in examples {
+        docs.push((
+            p.display().to_string(),
+            std::fs::read_to_string(&p).unwrap(),
+        ));
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for (i, block) in base_json_blocks(&readme).into_iter().enumerate() {
+        docs.push((format!("README.md block {}", i + 1), block));
+    }
+    for (what, text) in &docs {
+        svc_handler::spec::parse(text.as_bytes())
+            .unwrap_or_else(|e| panic!("{what}: svc-handler refuses it: {e}"));
+        let doc: Value = serde_json::from_str(text).unwrap();
+        let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: the schema refuses it: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn schema_agrees_with_validate() {
+    let v = validator();
+    let valid = [
+        json!({}),
+        json!({"adopt": true, "router": null, "defaults": null}),
+        json!({"defaults": {"Protocol": ""}}),
+        json!({"defaults": {"Protocol": "grpc", "MeshGateway": {"Mode": "local"}}}),
+        json!({"resolver": {"ConnectTimeout": "1m30s", "Redirect": {"Service": "a", "Namespace": "x"}}}),
+        json!({"resolver": {"ConnectTimeout": "0", "Failover": {"*": {"Datacenters": ["dc2"]}}}}),
+        json!({"router": {"Routes": [{"Match": {"HTTP": {"Methods": ["GET", "POST"]}},
+            "Destination": {"Service": "a", "Namespace": "x", "RequestTimeout": "500ms"}}]}}),
+        json!({"terminating_gateway": {"Gateway": "egress", "SNI": "", "CAFile": null}}),
+        json!({
+          "defaults": { "Protocol": "http" },
+          "resolver": { "ConnectTimeout": "5s", "DefaultSubset": "v1",
+                        "Subsets": { "v1": { "Filter": "Service.Meta.version == v1" } } },
+          "router":   { "Routes": [ { "Match": { "HTTP": { "PathPrefix": "/admin" } },
+                                      "Destination": { "Service": "admin" } } ] },
+          "terminating_gateway": { "Gateway": "egress", "SNI": "api.example.com" },
+          "adopt": false
+        }),
+    ];
+    for doc in &valid {
+        let text = doc.to_string();
+        assert!(svc_handler::spec::parse(text.as_bytes()).is_ok(), "{text}");
+        let errors: Vec<String> = v.iter_errors(doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{text}: {errors:?}");
+    }
+    let invalid = [
+        json!([]),
+        json!("x"),
+        json!({"defualts": {}}),
+        json!({"Defaults": {}}),
+        json!({"defaults": []}),
+        json!({"defaults": "http"}),
+        json!({"resolver": 5}),
+        json!({"defaults": {"Kind": "service-defaults"}}),
+        json!({"resolver": {"Name": "x"}}),
+        json!({"router": {"Meta": {}}}),
+        json!({"defaults": {"Partition": "x"}}),
+        json!({"defaults": {"NAMESPACE": "x"}}),
+        json!({"resolver": {"ModifyIndex": 1}}),
+        json!({"resolver": {"Create_Index": 1}}),
+        json!({"defaults": {"protocol": "http"}}),
+        json!({"defaults": {"Protocol": "udp"}}),
+        json!({"defaults": {"Protocol": "HTTP"}}),
+        json!({"adopt": "yes"}),
+        json!({"adopt": 1}),
+        json!({"terminating_gateway": {"SNI": "x"}}),
+        json!({"terminating_gateway": {"Gateway": null}}),
+        json!({"terminating_gateway": {"Gateway": "bad name"}}),
+        json!({"terminating_gateway": {"Gateway": "g", "Sni": "x"}}),
+        json!({"terminating_gateway": {"Gateway": "g", "SNI": 5}}),
+        json!({"terminating_gateway": []}),
+        json!({"resolver": {"ConnectTimeout": "5"}}),
+        json!({"resolver": {"ConnectTimeout": ""}}),
+        json!({"resolver": {"ConnectTimeout": 5000}}),
+        json!({"resolver": {"ConnectTimeout": "-1s"}}),
+        json!({"resolver": {"Subsets": {"v1": "x"}}}),
+        json!({"resolver": {"Subsets": []}}),
+        json!({"resolver": {"Failover": {"*": 1}}}),
+        json!({"resolver": {"Redirect": "x"}}),
+        json!({"router": {"Routes": {}}}),
+        json!({"router": {"Routes": [{}, 3]}}),
+        json!({"router": {"Routes": [{"Match": {"HTTP": {"Methods": ["get"]}}}]}}),
+        json!({"router": {"Routes": [{"Destination": {"RequestTimeout": "x"}}]}}),
+    ];
+    for doc in &invalid {
+        let text = doc.to_string();
+        assert!(
+            svc_handler::spec::parse(text.as_bytes()).is_err(),
+            "svc-handler accepts {text}"
+        );
+        assert!(!v.is_valid(doc), "the schema accepts {text}");
+    }
+}
