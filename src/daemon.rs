@@ -263,9 +263,12 @@ impl Daemon {
             let prune = self.cfg.prune;
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await.expect("semaphore open");
+                if let Some(report) = rec.up_to_date(&id, Mode::Verify).await {
+                    return report;
+                }
                 loop {
                     let report = match sessions.get().await {
-                        Ok(s) => rec.reconcile_with(&id, prune, &s, Mode::Verify).await,
+                        Ok(s) => rec.reconcile_with(&id, prune, &s, Mode::Force).await,
                         Err(e) => Report {
                             id: id.clone(),
                             outcome: Outcome::Failed {
@@ -594,21 +597,29 @@ impl Daemon {
                 .remove(&id)
                 .unwrap_or(Mode::Change);
             self.metrics.workers_busy.inc();
-            let report = match sessions.get().await {
-                Ok(session) => {
-                    self.reconciler
-                        .reconcile_with(&id, self.cfg.prune, &session, mode)
-                        .await
-                }
-                Err(e) => Report {
-                    id: id.clone(),
-                    outcome: Outcome::LockLost {
-                        step: "lock".into(),
-                        message: format!("cannot create a session: {e}"),
+            // What is already in place costs reads only: no session, no lock.
+            let settled = match mode {
+                Mode::Force => None,
+                _ => self.reconciler.up_to_date(&id, mode).await,
+            };
+            let report = match settled {
+                Some(report) => report,
+                None => match sessions.get().await {
+                    Ok(session) => {
+                        self.reconciler
+                            .reconcile_with(&id, self.cfg.prune, &session, Mode::Force)
+                            .await
+                    }
+                    Err(e) => Report {
+                        id: id.clone(),
+                        outcome: Outcome::LockLost {
+                            step: "lock".into(),
+                            message: format!("cannot create a session: {e}"),
+                        },
+                        generation: None,
+                        duration: Duration::ZERO,
+                        objects: None,
                     },
-                    generation: None,
-                    duration: Duration::ZERO,
-                    objects: None,
                 },
             };
             self.metrics.workers_busy.dec();
@@ -658,9 +669,15 @@ impl Daemon {
         let mut bucket = TokenBucket::new(2, self.cfg.watch_rate);
         let mut backoff = watch::error_backoff();
         let mut outage_since: Option<Instant> = None;
+        let mut next_allowed = Instant::now();
         loop {
             self.health.beat();
             bucket.take().await;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep_until(next_allowed) => {}
+            }
+            let asked = Instant::now();
             let opts = if index == 0 {
                 QueryOptions::consistent()
             } else {
@@ -673,6 +690,7 @@ impl Daemon {
             self.health.beat();
             match result {
                 Ok((pairs, meta)) => {
+                    next_allowed = asked + watch::pace(meta.body_bytes);
                     self.metrics.watch_wakeups.inc();
                     self.metrics.watch_last_success.set(unix_now());
                     if let Some(since) = outage_since.take() {

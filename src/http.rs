@@ -109,6 +109,10 @@ impl RequestObserver for Observer {
             self.health.consul_answered();
         }
     }
+
+    fn observe_bytes(&self, op: &'static str, bytes: u64) {
+        self.metrics.observe_bytes(op, bytes);
+    }
 }
 
 fn text(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub services: IntGaugeVecWrapper,
     pub consul_requests: IntCounterVec,
     pub consul_request_duration: HistogramVec,
+    pub consul_response_bytes: IntCounterVec,
     pub build_info: GaugeVec,
     pub ready: IntGauge,
 }
@@ -227,6 +228,12 @@ impl Metrics {
                 &["op"],
                 REQUEST_BUCKETS,
             ),
+            consul_response_bytes: counter_vec(
+                &r,
+                "svc_handler_consul_response_bytes_total",
+                "Bytes of Consul answers' bodies by operation (a watch's cost).",
+                &["op"],
+            ),
             build_info: {
                 let g = GaugeVec::new(
                     Opts::new(
@@ -298,6 +305,12 @@ impl RequestObserver for Metrics {
         self.consul_request_duration
             .with_label_values(&[op])
             .observe(elapsed.as_secs_f64());
+    }
+
+    fn observe_bytes(&self, op: &'static str, bytes: u64) {
+        self.consul_response_bytes
+            .with_label_values(&[op])
+            .inc_by(bytes);
     }
 }
 

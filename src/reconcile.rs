@@ -330,6 +330,28 @@ impl Reconciler {
             .await
     }
 
+    /// When the service is already in place for `mode` (see [`Mode`]), the
+    /// report saying so; reads only, no session or lock needed. `None` when
+    /// the flow has to run (or the check could not tell).
+    pub async fn up_to_date(&self, id: &ServiceId, mode: Mode) -> Option<Report> {
+        let span = self.span(id, mode);
+        async {
+            let started = Instant::now();
+            match self.precheck(id, mode).await {
+                Ok(Some(generation)) => {
+                    Some(self.finish(id, Outcome::UpToDate, Some(generation), started))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "pre-check failed; running the flow");
+                    None
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     /// One span per reconcile, carrying the service key and (once read) the
     /// generation.
     fn span(&self, id: &ServiceId, mode: Mode) -> tracing::Span {

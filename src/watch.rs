@@ -141,34 +141,52 @@ pub fn drifted(
     entries: &[ConfigEntry],
     applied: &Applied,
 ) -> Vec<ServiceId> {
-    let mut out = BTreeSet::new();
     let rk = kind.record_kind();
     let by_name: HashMap<&str, &ConfigEntry> = entries.iter().map(|e| (e.name(), e)).collect();
+    // Every service with a record of this kind, or an object of this kind
+    // this instance just applied (its record may not be listed yet).
+    let mut candidates: BTreeMap<&ServiceId, (Option<&Record>, Option<u64>)> = BTreeMap::new();
     for ((id, k), rec) in &snapshot.records {
-        if *k != rk || !snapshot.services.contains_key(id) {
+        if *k == rk {
+            candidates.entry(id).or_default().0 = Some(rec);
+        }
+    }
+    for ((id, k), idx) in applied {
+        if *k == kind {
+            candidates.entry(id).or_default().1 = Some(*idx);
+        }
+    }
+    let mut out = Vec::new();
+    for (id, (rec, applied_index)) in candidates {
+        if !snapshot.services.contains_key(id) {
             continue;
         }
         // Entries are listed per scope; a record in another partition or
-        // namespace is checked by that scope's watch.
-        let entry = by_name.get(rec.name.as_str());
-        if let (Some(e), Some(idx)) = (entry, applied.get(&(id.clone(), kind))) {
-            if e.modify_index() == *idx {
-                continue;
+        // namespace is checked by the periodic resync.
+        let name = match (kind, rec) {
+            (_, Some(r)) => r.name.as_str(),
+            (EntryKind::TerminatingGateway, None) => continue,
+            (_, None) => id.name.as_str(),
+        };
+        let known = rec.map(|r| r.modify_index).max(applied_index);
+        let drift = match by_name.get(name) {
+            None => true,
+            Some(e) if Some(e.modify_index()) == known => false,
+            // A gateway changes whenever any service's link does: compare
+            // this service's link with its record.
+            Some(gw) if kind == EntryKind::TerminatingGateway => {
+                match (rec, entries::find_link(&gw.0, id)) {
+                    (Some(r), Some(link)) => !entries::links_equal(link, &r.object),
+                    _ => true,
+                }
             }
-        }
-        let drift = match (kind, entry) {
-            (_, None) => true,
-            (EntryKind::TerminatingGateway, Some(gw)) => match entries::find_link(&gw.0, id) {
-                Some(link) => !entries::links_equal(link, &rec.object),
-                None => true,
-            },
-            (_, Some(e)) => e.modify_index() != rec.modify_index,
+            Some(_) => true,
         };
         if drift {
-            out.insert(id.clone());
+            out.push(id.clone());
         }
     }
-    out.into_iter().collect()
+    out
 }
 
 /// A token bucket: `burst` tokens, refilled at `per_second`. A loop that
@@ -218,6 +236,18 @@ impl TokenBucket {
         }
         self.tokens = (self.tokens - 1.0).max(0.0);
     }
+}
+
+/// How many bytes per second the watch of the desired prefix may fetch.
+/// Consul 1.8 cannot filter a recursive read, so every wake-up fetches the
+/// whole prefix, records included; pacing by size keeps a bulk apply's watch
+/// traffic linear in the number of services instead of quadratic.
+pub const WATCH_BYTES_PER_SECOND: f64 = 8.0 * 1024.0 * 1024.0;
+
+/// The least time between two reads of a listing of `bytes` bytes (at most
+/// 5 s, so that a change still lands within seconds in a huge fleet).
+pub fn pace(bytes: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / WATCH_BYTES_PER_SECOND).min(Duration::from_secs(5))
 }
 
 /// Backoff for a watch loop's errors: jittered, exponential, capped, and
@@ -417,6 +447,24 @@ mod tests {
     }
 
     #[test]
+    fn drift_is_seen_before_the_record_is_listed() {
+        let l = layout();
+        // base.json listed, its record not yet: only this instance's memory
+        // of what it applied tells.
+        let snap = Snapshot::from_pairs(&l, &[pair(&format!("{D}/web/base.json"), 5, b"{}")]);
+        let mut applied = Applied::new();
+        applied.insert((id("web"), EntryKind::ServiceDefaults), 40);
+        let entry = |idx: u64| {
+            ConfigEntry(json!({"Kind": "service-defaults", "Name": "web", "ModifyIndex": idx}))
+        };
+        assert!(drifted(&snap, EntryKind::ServiceDefaults, &[entry(40)], &applied).is_empty());
+        assert_eq!(
+            drifted(&snap, EntryKind::ServiceDefaults, &[entry(47)], &applied),
+            vec![id("web")]
+        );
+    }
+
+    #[test]
     fn gateway_drift_compares_the_link_only() {
         let l = layout();
         let mut rec: Record = serde_json::from_slice(&record(
@@ -490,6 +538,13 @@ mod tests {
             Duration::from_millis(1100),
             "10 per second"
         );
+    }
+
+    #[test]
+    fn pacing_grows_with_the_listing_and_caps() {
+        assert!(pace(100_000) < Duration::from_millis(15));
+        assert_eq!(pace(8 * 1024 * 1024), Duration::from_secs(1));
+        assert_eq!(pace(1 << 40), Duration::from_secs(5));
     }
 
     #[test]

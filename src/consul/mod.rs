@@ -36,6 +36,9 @@ pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(600);
 /// HTTP status as text, or `transport` / `timeout` when there was none.
 pub trait RequestObserver: Send + Sync {
     fn observe(&self, op: &'static str, code: &str, elapsed: Duration);
+
+    /// The size of an answer's body.
+    fn observe_bytes(&self, _op: &'static str, _bytes: u64) {}
 }
 
 /// The partition and namespace requests are made in.
@@ -154,6 +157,8 @@ pub struct QueryMeta {
     /// `X-Consul-LastContact`: how long since the answering server heard from
     /// the leader (0 on the leader).
     pub last_contact: Duration,
+    /// Size of the answer's body in bytes (what a watch costs).
+    pub body_bytes: u64,
 }
 
 impl QueryMeta {
@@ -169,6 +174,7 @@ impl QueryMeta {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
             ),
+            body_bytes: 0,
         }
     }
 }
@@ -430,8 +436,9 @@ impl Client {
         let result = async {
             let resp = req.send().await?;
             let status = resp.status();
-            let meta = QueryMeta::from_headers(resp.headers());
+            let mut meta = QueryMeta::from_headers(resp.headers());
             let body = resp.bytes().await?.to_vec();
+            meta.body_bytes = body.len() as u64;
             Ok::<_, reqwest::Error>(Answer { status, meta, body })
         }
         .await;
@@ -439,6 +446,9 @@ impl Client {
         match result {
             Ok(answer) => {
                 self.observe(op, answer.status.as_str(), elapsed);
+                if let Some(o) = &self.inner.observer {
+                    o.observe_bytes(op, answer.meta.body_bytes);
+                }
                 Ok(answer)
             }
             Err(e) if e.is_timeout() => {
