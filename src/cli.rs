@@ -304,6 +304,10 @@ pub struct RunArgs {
     /// This instance's name in locks and observed.json (default: host name and pid).
     #[arg(long, env = "SVC_HANDLER_INSTANCE")]
     pub instance: Option<String>,
+    /// Deadline of one Consul request that does not block (a blocking read
+    /// gets its wait on top).
+    #[arg(long, env = "SVC_HANDLER_CONSUL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub consul_timeout: Duration,
 }
 
 impl RunArgs {

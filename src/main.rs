@@ -79,7 +79,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode, String> {
-    let settings = cli.consul.settings().map_err(|e| e.to_string())?;
+    let mut settings = cli.consul.settings().map_err(|e| e.to_string())?;
+    settings.request_timeout = args.consul_timeout;
     let layout = Layout::new(&cli.prefix).map_err(|e| format!("--prefix: {e}"))?;
     let holder = args.instance.clone().unwrap_or_else(default_holder);
     let mut cfg = DaemonConfig::new(layout, holder.clone());

@@ -165,3 +165,103 @@ async fn kill_nine_before_every_step_loses_nothing() {
     }
     assert_eq!(seen, steps.len());
 }
+
+/// Consul answering badly, through a proxy: connections cut, then requests
+/// never answered. Timeouts hit, retries back off (counted), nothing
+/// hot-loops, and a change made meanwhile lands once Consul answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_silent_consul_backs_off_and_recovers() {
+    use support::proxy::{Mode, Proxy};
+    let agent = shared();
+    let client = agent.client();
+    let proxy = Proxy::start(agent.http).await;
+    let p = prefix("proxy");
+    let layout = Layout::new(&p).unwrap();
+    let tag = p.rsplit('/').next().unwrap().to_string();
+    let id = ServiceId::new("default", "default", &format!("flaky-{tag}")).unwrap();
+    // Keep-alive connections would outlive a mode switch: the daemon only
+    // talks to the proxy, and the proxy decides per connection, so cut idle
+    // pooling short with a small watch wait.
+    let d = DaemonProc::start(
+        &proxy.url(),
+        &p,
+        "flaky",
+        &["--consul-timeout", "1s", "--watch-wait", "2s"],
+        &[],
+    );
+    d.wait_ready(Duration::from_secs(30)).await;
+    client
+        .kv_put(
+            &layout.base_key(&id),
+            br#"{"defaults": {"Protocol": "http"}}"#,
+        )
+        .await
+        .unwrap();
+    let applied = |g: u64| {
+        let (c, key) = (client.clone(), layout.observed_key(&id));
+        async move {
+            matches!(kv_json::<Observed>(&c, &key).await, Some(o) if o.status == Status::Applied && o.generation >= g)
+        }
+    };
+    assert!(eventually(Duration::from_secs(30), || applied(1)).await);
+
+    // Every connection cut at once, for 6 seconds.
+    proxy.set(Mode::Reset);
+    let errors_before = d.metric("svc_handler_watch_errors_total").await;
+    let conns_before = proxy.connections();
+    let gen = {
+        client
+            .kv_put(
+                &layout.base_key(&id),
+                br#"{"defaults": {"Protocol": "grpc"}}"#,
+            )
+            .await
+            .unwrap();
+        client
+            .kv_get(&layout.base_key(&id), &QueryOptions::consistent())
+            .await
+            .unwrap()
+            .0
+            .unwrap()
+            .modify_index
+    };
+    tokio::time::sleep(Duration::from_secs(6)).await; // the fault's duration
+    let reset_conns = proxy.connections() - conns_before;
+
+    // Then nobody answers at all, for 4 seconds: requests time out.
+    proxy.set(Mode::Blackhole);
+    tokio::time::sleep(Duration::from_secs(4)).await; // the fault's duration
+    let blackhole_conns = proxy.connections() - conns_before - reset_conns;
+
+    proxy.set(Mode::Pass);
+    let recovered = eventually(Duration::from_secs(60), || applied(gen)).await;
+    let log = d.log_text();
+    assert!(recovered, "the change never landed:\n{log}");
+    let errors = d.metric("svc_handler_watch_errors_total").await - errors_before;
+    let timeouts: f64 = d
+        .metrics()
+        .await
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("svc_handler_consul_requests_total") && k.contains("code=\"timeout\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    println!(
+        "10 s of faults: {reset_conns} connections while cut, {blackhole_conns} while silent, \
+         {errors} watch errors, {timeouts} timeouts; the change landed after recovery"
+    );
+    assert!(errors >= 2.0, "the watch saw the faults: {errors}");
+    assert!(
+        timeouts >= 1.0,
+        "requests timed out while Consul was silent"
+    );
+    // Backoff, not a hot loop: the watch and the four config watches each
+    // back off from 250 ms, so a few dozen connections at most in 10 s.
+    assert!(
+        reset_conns < 80,
+        "{reset_conns} connections in 6 s: a hot loop"
+    );
+    assert!(errors < 40.0, "{errors} watch errors in 10 s: a hot loop");
+    assert!(log.contains("watch failed"), "{log}");
+}
