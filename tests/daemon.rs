@@ -247,7 +247,7 @@ async fn three_daemons_share_the_work_without_doubling_it() {
     let f = Fixture::new("three", shared());
     let daemons: Vec<DaemonProc> = ["a", "b", "c"]
         .iter()
-        .map(|n| f.start(n, &[], &[]))
+        .map(|n| f.start(n, &["--log-format", "json"], &[]))
         .collect();
     for d in &daemons {
         d.wait_ready(Duration::from_secs(30)).await;
@@ -279,6 +279,35 @@ async fn three_daemons_share_the_work_without_doubling_it() {
         applied <= 220.0,
         "{applied} reconciles: more than 10% over the minimum"
     );
+    // Each generation was applied by exactly one daemon: two daemons working
+    // on one service at once would both apply its generation.
+    let mut applied_by: std::collections::HashMap<(String, u64), Vec<String>> = Default::default();
+    for d in &daemons {
+        for line in d.log_text().lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["message"] == "reconciled" && v["result"] == "applied" {
+                let key = (
+                    v["service"].as_str().unwrap_or_default().to_string(),
+                    v["generation"].as_u64().unwrap_or_default(),
+                );
+                applied_by.entry(key).or_default().push(d.instance.clone());
+            }
+        }
+    }
+    assert_eq!(
+        applied_by.values().map(Vec::len).sum::<usize>() as f64,
+        applied,
+        "every applied reconcile is in the logs"
+    );
+    for ((service, generation), by) in &applied_by {
+        assert_eq!(
+            by.len(),
+            1,
+            "{service} generation {generation} applied by {by:?}"
+        );
+    }
     for id in &ids {
         let o = f.observed(id).await.unwrap();
         assert!(["a", "b", "c"].contains(&o.holder.as_str()), "{}", o.holder);
