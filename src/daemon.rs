@@ -42,6 +42,11 @@ impl FlowHook for PauseBefore {
     }
 }
 
+/// Fault injection for tests, documented in the README: when set (to
+/// anything), the watch loop freezes after its first listing, as a stuck loop
+/// would; `/healthz` and the systemd watchdog must notice.
+pub const FAULT_FREEZE_WATCH_ENV: &str = "SVC_HANDLER_FAULT_FREEZE_WATCH";
+
 /// How the daemon runs.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -175,7 +180,10 @@ impl Daemon {
     pub fn new(settings: Settings, cfg: DaemonConfig) -> Result<Self, ConsulError> {
         let metrics = Arc::new(Metrics::new());
         let wait = cfg.watch_wait;
-        let stale_after = wait + wait / 16 + settings.request_timeout + Duration::from_secs(30);
+        // The longest the watch loop may legitimately go without a beat: one
+        // blocking read (its wait, Consul's jitter, the request timeout), plus
+        // an error backoff (at most 10 s) or a size pacing (at most 5 s).
+        let stale_after = wait + wait / 16 + settings.request_timeout + Duration::from_secs(15);
         let health = Health::new(stale_after);
         let observer = Arc::new(Observer {
             metrics: Arc::clone(&metrics),
@@ -713,6 +721,10 @@ impl Daemon {
                         if events.send(Event::Listing(snap)).is_err() {
                             return;
                         }
+                    }
+                    if std::env::var_os(FAULT_FREEZE_WATCH_ENV).is_some() {
+                        tracing::warn!("{FAULT_FREEZE_WATCH_ENV} is set: the watch loop freezes now (fault tests only)");
+                        std::future::pending::<()>().await;
                     }
                 }
                 Err(e) => {

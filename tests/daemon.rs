@@ -460,3 +460,98 @@ async fn consul_outage_of_twenty_seconds_is_survived() {
     assert!(log.contains("Consul answers again"), "{log}");
     assert!(d.metric("svc_handler_watch_errors_total").await >= 1.0);
 }
+
+#[tokio::test]
+async fn a_stuck_watch_loop_fails_healthz() {
+    let f = Fixture::new("stuck-watch", shared());
+    let d = f.start(
+        "stuck",
+        &["--watch-wait", "1s", "--consul-timeout", "1s"],
+        &[("SVC_HANDLER_FAULT_FREEZE_WATCH", "1")],
+    );
+    d.wait_ready(Duration::from_secs(30)).await;
+    let url = format!("http://127.0.0.1:{}/healthz", d.metrics_port);
+    assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 200);
+    // The loop froze after its first listing; the bound here is
+    // 1 s + 1/16 s + 1 s + 15 s.
+    let t = Instant::now();
+    let failed = eventually(Duration::from_secs(40), || async {
+        reqwest::get(&url).await.ok().map(|r| r.status().as_u16()) == Some(503)
+    })
+    .await;
+    assert!(failed, "/healthz stayed 200 with a frozen watch loop");
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(body.contains("watch loop"), "{body}");
+    assert_ne!(d.readyz().await, Some(200), "not ready either");
+    println!(
+        "/healthz failed {:?} after the freeze was checked",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn run_once_applies_everything_and_says_when_something_failed() {
+    let f = Fixture::new("once", shared());
+    let good: Vec<ServiceId> = (0..3).map(|i| f.id(&format!("ok{i}"))).collect();
+    for id in &good {
+        f.client
+            .kv_put(
+                &f.layout.base_key(id),
+                br#"{"defaults": {"Protocol": "http"}}"#,
+            )
+            .await
+            .unwrap();
+    }
+    let bad = f.id("bad");
+    f.client
+        .kv_put(&f.layout.base_key(&bad), br#"{"adopt": "yes"}"#)
+        .await
+        .unwrap();
+    let once = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--once",
+            "--http-addr",
+            f.url.as_str(),
+            "--prefix",
+            f.prefix.as_str(),
+            "--instance",
+            "once",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_svc-handler"))
+            .args(&args)
+            .env_remove("CONSUL_HTTP_ADDR")
+            .output()
+            .unwrap()
+    };
+    let out = once(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("applied 3") && stdout.contains("failed 1"),
+        "{stdout}"
+    );
+    for id in &good {
+        assert!(f.applied(id).await, "{id}");
+    }
+    assert_eq!(f.observed(&bad).await.unwrap().status, Status::Invalid);
+
+    // Fixed: everything in place, nothing written, exit 0.
+    f.client
+        .kv_put(&f.layout.base_key(&bad), br#"{"adopt": true}"#)
+        .await
+        .unwrap();
+    let out = once(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("applied 1") && stdout.contains("unchanged 3"),
+        "{stdout}"
+    );
+}
