@@ -52,6 +52,11 @@ fn token_with(agent: &Agent, dir: &Path, name: &str, rules: &str) -> String {
             "acl", "policy", "create", "-name", name, "-rules", &rules_arg,
         ],
     );
+    new_token(agent, name).0
+}
+
+/// A new token of an existing policy: (secret, accessor).
+fn new_token(agent: &Agent, policy: &str) -> (String, String) {
     let out = consul(
         agent,
         ROOT,
@@ -60,13 +65,16 @@ fn token_with(agent: &Agent, dir: &Path, name: &str, rules: &str) -> String {
             "token",
             "create",
             "-policy-name",
-            name,
+            policy,
             "-format",
             "json",
         ],
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["SecretID"].as_str().unwrap().to_string()
+    (
+        v["SecretID"].as_str().unwrap().to_string(),
+        v["AccessorID"].as_str().unwrap().to_string(),
+    )
 }
 
 fn root_client(agent: &Agent) -> Client {
@@ -291,4 +299,66 @@ async fn https_only_consul_with_a_ca_and_no_fallback() {
     .await;
     assert!(logged, "{}", plain.log_text());
     assert_ne!(plain.readyz().await, Some(200));
+}
+
+#[tokio::test]
+async fn sighup_rereads_a_rotated_token_file() {
+    let agent = Agent::dev_with(|_| {
+        vec![
+            "-hcl".into(),
+            format!(
+                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{ROOT}" }} }}"#
+            ),
+        ]
+    });
+    let dir = tempfile::tempdir().unwrap();
+    token_with(&agent, dir.path(), "svc-handler", POLICY);
+    let (first, first_accessor) = new_token(&agent, "svc-handler");
+    let (second, _) = new_token(&agent, "svc-handler");
+    let root = root_client(&agent);
+    let layout = Layout::new("svc-handler").unwrap();
+    let tag = prefix("hup").rsplit('/').next().unwrap().to_string();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &first).unwrap();
+    let tf = token_file.display().to_string();
+    let d = DaemonProc::start(
+        &agent.url(),
+        "svc-handler",
+        "hup",
+        &[],
+        &[("CONSUL_HTTP_TOKEN_FILE", tf.as_str())],
+    );
+    d.wait_ready(Duration::from_secs(30)).await;
+
+    // Rotate: the new token goes into the file, SIGHUP, the old one is revoked.
+    std::fs::write(&token_file, format!("{second}\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        d.log_text().contains("token file re-read")
+    })
+    .await;
+    assert!(reloaded, "{}", d.log_text());
+    consul(
+        &agent,
+        ROOT,
+        &["acl", "token", "delete", "-id", &first_accessor],
+    );
+
+    let id = ServiceId::new("default", "default", &format!("rotated-{tag}")).unwrap();
+    root.kv_put(
+        &layout.base_key(&id),
+        br#"{"defaults": {"Protocol": "http"}}"#,
+    )
+    .await
+    .unwrap();
+    let ok = eventually(Duration::from_secs(30), || async {
+        matches!(observed(&root, &layout, &id).await, Some(o) if o.status == Status::Applied)
+    })
+    .await;
+    let log = d.log_text();
+    assert!(ok, "not applied with the rotated token:\n{log}");
+    assert!(
+        !log.contains(&first) && !log.contains(&second),
+        "a token leaked"
+    );
 }
