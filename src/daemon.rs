@@ -756,8 +756,17 @@ impl Daemon {
         let mut index = 0u64;
         let mut bucket = TokenBucket::new(2, self.cfg.watch_rate);
         let mut backoff = watch::error_backoff();
+        let mut next_allowed = Instant::now();
         loop {
             bucket.take().await;
+            // Every config write wakes this watch, which re-lists the whole
+            // kind: pace it by size, and at most 4 listings a second, so a
+            // bulk apply does not make it quadratic. Drift is not urgent.
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep_until(next_allowed) => {}
+            }
+            let asked = Instant::now();
             let opts = if index == 0 {
                 QueryOptions::default()
             } else {
@@ -769,6 +778,8 @@ impl Daemon {
             };
             match result {
                 Ok((entries, meta)) => {
+                    next_allowed =
+                        asked + watch::pace(meta.body_bytes).max(Duration::from_millis(250));
                     backoff = watch::error_backoff();
                     let next = watch::next_index(index, meta.index);
                     let first = index == 0;

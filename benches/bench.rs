@@ -1,0 +1,1976 @@
+//! The benchmark of svc-handler: `cargo bench --bench bench`.
+//!
+//! It starts its own Consul dev agent on free loopback ports (nothing leaves
+//! the machine), real `svc-handler run` processes and a real `consul watch`,
+//! and measures, in one run:
+//!
+//! 1. the ceiling: Consul's own KV and config-entry (service-defaults) write
+//!    rates from this machine, at concurrency 1 and 8;
+//! 2. apply latency: single-service changes, one at a time, against an idle
+//!    daemon, from `kv_put` of base.json returning to observed.json showing the
+//!    new generation (and to the changed entry being visible, for a
+//!    like-for-like comparison with the baseline); waits are blocking queries;
+//! 3. throughput: new services put at once (half with a router, all linked
+//!    into one of two terminating gateways), until every one is applied;
+//!    Consul writes per service from the daemon's `/metrics`, and the write
+//!    rate as a fraction of the config-entry write ceiling at concurrency 8;
+//! 4. steady state: a fresh daemon's startup sync of thousands of services
+//!    already in sync (it re-checks every service exactly as a periodic
+//!    resync does): Consul writes, CPU seconds, bytes read, peak RSS;
+//! 5. watch cost: bytes of the desired-prefix watch and wake-ups per applied
+//!    change with thousands of services present, and per applied service
+//!    during the bulk apply (at a quarter and at the end, to show whether it
+//!    grows with the number of services);
+//! 6. a baseline: `consul watch -type=keyprefix` running
+//!    `bench/consul-watch-handler` (bash + jq + `consul config write`), with
+//!    the same latency and throughput figures.
+//!
+//! It prints a Markdown report and writes it to `BENCHMARKS.md`.
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs a tiny
+//! configuration that still goes through every part, in well under 20 s,
+//! writes no file, and exits non-zero only on a real failure (a service never
+//! applied, Consul refusing a write, a daemon that does not start).
+//!
+//! Sizes (environment variables; the full-run default, then the test-mode one):
+//!
+//! | variable | meaning | full | test |
+//! |---|---|---|---|
+//! | `BENCH_CEILING_SECS` | seconds per ceiling measurement | 3 | 0.5 |
+//! | `BENCH_LATENCY_SERVICES` | services the latency changes go round | 20 | 2 |
+//! | `BENCH_LATENCY_CHANGES` | single changes timed (svc-handler) | 200 | 4 |
+//! | `BENCH_BULK_SERVICES` | new services put at once (svc-handler) | 1000 | 8 |
+//! | `BENCH_STEADY_SERVICES` | services in sync for the resync and watch cost | 5000 | 20 |
+//! | `BENCH_WATCH_CHANGES` | single changes timed with those present | 50 | 3 |
+//! | `BENCH_BASELINE_CHANGES` | single changes timed (baseline) | = latency changes | 3 |
+//! | `BENCH_BASELINE_SERVICES` | new services put at once (baseline) | = bulk services | 4 |
+//! | `BENCH_PUT_CONCURRENCY` | concurrent base.json puts (at most 32) | 32 | 8 |
+//! | `BENCH_GATEWAYS` | terminating gateways the links are spread over | 2 | 2 |
+//! | `BENCH_IDLE_GAP_MS` | pause before each timed single change (parts 2 and 6) | 250 | 250 |
+//! | `BENCH_STEADY_GAP_MS` | pause before each change with the steady-state services present | 3000 | 250 |
+//! | `BENCH_WORKERS` | the daemon's `--workers` | its default (4) | its default |
+//! | `BENCH_OUTPUT` | where the report goes | `BENCHMARKS.md` | not written |
+//!
+//! The daemons run with `--resync-interval 1h` (no periodic resync falls into
+//! a measurement) and `RUST_LOG=info`; everything else is their default.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::daemon::{parse_metrics, DaemonProc};
+use support::{consul_bin, Agent};
+use svc_handler::consul::{Client, QueryOptions};
+use svc_handler::keys::{Layout, ServiceId};
+use svc_handler::records::{Observed, Status};
+
+type Res<T> = Result<T, String>;
+
+fn err(context: &str) -> impl Fn(svc_handler::consul::ConsulError) -> String + '_ {
+    move |e| format!("{context}: {e}")
+}
+
+// ---------------------------------------------------------------- settings
+
+/// The variables of the header, for the report.
+const VARIABLES: [(&str, &str, &str, &str); 14] = [
+    (
+        "BENCH_CEILING_SECS",
+        "seconds per ceiling measurement",
+        "3",
+        "0.5",
+    ),
+    (
+        "BENCH_LATENCY_SERVICES",
+        "services the latency changes go round",
+        "20",
+        "2",
+    ),
+    (
+        "BENCH_LATENCY_CHANGES",
+        "single changes timed (svc-handler)",
+        "200",
+        "4",
+    ),
+    (
+        "BENCH_BULK_SERVICES",
+        "new services put at once (svc-handler)",
+        "1000",
+        "8",
+    ),
+    (
+        "BENCH_STEADY_SERVICES",
+        "services in sync for the resync and the watch cost",
+        "5000",
+        "20",
+    ),
+    (
+        "BENCH_WATCH_CHANGES",
+        "single changes timed with those present",
+        "50",
+        "3",
+    ),
+    (
+        "BENCH_BASELINE_CHANGES",
+        "single changes timed (baseline)",
+        "= latency changes",
+        "3",
+    ),
+    (
+        "BENCH_BASELINE_SERVICES",
+        "new services put at once (baseline)",
+        "= bulk services",
+        "4",
+    ),
+    (
+        "BENCH_PUT_CONCURRENCY",
+        "concurrent base.json puts (at most 32)",
+        "32",
+        "8",
+    ),
+    (
+        "BENCH_GATEWAYS",
+        "terminating gateways the links are spread over",
+        "2",
+        "2",
+    ),
+    (
+        "BENCH_IDLE_GAP_MS",
+        "pause before each timed single change (parts 2 and 6)",
+        "250",
+        "250",
+    ),
+    (
+        "BENCH_STEADY_GAP_MS",
+        "pause before each change with the steady-state services present",
+        "3000",
+        "250",
+    ),
+    (
+        "BENCH_WORKERS",
+        "the daemon's `--workers`",
+        "its default (4)",
+        "its default",
+    ),
+    (
+        "BENCH_OUTPUT",
+        "where the report is written",
+        "`BENCHMARKS.md`",
+        "not written",
+    ),
+];
+
+struct Sizes {
+    quick: bool,
+    ceiling: Duration,
+    latency_services: usize,
+    latency_changes: usize,
+    bulk: usize,
+    steady: usize,
+    watch_changes: usize,
+    baseline_changes: usize,
+    baseline_bulk: usize,
+    put_concurrency: usize,
+    gateways: usize,
+    workers: Option<usize>,
+    /// Pause before each timed change of parts 2 and 6, so that it meets an idle daemon.
+    idle_gap: Duration,
+    /// The same for the changes with the steady-state services present.
+    steady_gap: Duration,
+    output: Option<PathBuf>,
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Res<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a number")),
+        _ => Ok(default),
+    }
+}
+
+impl Sizes {
+    fn from_env(quick: bool) -> Res<Sizes> {
+        let pick = |full: usize, test: usize| if quick { test } else { full };
+        let latency_changes = env_num("BENCH_LATENCY_CHANGES", pick(200, 4))?;
+        let bulk = env_num("BENCH_BULK_SERVICES", pick(1000, 8))?;
+        let secs: f64 = env_num("BENCH_CEILING_SECS", if quick { 0.5 } else { 3.0 })?;
+        let s = Sizes {
+            quick,
+            ceiling: Duration::from_secs_f64(secs.clamp(0.1, 60.0)),
+            latency_services: env_num("BENCH_LATENCY_SERVICES", pick(20, 2))?.max(1),
+            latency_changes: latency_changes.max(1),
+            bulk: bulk.max(4),
+            steady: env_num("BENCH_STEADY_SERVICES", pick(5000, 20))?.max(1),
+            watch_changes: env_num("BENCH_WATCH_CHANGES", pick(50, 3))?.max(1),
+            baseline_changes: env_num("BENCH_BASELINE_CHANGES", pick(latency_changes, 3))?.max(1),
+            baseline_bulk: env_num("BENCH_BASELINE_SERVICES", pick(bulk, 4))?.max(2),
+            put_concurrency: env_num("BENCH_PUT_CONCURRENCY", pick(32, 8))?.clamp(1, 32),
+            gateways: env_num("BENCH_GATEWAYS", 2)?.max(1),
+            idle_gap: Duration::from_millis(env_num("BENCH_IDLE_GAP_MS", 250)?),
+            steady_gap: Duration::from_millis(env_num(
+                "BENCH_STEADY_GAP_MS",
+                if quick { 250 } else { 3000 },
+            )?),
+            workers: match std::env::var("BENCH_WORKERS") {
+                Ok(_) => Some(env_num("BENCH_WORKERS", 4)?.max(1)),
+                Err(_) => None,
+            },
+            output: if quick {
+                None
+            } else {
+                Some(match std::env::var("BENCH_OUTPUT") {
+                    Ok(p) if !p.is_empty() => PathBuf::from(p),
+                    _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"),
+                })
+            },
+        };
+        Ok(s)
+    }
+
+    /// A deadline scaled for the mode: test runs get generous fixed limits.
+    fn deadline(&self, full: Duration, quick: Duration) -> Instant {
+        Instant::now() + if self.quick { quick } else { full }
+    }
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// Write operations of svc-handler's Consul client, as its `op` labels name them.
+fn is_write_op(op: &str) -> bool {
+    matches!(
+        op,
+        "kv.put"
+            | "kv.cas"
+            | "kv.acquire"
+            | "kv.release"
+            | "config.cas"
+            | "config.put"
+            | "config.delete"
+            | "txn"
+            | "session.create"
+            | "session.renew"
+            | "session.destroy"
+    ) || op.starts_with("kv.delete")
+}
+
+fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = series[start..].find('"')? + start;
+    Some(&series[start..end])
+}
+
+/// One scrape of a daemon's `/metrics`, with its CPU time from /proc.
+#[derive(Clone, Default)]
+struct Scrape(HashMap<String, f64>, Option<f64>);
+
+impl Scrape {
+    async fn of(d: &DaemonProc) -> Res<Scrape> {
+        let text = d
+            .metrics_text()
+            .await
+            .ok_or_else(|| format!("the daemon's /metrics did not answer:\n{}", tail(d)))?;
+        Ok(Scrape(parse_metrics(&text), cpu_seconds(d.pid())))
+    }
+
+    fn get(&self, series: &str) -> f64 {
+        self.0.get(series).copied().unwrap_or(0.0)
+    }
+
+    /// Sum of a metric's series whose `op` label passes `keep`.
+    fn sum_ops(&self, metric: &str, keep: impl Fn(&str) -> bool) -> f64 {
+        let head = format!("{metric}{{");
+        self.0
+            .iter()
+            .filter(|(s, _)| s.starts_with(&head))
+            .filter(|(s, _)| label(s, "op").is_some_and(&keep))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            + 0.0 // an empty sum is -0.0
+    }
+
+    fn writes(&self) -> f64 {
+        self.sum_ops("svc_handler_consul_requests_total", is_write_op)
+    }
+
+    fn writes_by_op(&self) -> Vec<(String, f64)> {
+        let mut by: HashMap<String, f64> = HashMap::new();
+        for (s, v) in &self.0 {
+            if s.starts_with("svc_handler_consul_requests_total{") {
+                if let Some(op) = label(s, "op").filter(|op| is_write_op(op)) {
+                    *by.entry(op.to_string()).or_default() += v;
+                }
+            }
+        }
+        let mut v: Vec<_> = by.into_iter().filter(|(_, n)| *n > 0.0).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn bytes(&self, op: Option<&str>) -> f64 {
+        self.sum_ops("svc_handler_consul_response_bytes_total", |o| {
+            op.is_none_or(|want| want == o)
+        })
+    }
+
+    fn wakeups(&self) -> f64 {
+        self.get("svc_handler_watch_wakeups_total")
+    }
+
+    /// CPU seconds: from /proc (clock ticks), else the metric (whole seconds).
+    fn cpu(&self) -> f64 {
+        self.1
+            .unwrap_or_else(|| self.get("process_cpu_seconds_total"))
+    }
+
+    fn reconciles(&self, result: &str) -> f64 {
+        self.get(&format!(
+            "svc_handler_reconcile_total{{result=\"{result}\"}}"
+        ))
+    }
+}
+
+/// What a daemon did between two scrapes.
+struct Delta {
+    writes: f64,
+    writes_by_op: Vec<(String, f64)>,
+    list_bytes: f64,
+    config_list_bytes: f64,
+    all_bytes: f64,
+    wakeups: f64,
+    cpu: f64,
+}
+
+fn delta(a: &Scrape, b: &Scrape) -> Delta {
+    let before: HashMap<String, f64> = a.writes_by_op().into_iter().collect();
+    let writes_by_op = b
+        .writes_by_op()
+        .into_iter()
+        .map(|(op, n)| {
+            let d = n - before.get(&op).copied().unwrap_or(0.0);
+            (op, d)
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    Delta {
+        writes: b.writes() - a.writes(),
+        writes_by_op,
+        list_bytes: b.bytes(Some("kv.list")) - a.bytes(Some("kv.list")),
+        config_list_bytes: b.bytes(Some("config.list")) - a.bytes(Some("config.list")),
+        all_bytes: b.bytes(None) - a.bytes(None),
+        wakeups: b.wakeups() - a.wakeups(),
+        cpu: b.cpu() - a.cpu(),
+    }
+}
+
+/// CPU seconds (user + system) a process used so far, from /proc/<pid>/stat
+/// in clock ticks: finer than `process_cpu_seconds_total`, which the
+/// prometheus crate keeps in whole seconds.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hz > 0.0).then(|| (utime + stime) / hz)
+}
+
+/// Peak resident set size of a process (VmHWM), in bytes.
+fn peak_rss(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn tail(d: &DaemonProc) -> String {
+    let log = d.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+// ---------------------------------------------------------------- services
+
+/// How many terminating gateways the services' links are spread over
+/// (`BENCH_GATEWAYS`, 2 by default).
+static GATEWAYS: AtomicUsize = AtomicUsize::new(2);
+
+/// A service like the ones users write: half with a router (so http), all
+/// linked into one of the terminating gateways.
+fn full_spec(i: usize, gateway_prefix: &str, timeout: &str) -> Value {
+    let router = i % 2 == 0;
+    let gateway = (i / 2) % GATEWAYS.load(Ordering::Relaxed).max(1);
+    let mut v = json!({
+        "defaults": {"Protocol": if router { "http" } else { "tcp" }},
+        "resolver": {"ConnectTimeout": timeout},
+        "terminating_gateway": {"Gateway": format!("{gateway_prefix}-{gateway}")},
+    });
+    if router {
+        v["router"] = json!({"Routes": [{"Match": {"HTTP": {"PathPrefix": format!("/x{i}")}}}]});
+    }
+    v
+}
+
+/// A simple service: defaults and resolver only.
+fn simple_spec(timeout: &str) -> Value {
+    json!({"defaults": {"Protocol": "http"}, "resolver": {"ConnectTimeout": timeout}})
+}
+
+/// The `n`-th changed ConnectTimeout: 100ms to 899ms, which Consul prints back
+/// in exactly this form.
+fn timeout_for(n: usize) -> String {
+    format!("{}ms", 100 + n % 800)
+}
+
+fn sid(name: &str) -> ServiceId {
+    ServiceId::new("default", "default", name).expect("a valid service name")
+}
+
+/// Puts every (key, value) with at most `concurrency` requests at once.
+async fn put_all(client: &Client, items: Vec<(String, Vec<u8>)>, concurrency: usize) -> Res<()> {
+    let items = Arc::new(items);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.clamp(1, items.len().max(1)) {
+        let (c, items, next) = (client.clone(), Arc::clone(&items), Arc::clone(&next));
+        set.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((k, v)) = items.get(i) else {
+                    return Ok::<(), String>(());
+                };
+                c.kv_put(k, v).await.map_err(err("put base.json"))?;
+            }
+        });
+    }
+    let mut first = Ok(());
+    while let Some(r) = set.join_next().await {
+        let r = r
+            .map_err(|e| format!("a put task failed: {e}"))
+            .and_then(|r| r);
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
+fn blocking(index: u64, deadline: Instant) -> QueryOptions {
+    let left = deadline.saturating_duration_since(Instant::now());
+    QueryOptions::blocking(
+        index.max(1),
+        left.clamp(Duration::from_millis(100), Duration::from_secs(10)),
+    )
+}
+
+/// The index to wait past next (Consul's rule: an index that goes backwards
+/// resets).
+fn next_index(old: u64, new: u64) -> u64 {
+    if new < old {
+        1
+    } else {
+        new.max(1)
+    }
+}
+
+/// Waits (blocking queries on observed.json) until it shows `generation`
+/// applied; the time it took from `t0`.
+async fn wait_observed(
+    client: &Client,
+    key: &str,
+    mut index: u64,
+    generation: u64,
+    t0: Instant,
+    deadline: Instant,
+) -> Res<Duration> {
+    let mut last = None;
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{key}: generation {generation} not applied in time; last seen: {last:?}"
+            ));
+        }
+        let (pair, meta) = client
+            .kv_get(key, &blocking(index, deadline))
+            .await
+            .map_err(err("read observed.json"))?;
+        if let Some(p) = pair {
+            let o: Observed = serde_json::from_slice(&p.value)
+                .map_err(|e| format!("{key}: not an observed.json: {e}"))?;
+            if o.generation >= generation {
+                match o.status {
+                    Status::Applied => return Ok(t0.elapsed()),
+                    Status::Invalid | Status::Conflict if o.generation == generation => {
+                        return Err(format!("{key}: {:?}: {:?}", o.status, o.message));
+                    }
+                    _ => {}
+                }
+            }
+            last = Some((o.status, o.generation, o.message));
+        }
+        index = next_index(index, meta.index);
+    }
+}
+
+/// Waits (blocking queries) until the service's resolver shows `timeout`.
+async fn wait_resolver(
+    client: &Client,
+    name: &str,
+    mut index: u64,
+    timeout: &str,
+    t0: Instant,
+    deadline: Instant,
+) -> Res<Duration> {
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "service-resolver {name} never showed ConnectTimeout {timeout}"
+            ));
+        }
+        let (entry, meta) = client
+            .config_get("service-resolver", name, &blocking(index, deadline))
+            .await
+            .map_err(err("read service-resolver"))?;
+        if entry.is_some_and(|e| e.0["ConnectTimeout"] == timeout) {
+            return Ok(t0.elapsed());
+        }
+        index = next_index(index, meta.index);
+    }
+}
+
+/// One timed change of a service's resolver: (to observed.json, to the entry
+/// visible). `observed` is false for the baseline, which writes none.
+async fn timed_change(
+    client: &Client,
+    layout: &Layout,
+    name: &str,
+    body: &Value,
+    timeout: &str,
+    observed: bool,
+    deadline: Instant,
+) -> Res<(Option<Duration>, Duration)> {
+    let id = sid(name);
+    let (base_key, obs_key) = (layout.base_key(&id), layout.observed_key(&id));
+    // Indexes to wait past, read before the clock starts.
+    let (_, ometa) = client
+        .kv_get(&obs_key, &QueryOptions::default())
+        .await
+        .map_err(err("read observed.json"))?;
+    let (_, rmeta) = client
+        .config_get("service-resolver", name, &QueryOptions::default())
+        .await
+        .map_err(err("read service-resolver"))?;
+    let value = serde_json::to_vec(body).expect("JSON");
+    client
+        .kv_put(&base_key, &value)
+        .await
+        .map_err(err("put base.json"))?;
+    let t0 = Instant::now();
+    let to_observed = async {
+        if !observed {
+            return Ok(None);
+        }
+        let (pair, _) = client
+            .kv_get(&base_key, &QueryOptions::consistent())
+            .await
+            .map_err(err("read base.json back"))?;
+        let generation = pair
+            .ok_or_else(|| format!("{base_key} vanished"))?
+            .modify_index;
+        wait_observed(client, &obs_key, ometa.index, generation, t0, deadline)
+            .await
+            .map(Some)
+    };
+    let to_entry = wait_resolver(client, name, rmeta.index, timeout, t0, deadline);
+    let (a, b) = tokio::join!(to_observed, to_entry);
+    Ok((a?, b?))
+}
+
+/// Applied-service counting on `<prefix>/observed/` with blocking queries
+/// (keys only while counting, one full listing to check the statuses), at
+/// most ten reads a second so the bench does not compete with the daemon.
+struct Progress {
+    /// When `checkpoint` services had an observed.json: (count, scrape, at).
+    checkpoint: Option<(usize, Scrape, Instant)>,
+}
+
+async fn wait_all_applied(
+    client: &Client,
+    layout: &Layout,
+    names: &HashSet<String>,
+    checkpoint: Option<(usize, &DaemonProc)>,
+    deadline: Instant,
+) -> Res<(Instant, Progress)> {
+    let prefix = layout.observed_prefix();
+    let mut index = 0;
+    let mut progress = Progress { checkpoint: None };
+    let mut last_count = 0;
+    loop {
+        let asked = Instant::now();
+        if asked > deadline {
+            return Err(format!(
+                "only {last_count} of {} services have an observed.json in time",
+                names.len()
+            ));
+        }
+        let opts = if index == 0 {
+            QueryOptions::default()
+        } else {
+            blocking(index, deadline)
+        };
+        let (keys, meta) = client
+            .kv_keys(&prefix, None, &opts)
+            .await
+            .map_err(err("list observed keys"))?;
+        let count = keys
+            .iter()
+            .filter_map(|k| k.rsplit('/').nth(1))
+            .filter(|n| names.contains(*n))
+            .count();
+        last_count = count;
+        if let Some((at, d)) = checkpoint {
+            if progress.checkpoint.is_none() && count >= at {
+                progress.checkpoint = Some((count, Scrape::of(d).await?, Instant::now()));
+            }
+        }
+        if count >= names.len() {
+            let (pairs, _) = client
+                .kv_list(&prefix, &QueryOptions::default())
+                .await
+                .map_err(err("list observed.json"))?;
+            let mut applied = 0;
+            let mut final_bad = Vec::new();
+            for p in &pairs {
+                let Some(name) = p.key.rsplit('/').nth(1) else {
+                    continue;
+                };
+                if !names.contains(name) {
+                    continue;
+                }
+                let o: Observed = serde_json::from_slice(&p.value)
+                    .map_err(|e| format!("{}: not an observed.json: {e}", p.key))?;
+                match o.status {
+                    Status::Applied => applied += 1,
+                    Status::Invalid | Status::Conflict => {
+                        final_bad.push(format!("{name}: {:?}: {:?}", o.status, o.message))
+                    }
+                    Status::Error => {}
+                }
+            }
+            if !final_bad.is_empty() {
+                return Err(format!("services refused: {}", final_bad.join("; ")));
+            }
+            if applied >= names.len() {
+                return Ok((Instant::now(), progress));
+            }
+        }
+        index = next_index(index, meta.index);
+        let pause = Duration::from_millis(100).saturating_sub(asked.elapsed());
+        tokio::time::sleep(pause).await;
+    }
+}
+
+// ---------------------------------------------------------------- stats
+
+#[derive(Clone, Copy, Default)]
+struct Dist {
+    n: usize,
+    p50: Duration,
+    p95: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn dist(samples: &[Duration]) -> Dist {
+    let mut v = samples.to_vec();
+    v.sort();
+    let at = |q: f64| {
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    };
+    Dist {
+        n: v.len(),
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: v.last().copied().unwrap_or_default(),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let m = d.as_secs_f64() * 1000.0;
+    if m < 10.0 {
+        format!("{m:.1} ms")
+    } else if m < 10_000.0 {
+        format!("{m:.0} ms")
+    } else {
+        format!("{:.1} s", m / 1000.0)
+    }
+}
+
+fn bytes(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+// ---------------------------------------------------------------- results
+
+#[derive(Default)]
+struct Ceiling {
+    kv: [f64; 2],
+    config: [f64; 2],
+}
+
+#[derive(Default)]
+struct Bulk {
+    services: usize,
+    secs: f64,
+    writes: f64,
+    writes_by_op: Vec<(String, f64)>,
+    cpu: f64,
+    bytes: f64,
+    peak_rss: Option<u64>,
+    /// (applied services, kv.list bytes, config.list bytes, wake-ups, CPU
+    /// seconds) at the checkpoint and the end.
+    early: Option<(usize, f64, f64, f64, f64)>,
+    end: Option<(usize, f64, f64, f64, f64)>,
+}
+
+#[derive(Default)]
+struct Baseline {
+    skipped: Option<String>,
+    to_entry: Option<Dist>,
+    services: usize,
+    /// None when it did not finish before its deadline.
+    secs: Option<f64>,
+    done: usize,
+    elapsed: f64,
+    writes: f64,
+}
+
+#[derive(Default)]
+struct Steady {
+    services: usize,
+    setup_secs: f64,
+    sync_secs: f64,
+    writes: f64,
+    writes_by_op: Vec<(String, f64)>,
+    cpu: f64,
+    bytes: f64,
+    peak_rss: Option<u64>,
+    unchanged: f64,
+    applied: f64,
+    changes: usize,
+    list_bytes: f64,
+    config_list_bytes: f64,
+    wakeups: f64,
+    change_cpu: f64,
+    to_observed: Option<Dist>,
+}
+
+#[derive(Default)]
+struct Results {
+    cores: usize,
+    consul_version: String,
+    ceiling: Option<Ceiling>,
+    to_observed: Option<Dist>,
+    to_entry: Option<Dist>,
+    back_to_back: Option<Dist>,
+    bulk: Option<Bulk>,
+    steady: Option<Steady>,
+    baseline: Option<Baseline>,
+    parts: Vec<(String, Duration)>,
+}
+
+// ---------------------------------------------------------------- parts
+
+async fn ceiling(client: &Client, sizes: &Sizes) -> Res<Ceiling> {
+    let mut c = Ceiling::default();
+    let value = serde_json::to_vec(&full_spec(0, "gw", "5s")).expect("JSON");
+    for (slot, conc) in [(0, 1usize), (1, 8)] {
+        for config in [false, true] {
+            let count = Arc::new(AtomicUsize::new(0));
+            let start = Instant::now();
+            let end = start + sizes.ceiling;
+            let mut set = tokio::task::JoinSet::new();
+            for w in 0..conc {
+                let (cl, count, value) = (client.clone(), Arc::clone(&count), value.clone());
+                set.spawn(async move {
+                    let mut i = 0usize;
+                    while Instant::now() < end {
+                        let n = w * 1000 + i % 100;
+                        i += 1;
+                        if config {
+                            let e = json!({"Kind": "service-defaults", "Name": format!("ceiling-{n}"), "Protocol": "http"});
+                            if !cl.config_put(&e).await.map_err(err("config put"))? {
+                                return Err("Consul answered false to a config put".to_string());
+                            }
+                        } else {
+                            cl.kv_put(&format!("bench/ceiling/{n}"), &value)
+                                .await
+                                .map_err(err("kv put"))?;
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<(), String>(())
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.map_err(|e| format!("a ceiling task failed: {e}"))??;
+            }
+            let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+            if config {
+                c.config[slot] = rate;
+            } else {
+                c.kv[slot] = rate;
+            }
+        }
+    }
+    // Leave nothing behind that the daemons' drift watches would list.
+    let (entries, _) = client
+        .config_list("service-defaults", &QueryOptions::default())
+        .await
+        .map_err(err("list service-defaults"))?;
+    for e in entries.iter().filter(|e| e.name().starts_with("ceiling-")) {
+        client
+            .config_delete("service-defaults", e.name())
+            .await
+            .map_err(err("delete a ceiling entry"))?;
+    }
+    client
+        .kv_delete_tree("bench/ceiling/")
+        .await
+        .map_err(err("delete the ceiling keys"))?;
+    Ok(c)
+}
+
+fn start_daemon(url: &str, prefix: &str, instance: &str, sizes: &Sizes) -> DaemonProc {
+    let workers = sizes.workers.map(|w| w.to_string());
+    let mut extra = vec!["--resync-interval", "1h"];
+    if let Some(w) = &workers {
+        extra.extend(["--workers", w.as_str()]);
+    }
+    DaemonProc::start(url, prefix, instance, &extra, &[("RUST_LOG", "info")])
+}
+
+async fn wait_ready(d: &DaemonProc, deadline: Instant) -> Res<Instant> {
+    loop {
+        if d.readyz().await == Some(200) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the daemon was not ready in time:\n{}", tail(d)));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn stop_daemon(mut d: DaemonProc) {
+    d.signal(libc::SIGTERM);
+    if d.wait_exit(Duration::from_secs(15)).is_none() {
+        d.kill9();
+    }
+}
+
+/// Parts 2 and 3 (and the bulk half of 5) against one daemon.
+async fn daemon_latency_and_bulk(
+    agent: &Agent,
+    client: &Client,
+    sizes: &Sizes,
+    r: &mut Results,
+) -> Res<()> {
+    let prefix = "bench/svc-handler";
+    let layout = Layout::new(prefix).expect("a valid prefix");
+    let d = start_daemon(&agent.url(), prefix, "bench-1", sizes);
+    wait_ready(
+        &d,
+        sizes.deadline(Duration::from_secs(60), Duration::from_secs(30)),
+    )
+    .await?;
+
+    // The services the changes go round, applied first.
+    let names: Vec<String> = (0..sizes.latency_services)
+        .map(|i| format!("lat-{i}"))
+        .collect();
+    let items = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = full_spec(i, "gw", "5s");
+            (layout.base_key(&sid(n)), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    put_all(client, items, sizes.put_concurrency).await?;
+    let set: HashSet<String> = names.iter().cloned().collect();
+    wait_all_applied(
+        client,
+        &layout,
+        &set,
+        None,
+        sizes.deadline(Duration::from_secs(120), Duration::from_secs(30)),
+    )
+    .await
+    .map_err(|e| format!("latency services: {e}\n{}", tail(&d)))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let t = Instant::now();
+    let (mut obs, mut ent) = (Vec::new(), Vec::new());
+    let spaced = sizes.latency_changes;
+    let back_to_back = (spaced / 4).max(1);
+    let mut burst = Vec::new();
+    for k in 0..spaced + back_to_back {
+        // Spaced changes meet an idle daemon; the last ones follow each other
+        // as soon as the previous one is applied.
+        if k < spaced {
+            tokio::time::sleep(sizes.idle_gap).await;
+        }
+        let i = k % names.len();
+        let timeout = timeout_for(k);
+        let body = full_spec(i, "gw", &timeout);
+        let deadline = sizes.deadline(Duration::from_secs(30), Duration::from_secs(20));
+        let (o, e) = timed_change(client, &layout, &names[i], &body, &timeout, true, deadline)
+            .await
+            .map_err(|e| format!("latency change {k}: {e}\n{}", tail(&d)))?;
+        if k < spaced {
+            obs.push(o.expect("measured"));
+            ent.push(e);
+        } else {
+            burst.push(o.expect("measured"));
+        }
+    }
+    r.to_observed = Some(dist(&obs));
+    r.to_entry = Some(dist(&ent));
+    r.back_to_back = Some(dist(&burst));
+    r.parts.push(("apply latency".into(), t.elapsed()));
+
+    // Throughput: new services at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let bulk_names: Vec<String> = (0..sizes.bulk).map(|i| format!("bulk-{i}")).collect();
+    let items = bulk_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = full_spec(i, "gw", "5s");
+            (layout.base_key(&sid(n)), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    let set: HashSet<String> = bulk_names.iter().cloned().collect();
+    let before = Scrape::of(&d).await?;
+    let start = Instant::now();
+    let puts = put_all(client, items, sizes.put_concurrency);
+    let waiting = wait_all_applied(
+        client,
+        &layout,
+        &set,
+        Some((sizes.bulk / 4, &d)),
+        sizes.deadline(
+            Duration::from_secs(120 + sizes.bulk as u64 / 2),
+            Duration::from_secs(30),
+        ),
+    );
+    let (p, w) = tokio::join!(puts, waiting);
+    p?;
+    let (done, progress) = w.map_err(|e| format!("bulk apply: {e}\n{}", tail(&d)))?;
+    let after = Scrape::of(&d).await?;
+    let secs = done.duration_since(start).as_secs_f64();
+    let all = delta(&before, &after);
+    let point = |n: usize, s: &Scrape| {
+        let x = delta(&before, s);
+        (n, x.list_bytes, x.config_list_bytes, x.wakeups, x.cpu)
+    };
+    r.bulk = Some(Bulk {
+        services: sizes.bulk,
+        secs,
+        writes: all.writes,
+        writes_by_op: all.writes_by_op,
+        cpu: all.cpu,
+        bytes: all.all_bytes,
+        peak_rss: peak_rss(d.pid()),
+        early: progress.checkpoint.as_ref().map(|(n, s, _)| point(*n, s)),
+        end: Some(point(sizes.bulk, &after)),
+    });
+    r.parts.push(("throughput".into(), t.elapsed()));
+    stop_daemon(d).await;
+    Ok(())
+}
+
+/// Parts 4 and 5 (steady state): thousands of services applied by one daemon,
+/// then a fresh daemon's startup sync of them, then single changes.
+async fn steady_state(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Results) -> Res<()> {
+    let t = Instant::now();
+    let prefix = "bench/steady";
+    let layout = Layout::new(prefix).expect("a valid prefix");
+    let names: Vec<String> = (0..sizes.steady).map(|i| format!("ss-{i}")).collect();
+    let set: HashSet<String> = names.iter().cloned().collect();
+    let mut s = Steady {
+        services: sizes.steady,
+        ..Default::default()
+    };
+
+    // Setup: a daemon applies them all.
+    let d = start_daemon(&agent.url(), prefix, "bench-2", sizes);
+    wait_ready(
+        &d,
+        sizes.deadline(Duration::from_secs(60), Duration::from_secs(30)),
+    )
+    .await?;
+    let items = names
+        .iter()
+        .map(|n| {
+            let v = simple_spec("5s");
+            (layout.base_key(&sid(n)), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    let start = Instant::now();
+    let puts = put_all(client, items, sizes.put_concurrency);
+    let waiting = wait_all_applied(
+        client,
+        &layout,
+        &set,
+        None,
+        sizes.deadline(
+            Duration::from_secs(120 + sizes.steady as u64 / 4),
+            Duration::from_secs(30),
+        ),
+    );
+    let (p, w) = tokio::join!(puts, waiting);
+    p?;
+    let (done, _) = w.map_err(|e| format!("steady-state setup: {e}\n{}", tail(&d)))?;
+    s.setup_secs = done.duration_since(start).as_secs_f64();
+    stop_daemon(d).await;
+    r.parts.push(("steady-state setup".into(), t.elapsed()));
+
+    // One full re-check of every service: a fresh daemon's startup sync.
+    let t = Instant::now();
+    let start = Instant::now();
+    let d = start_daemon(&agent.url(), prefix, "bench-3", sizes);
+    let ready = wait_ready(
+        &d,
+        sizes.deadline(
+            Duration::from_secs(120 + sizes.steady as u64 / 10),
+            Duration::from_secs(30),
+        ),
+    )
+    .await?;
+    s.sync_secs = ready.duration_since(start).as_secs_f64();
+    let synced = Scrape::of(&d).await?;
+    s.peak_rss = peak_rss(d.pid());
+    s.writes = synced.writes();
+    s.writes_by_op = synced.writes_by_op();
+    s.cpu = synced.cpu();
+    s.bytes = synced.bytes(None);
+    s.unchanged = synced.reconciles("unchanged");
+    s.applied = synced.reconciles("applied");
+    r.parts.push(("resync".into(), t.elapsed()));
+
+    // Watch cost with all of them present: single changes, one at a time.
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = Scrape::of(&d).await?;
+    let mut obs = Vec::new();
+    for k in 0..sizes.watch_changes {
+        tokio::time::sleep(sizes.steady_gap).await;
+        let i = (k * 7919) % names.len();
+        let timeout = timeout_for(k);
+        let deadline = sizes.deadline(Duration::from_secs(60), Duration::from_secs(20));
+        let (o, _) = timed_change(
+            client,
+            &layout,
+            &names[i],
+            &simple_spec(&timeout),
+            &timeout,
+            true,
+            deadline,
+        )
+        .await
+        .map_err(|e| format!("steady-state change {k}: {e}\n{}", tail(&d)))?;
+        obs.push(o.expect("measured"));
+    }
+    let after = Scrape::of(&d).await?;
+    let x = delta(&before, &after);
+    s.changes = sizes.watch_changes;
+    s.list_bytes = x.list_bytes;
+    s.config_list_bytes = x.config_list_bytes;
+    s.wakeups = x.wakeups;
+    s.change_cpu = x.cpu;
+    s.to_observed = Some(dist(&obs));
+    r.parts.push(("watch cost".into(), t.elapsed()));
+    r.steady = Some(s);
+    stop_daemon(d).await;
+    Ok(())
+}
+
+/// `consul watch` running the handler script, killed (with its handler) when dropped.
+struct ConsulWatch {
+    child: Child,
+}
+
+impl ConsulWatch {
+    fn start(url: &str, prefix: &str, dir: &Path) -> Res<ConsulWatch> {
+        let handler = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/consul-watch-handler");
+        let log = std::fs::File::create(dir.join("watch.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(consul_bin());
+        cmd.args(["watch", "-type=keyprefix", "-prefix"])
+            .arg(format!("{prefix}/desired/"))
+            .arg(format!("bash {}", handler.display()))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CONSUL_HTTP_ADDR", url)
+            .env("CONSUL_BIN", consul_bin())
+            .env("HANDLER_STATE_FILE", dir.join("state"))
+            .env("HANDLER_WRITE_LOG", dir.join("writes"))
+            .env("TMPDIR", dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("start consul watch: {e}"))?;
+        Ok(ConsulWatch { child })
+    }
+}
+
+impl Drop for ConsulWatch {
+    fn drop(&mut self) {
+        // The watch and any handler it is running: the group it leads.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn write_count(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("writes"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+fn watch_log(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("watch.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Counts, with blocking reads of the terminating gateways, the services
+/// whose link the baseline wrote (its last write of a service), then checks
+/// their other entries. `Ok(None)` when the deadline passed first.
+async fn wait_baseline(
+    client: &Client,
+    names: &HashSet<String>,
+    routers: usize,
+    deadline: Instant,
+) -> Res<(Option<Instant>, usize)> {
+    let mut index = 0;
+    let mut linked = 0;
+    loop {
+        let asked = Instant::now();
+        if asked > deadline {
+            return Ok((None, linked));
+        }
+        let opts = if index == 0 {
+            QueryOptions::default()
+        } else {
+            blocking(index, deadline)
+        };
+        let (gws, meta) = client
+            .config_list("terminating-gateway", &opts)
+            .await
+            .map_err(err("list terminating gateways"))?;
+        linked = gws
+            .iter()
+            .filter(|g| g.name().starts_with("bl-gw-"))
+            .flat_map(|g| g.0["Services"].as_array().cloned().unwrap_or_default())
+            .filter(|s| s["Name"].as_str().is_some_and(|n| names.contains(n)))
+            .count();
+        if linked >= names.len() {
+            let done = Instant::now();
+            for (kind, want) in [
+                ("service-defaults", names.len()),
+                ("service-resolver", names.len()),
+                ("service-router", routers),
+            ] {
+                let (list, _) = client
+                    .config_list(kind, &QueryOptions::default())
+                    .await
+                    .map_err(err("list entries"))?;
+                let n = list.iter().filter(|e| names.contains(e.name())).count();
+                if n < want {
+                    return Err(format!("baseline: {n} of {want} {kind} entries"));
+                }
+            }
+            return Ok((Some(done), linked));
+        }
+        index = next_index(index, meta.index);
+        let pause = Duration::from_millis(100).saturating_sub(asked.elapsed());
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Part 6: the same latency and throughput figures for `consul watch` + handler.
+async fn baseline(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Results) -> Res<()> {
+    let mut b = Baseline {
+        services: sizes.baseline_bulk,
+        ..Default::default()
+    };
+    if !Path::new("/usr/bin/jq").exists()
+        && !Command::new("jq")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        b.skipped = Some("jq is not installed (`apt-get install jq`)".into());
+        r.baseline = Some(b);
+        return Ok(());
+    }
+    let t = Instant::now();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let prefix = "bench/baseline";
+    let layout = Layout::new(prefix).expect("a valid prefix");
+    let watch = ConsulWatch::start(&agent.url(), prefix, dir.path())?;
+
+    let names: Vec<String> = (0..sizes.latency_services)
+        .map(|i| format!("bl-lat-{i}"))
+        .collect();
+    let items = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = full_spec(i, "bl-gw", "5s");
+            (layout.base_key(&sid(n)), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    put_all(client, items, sizes.put_concurrency).await?;
+    let set: HashSet<String> = names.iter().cloned().collect();
+    let routers = names.len().div_ceil(2);
+    let (done, linked) = wait_baseline(
+        client,
+        &set,
+        routers,
+        sizes.deadline(Duration::from_secs(120), Duration::from_secs(30)),
+    )
+    .await?;
+    if done.is_none() {
+        return Err(format!(
+            "baseline: only {linked} of {} latency services applied:\n{}",
+            names.len(),
+            watch_log(dir.path())
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ent = Vec::new();
+    for k in 0..sizes.baseline_changes {
+        tokio::time::sleep(sizes.idle_gap).await;
+        let i = k % names.len();
+        let timeout = timeout_for(k);
+        let body = full_spec(i, "bl-gw", &timeout);
+        let deadline = sizes.deadline(Duration::from_secs(60), Duration::from_secs(20));
+        let (_, e) = timed_change(client, &layout, &names[i], &body, &timeout, false, deadline)
+            .await
+            .map_err(|e| format!("baseline change {k}: {e}\n{}", watch_log(dir.path())))?;
+        ent.push(e);
+    }
+    b.to_entry = Some(dist(&ent));
+    r.parts.push(("baseline latency".into(), t.elapsed()));
+
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bulk: Vec<String> = (0..sizes.baseline_bulk)
+        .map(|i| format!("bl-bulk-{i}"))
+        .collect();
+    let items = bulk
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = full_spec(i, "bl-gw", "5s");
+            (layout.base_key(&sid(n)), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    let set: HashSet<String> = bulk.iter().cloned().collect();
+    let writes_before = write_count(dir.path());
+    let start = Instant::now();
+    let puts = put_all(client, items, sizes.put_concurrency);
+    let waiting = wait_baseline(
+        client,
+        &set,
+        bulk.len().div_ceil(2),
+        sizes.deadline(
+            Duration::from_secs(300).max(Duration::from_millis(900 * bulk.len() as u64)),
+            Duration::from_secs(30),
+        ),
+    );
+    let (p, w) = tokio::join!(puts, waiting);
+    p?;
+    let (done, linked) = w?;
+    b.elapsed = start.elapsed().as_secs_f64();
+    b.done = linked;
+    b.secs = done.map(|d| d.duration_since(start).as_secs_f64());
+    b.writes = (write_count(dir.path()) - writes_before) as f64;
+    drop(watch);
+    r.parts.push(("baseline throughput".into(), t.elapsed()));
+    if b.secs.is_none() && sizes.quick {
+        return Err(format!(
+            "baseline: only {linked} of {} services applied in time:\n{}",
+            bulk.len(),
+            watch_log(dir.path())
+        ));
+    }
+    r.baseline = Some(b);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- report
+
+fn command_line(sizes: &Sizes) -> String {
+    let mut set: Vec<String> = VARIABLES
+        .iter()
+        .filter_map(|(v, ..)| std::env::var(v).ok().map(|x| format!("{v}={x}")))
+        .collect();
+    set.push(if sizes.quick {
+        "cargo test --all-targets  # test mode".into()
+    } else {
+        "cargo bench --bench bench".into()
+    });
+    set.join(" ")
+}
+
+fn render(r: &Results, sizes: &Sizes, total: Duration, failure: Option<&str>) -> String {
+    let mut o = String::new();
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let _ = writeln!(o, "# Benchmarks\n");
+    let _ = writeln!(
+        o,
+        "Written by `cargo bench --bench bench` (`benches/bench.rs`); do not edit by hand.\n"
+    );
+    let _ = writeln!(o, "- Date (UTC): {now}");
+    let _ = writeln!(o, "- Command: `{}`", command_line(sizes));
+    let _ = writeln!(
+        o,
+        "- Machine: {} cores (`available_parallelism`), {}",
+        r.cores,
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| t
+                .lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string()))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        o,
+        "- Consul: {} (one dev agent, in memory, on loopback; everything below shares it and the machine)",
+        r.consul_version
+    );
+    let _ = writeln!(
+        o,
+        "- svc-handler {} ({}): `svc-handler run --resync-interval 1h`{}, `RUST_LOG=info`, other flags at their defaults",
+        env!("CARGO_PKG_VERSION"),
+        source_version(),
+        sizes
+            .workers
+            .map(|w| format!(" --workers {w}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(o, "- Whole run: {:.0} s", total.as_secs_f64());
+    if let Some(f) = failure {
+        let _ = writeln!(o, "\n**The run failed:** {f}");
+    }
+
+    // Ceiling.
+    let c8 = r.ceiling.as_ref().map(|c| c.config[1]).unwrap_or(0.0);
+    if let Some(c) = &r.ceiling {
+        let _ = writeln!(o, "\n## 1. Ceiling: Consul's own write rate\n");
+        let _ = writeln!(
+            o,
+            "Measured first, from this process, {} s each; every ratio below divides by these.\n",
+            sizes.ceiling.as_secs_f64()
+        );
+        let _ = writeln!(o, "| writes | concurrency 1 | concurrency 8 |");
+        let _ = writeln!(o, "|---|---:|---:|");
+        let _ = writeln!(
+            o,
+            "| KV put (`kv_put`) | {:.0}/s | {:.0}/s |",
+            c.kv[0], c.kv[1]
+        );
+        let _ = writeln!(
+            o,
+            "| config entry put (`config_put`, service-defaults) | {:.0}/s | {:.0}/s |",
+            c.config[0], c.config[1]
+        );
+    }
+
+    // Summary against the targets.
+    let _ = writeln!(o, "\n## Summary against the targets\n");
+    let _ = writeln!(o, "| figure | measured | target | |");
+    let _ = writeln!(o, "|---|---:|---|---|");
+    if let Some(d) = &r.to_observed {
+        let _ = writeln!(
+            o,
+            "| apply latency p50 (to observed.json) | {} | ≤ 20 ms | {} |",
+            ms(d.p50),
+            met(d.p50 <= Duration::from_millis(20))
+        );
+        let _ = writeln!(
+            o,
+            "| apply latency p99 (to observed.json) | {} | ≤ 60 ms | {} |",
+            ms(d.p99),
+            met(d.p99 <= Duration::from_millis(60))
+        );
+    }
+    if let Some(b) = &r.bulk {
+        let wps = b.writes / b.secs;
+        let _ = writeln!(
+            o,
+            "| bulk throughput: Consul writes/s ÷ config-entry ceiling at concurrency 8 | {:.0}/s ÷ {:.0}/s = {:.0} % | ≥ 60 % | {} |",
+            wps,
+            c8,
+            100.0 * wps / c8,
+            met(wps / c8 >= 0.6)
+        );
+        let per = b.writes / b.services as f64;
+        let _ = writeln!(
+            o,
+            "| Consul writes per new service | {per:.2} | ≤ 8 | {} |",
+            met(per <= 8.0)
+        );
+    }
+    if let Some(s) = &r.steady {
+        let _ = writeln!(
+            o,
+            "| resync of {} in-sync services: Consul writes | {:.0} | 0 | {} |",
+            s.services,
+            s.writes,
+            met(s.writes == 0.0)
+        );
+        let _ = writeln!(
+            o,
+            "| resync: daemon CPU seconds | {:.2} s | < 2 s | {} |",
+            s.cpu,
+            met(s.cpu < 2.0)
+        );
+        if let Some(rss) = s.peak_rss {
+            let _ = writeln!(
+                o,
+                "| resync: peak RSS (VmHWM) | {} | < 64 MiB | {} |",
+                bytes(rss as f64),
+                met(rss < 64 * 1024 * 1024)
+            );
+        }
+    }
+    if let Some(b) = &r.bulk {
+        if let (Some(e), Some(f)) = (b.early, b.end) {
+            if 2 * e.0 > f.0 {
+                let _ = writeln!(
+                    o,
+                    "| watch bytes per applied service | too few services to compare ({} vs {}) | not quadratic | – |",
+                    e.0, f.0
+                );
+            } else {
+                let pe = e.1 / e.0.max(1) as f64;
+                let pf = f.1 / f.0.max(1) as f64;
+                let grow = pf / pe;
+                let n = f.0 as f64 / e.0.max(1) as f64;
+                let _ = writeln!(
+                o,
+                "| watch bytes per applied service, at {} vs {} services (growth; linear cost: about 1×, quadratic: about {:.1}×) | {} vs {} ({:.2}×) | not quadratic | {} |",
+                e.0,
+                f.0,
+                n,
+                bytes(pe),
+                bytes(pf),
+                grow,
+                met(grow < (1.0 + n) / 2.0)
+            );
+                let ce = e.2 / e.0.max(1) as f64;
+                let cf = f.2 / f.0.max(1) as f64;
+                let _ = writeln!(
+                    o,
+                    "| (no target) drift watches' config.list bytes per applied service, at {} vs {} services | {} vs {} ({:.2}×) | – | – |",
+                    e.0,
+                    f.0,
+                    bytes(ce),
+                    bytes(cf),
+                    cf / ce
+                );
+            }
+        }
+    }
+    if let (Some(b), Some(d), Some(bulk)) = (&r.baseline, &r.to_entry, &r.bulk) {
+        if let Some(be) = &b.to_entry {
+            let sh_rate = bulk.services as f64 / bulk.secs;
+            // Unfinished: what it did by its deadline is an upper bound of its rate.
+            let (bl_rate, note) = match b.secs {
+                Some(secs) => (b.services as f64 / secs, ""),
+                None => (
+                    b.done as f64 / b.elapsed,
+                    " (the baseline did not finish its bulk apply)",
+                ),
+            };
+            let faster = d.p50 < be.p50
+                && d.p95 < be.p95
+                && d.p99 < be.p99
+                && d.max < be.max
+                && sh_rate > bl_rate;
+            let _ = writeln!(
+                o,
+                "| faster than the baseline: baseline ÷ svc-handler for latency p50 / p95 / p99 / max to entry visible, svc-handler ÷ baseline for services/s{note} | {} | > 1× on every figure | {} |",
+                [
+                    ratio(be.p50.as_secs_f64(), d.p50.as_secs_f64()),
+                    ratio(be.p95.as_secs_f64(), d.p95.as_secs_f64()),
+                    ratio(be.p99.as_secs_f64(), d.p99.as_secs_f64()),
+                    ratio(be.max.as_secs_f64(), d.max.as_secs_f64()),
+                    ratio(sh_rate, bl_rate),
+                ]
+                .join(" / "),
+                met(faster)
+            );
+        }
+    }
+
+    // Latency.
+    let _ = writeln!(
+        o,
+        "\n## 2. Apply latency (idle daemon, one change at a time)\n"
+    );
+    let _ = writeln!(
+        o,
+        "Each change sets a new `resolver.ConnectTimeout` on one of {} services (half with a router, all \
+         linked into one of {} terminating gateways). The clock starts when `kv_put` of base.json returns; \
+         \"observed\" stops when a blocking query on observed.json shows base.json's new ModifyIndex applied, \
+         \"entry visible\" when a blocking query on the service-resolver shows the new value. The baseline \
+         writes no observed.json, so its column is entry-visible only. Each timed change follows a pause of \
+         {} ms, so it meets an idle daemon (the watch's token bucket, burst 2 at 10 per second, is full again); \
+         the \"back to back\" row puts each change as soon as the previous one is applied.\n",
+        sizes.latency_services,
+        sizes.gateways,
+        sizes.idle_gap.as_millis()
+    );
+    let _ = writeln!(o, "| | changes | p50 | p95 | p99 | max |");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+    let row = |o: &mut String, what: &str, d: &Dist| {
+        let _ = writeln!(
+            o,
+            "| {what} | {} | {} | {} | {} | {} |",
+            d.n,
+            ms(d.p50),
+            ms(d.p95),
+            ms(d.p99),
+            ms(d.max)
+        );
+    };
+    if let Some(d) = &r.to_observed {
+        row(&mut o, "svc-handler, to observed.json", d);
+    }
+    if let Some(d) = &r.to_entry {
+        row(&mut o, "svc-handler, to entry visible", d);
+    }
+    if let Some(d) = &r.back_to_back {
+        row(&mut o, "svc-handler back to back, to observed.json", d);
+    }
+    if let Some(be) = r.baseline.as_ref().and_then(|b| b.to_entry.as_ref()) {
+        row(&mut o, "baseline, to entry visible", be);
+        if let Some(d) = &r.to_entry {
+            let _ = writeln!(
+                o,
+                "| baseline ÷ svc-handler (entry visible) | | {} | {} | {} | {} |",
+                ratio(be.p50.as_secs_f64(), d.p50.as_secs_f64()),
+                ratio(be.p95.as_secs_f64(), d.p95.as_secs_f64()),
+                ratio(be.p99.as_secs_f64(), d.p99.as_secs_f64()),
+                ratio(be.max.as_secs_f64(), d.max.as_secs_f64()),
+            );
+        }
+    }
+    if let Some(d) = r.steady.as_ref().and_then(|s| s.to_observed.as_ref()) {
+        row(
+            &mut o,
+            &format!(
+                "svc-handler with {} services present (part 5, {} ms apart), to observed.json",
+                r.steady.as_ref().map(|s| s.services).unwrap_or(0),
+                sizes.steady_gap.as_millis()
+            ),
+            d,
+        );
+    }
+
+    // Throughput.
+    let _ = writeln!(o, "\n## 3. Throughput (new services put at once)\n");
+    let _ = writeln!(
+        o,
+        "Half of the services have a router, all a terminating-gateway link ({} gateways). base.json \
+         puts run {} at a time; the clock runs from the first put until every service is applied (svc-handler: \
+         a blocking listing of `<prefix>/observed/`, at most ten reads a second; baseline: every link present in \
+         the gateways, its last write for a service). Consul writes are svc-handler's own count \
+         (`svc_handler_consul_requests_total` over the write operations: kv.put, kv.cas, kv.acquire, kv.release, \
+         kv.delete*, config.cas, config.put, config.delete, txn, session.create/renew/destroy); the baseline's \
+         are the `consul config write` runs its handler logged. The ceiling is the config-entry put rate at \
+         concurrency 8 ({c8:.0}/s).\n",
+        sizes.gateways,
+        sizes.put_concurrency
+    );
+    let _ = writeln!(
+        o,
+        "| | services | time | services/s | Consul writes/service | Consul writes/s | of the ceiling |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+    if let Some(b) = &r.bulk {
+        let _ = writeln!(
+            o,
+            "| svc-handler | {} | {:.1} s | {:.1} | {:.2} | {:.0} | {:.0} % |",
+            b.services,
+            b.secs,
+            b.services as f64 / b.secs,
+            b.writes / b.services as f64,
+            b.writes / b.secs,
+            100.0 * b.writes / b.secs / c8
+        );
+    }
+    if let Some(b) = &r.baseline {
+        match (&b.skipped, b.secs) {
+            (Some(why), _) => {
+                let _ = writeln!(o, "| baseline | skipped: {why} | | | | | |");
+            }
+            (None, Some(secs)) => {
+                let _ = writeln!(
+                    o,
+                    "| baseline | {} | {:.1} s | {:.1} | {:.2} | {:.0} | {:.0} % |",
+                    b.services,
+                    secs,
+                    b.services as f64 / secs,
+                    b.writes / b.services as f64,
+                    b.writes / secs,
+                    100.0 * b.writes / secs / c8
+                );
+            }
+            (None, None) => {
+                let _ = writeln!(
+                    o,
+                    "| baseline (did not finish: {} of {} in {:.0} s) | {} | > {:.0} s | {:.1} | | | |",
+                    b.done, b.services, b.elapsed, b.services, b.elapsed,
+                    b.done as f64 / b.elapsed
+                );
+            }
+        }
+        if let (Some(bulk), Some(secs)) = (&r.bulk, b.secs) {
+            let _ = writeln!(
+                o,
+                "| svc-handler ÷ baseline | | | {} | {} | | |",
+                ratio(bulk.services as f64 / bulk.secs, b.services as f64 / secs),
+                ratio(
+                    bulk.writes / bulk.services as f64,
+                    b.writes / b.services as f64
+                ),
+            );
+        }
+    }
+    if let Some(b) = &r.bulk {
+        let ops: Vec<String> = b
+            .writes_by_op
+            .iter()
+            .map(|(op, n)| format!("{op} {:.2}", n / b.services as f64))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nsvc-handler's writes per service by operation: {}. During the bulk apply the daemon used {:.1} CPU \
+             seconds and read {} from Consul ({} per service); its peak RSS so far: {}.",
+            ops.join(", "),
+            b.cpu,
+            bytes(b.bytes),
+            bytes(b.bytes / b.services as f64),
+            b.peak_rss.map(|x| bytes(x as f64)).unwrap_or("–".into())
+        );
+    }
+
+    // Steady state.
+    if let Some(s) = &r.steady {
+        let _ = writeln!(
+            o,
+            "\n## 4. Steady state: one full resync of {} services in sync\n",
+            s.services
+        );
+        let _ = writeln!(
+            o,
+            "{} simple services (defaults and resolver) were written {} at a time and applied by a first daemon \
+             ({:.1} s, {:.0} services/s), which was then stopped. The resync is a fresh daemon's startup sync \
+             (`--resync-interval 1h`): it re-checks every service exactly as a periodic resync does (reads only \
+             for a service in sync; no session, no lock), and turns `/readyz` ready when done. The figures are \
+             the new process's counters from its start to ready, so they include its start-up. CPU seconds come from \
+             /proc/<pid>/stat (user + system, in clock ticks), since `process_cpu_seconds_total` counts whole \
+             seconds only.\n",
+            s.services, sizes.put_concurrency, s.setup_secs, s.services as f64 / s.setup_secs
+        );
+        let _ = writeln!(o, "| figure | value | target |");
+        let _ = writeln!(o, "|---|---:|---|");
+        let _ = writeln!(o, "| wall time, start to ready | {:.1} s | |", s.sync_secs);
+        let by: Vec<String> = s
+            .writes_by_op
+            .iter()
+            .map(|(op, n)| format!("{op} {n:.0}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "| Consul writes | {:.0}{} | 0 |",
+            s.writes,
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            }
+        );
+        let _ = writeln!(o, "| daemon CPU seconds | {:.2} s | < 2 s |", s.cpu);
+        let _ = writeln!(
+            o,
+            "| bytes read from Consul (all operations) | {} ({} per service) | |",
+            bytes(s.bytes),
+            bytes(s.bytes / s.services as f64)
+        );
+        let _ = writeln!(
+            o,
+            "| peak RSS (VmHWM) | {} | < 64 MiB |",
+            s.peak_rss.map(|x| bytes(x as f64)).unwrap_or("–".into())
+        );
+        let _ = writeln!(
+            o,
+            "| reconciles: unchanged / applied | {:.0} / {:.0} | |",
+            s.unchanged, s.applied
+        );
+    }
+
+    // Watch cost.
+    let _ = writeln!(o, "\n## 5. Watch cost\n");
+    let _ = writeln!(
+        o,
+        "Bytes the watch of `<prefix>/desired/` fetched (`svc_handler_consul_response_bytes_total{{op=\"kv.list\"}}`) \
+         and its wake-ups (`svc_handler_watch_wakeups_total`); the drift watches' config-entry listings \
+         (`op=\"config.list\"`) for comparison, and the daemon's CPU time (all of it, not only the watch's).\n"
+    );
+    let _ = writeln!(
+        o,
+        "| when | per | kv.list bytes | wake-ups | config.list bytes | daemon CPU |"
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|");
+    if let Some(s) = &r.steady {
+        let n = s.changes as f64;
+        let _ = writeln!(
+            o,
+            "| {} single changes, {} ms apart, {} services present | applied change | {} | {:.2} | {} | {:.0} ms |",
+            s.changes,
+            sizes.steady_gap.as_millis(),
+            s.services,
+            bytes(s.list_bytes / n),
+            s.wakeups / n,
+            bytes(s.config_list_bytes / n),
+            1000.0 * s.change_cpu / n
+        );
+    }
+    if let Some(b) = &r.bulk {
+        for (what, p) in [("first", b.early), ("all", b.end)] {
+            if let Some((n, lb, cb, w, cpu)) = p {
+                let k = n.max(1) as f64;
+                let _ = writeln!(
+                    o,
+                    "| bulk apply, {what} {n} of {} services | applied service | {} | {:.2} | {} | {:.1} ms |",
+                    b.services,
+                    bytes(lb / k),
+                    w / k,
+                    bytes(cb / k),
+                    1000.0 * cpu / k
+                );
+            }
+        }
+    }
+
+    // Baseline.
+    let _ = writeln!(o, "\n## 6. Baseline\n");
+    let _ = writeln!(
+        o,
+        "`consul watch -type=keyprefix -prefix <prefix>/desired/ bench/consul-watch-handler`: the handler \
+         (bash + jq 1.6 + the consul CLI) finds the base.json keys whose ModifyIndex changed since its last \
+         run (a state file) and runs `consul config write` for the service-defaults, the service-resolver, the \
+         service-router when present, and a plain read-modify-write of the terminating gateway. It validates \
+         nothing, marks nothing, reads nothing back, never deletes, and retries nothing. jq is in this project's \
+         machine image but not in a minimal Debian install (`apt-get install jq`); the bench skips the baseline \
+         when jq is missing.{}\n",
+        r.baseline
+            .as_ref()
+            .and_then(|b| b.skipped.as_ref())
+            .map(|w| format!(" **Skipped in this run: {w}.**"))
+            .unwrap_or_default()
+    );
+
+    // Sizes.
+    let _ = writeln!(o, "\n## Sizes and how to change them\n");
+    let _ = writeln!(
+        o,
+        "`cargo bench --bench bench` runs the full sizes; `cargo test --all-targets` runs the bench in test mode \
+         (tiny sizes, every part, no file written). Environment variables override the sizes:\n"
+    );
+    let _ = writeln!(o, "| variable | meaning | full | test mode |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    for (v, what, full, test) in VARIABLES {
+        let _ = writeln!(o, "| `{v}` | {what} | {full} | {test} |");
+    }
+    let _ = writeln!(o, "\nTime per part in this run:\n");
+    let _ = writeln!(o, "| part | seconds |");
+    let _ = writeln!(o, "|---|---:|");
+    for (p, d) in &r.parts {
+        let _ = writeln!(o, "| {p} | {:.1} |", d.as_secs_f64());
+    }
+    o
+}
+
+// ---------------------------------------------------------------- main
+
+async fn run(agent: &Agent, sizes: &Sizes, r: &mut Results) -> Res<()> {
+    let client = agent.client();
+    let t = Instant::now();
+    r.ceiling = Some(ceiling(&client, sizes).await?);
+    r.parts.push(("ceiling".into(), t.elapsed()));
+    daemon_latency_and_bulk(agent, &client, sizes, r).await?;
+    baseline(agent, &client, sizes, r).await?;
+    steady_state(agent, &client, sizes, r).await?;
+    Ok(())
+}
+
+/// The commit the daemon was built from, and whether the tree had changes.
+fn source_version() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => {
+            // `git diff --quiet` exits 1 when src/ differs from HEAD (and writes nothing).
+            let dirty = Command::new("git")
+                .args(["diff", "--quiet", "HEAD", "--", "src"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .is_ok_and(|s| s.code() == Some(1));
+            if dirty {
+                format!("commit {head} with uncommitted changes in src/")
+            } else {
+                format!("commit {head}")
+            }
+        }
+        None => "unknown commit".into(),
+    }
+}
+
+fn consul_version() -> String {
+    Command::new(consul_bin())
+        .arg("version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() -> ExitCode {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let sizes = match Sizes::from_env(quick) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    GATEWAYS.store(sizes.gateways, Ordering::Relaxed);
+    let started = Instant::now();
+    eprintln!(
+        "bench: {} run; starting a Consul dev agent",
+        if quick { "test-mode" } else { "full" }
+    );
+    let mut r = Results {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        consul_version: consul_version(),
+        ..Default::default()
+    };
+    // Started from the main thread, which lives as long as the run: the
+    // agent dies with it (PR_SET_PDEATHSIG) however the run ends.
+    let agent = Agent::dev();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let outcome = rt.block_on(run(&agent, &sizes, &mut r));
+    drop(rt);
+    drop(agent);
+    let failure = outcome.err();
+    let report = render(&r, &sizes, started.elapsed(), failure.as_deref());
+    println!("{report}");
+    if let (Some(path), None) = (&sizes.output, &failure) {
+        if let Err(e) = std::fs::write(path, &report) {
+            eprintln!("bench: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("bench: wrote {}", path.display());
+    }
+    match failure {
+        None => {
+            eprintln!("bench: done in {:.1} s", started.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        Some(e) => {
+            eprintln!("bench: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
