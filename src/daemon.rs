@@ -117,6 +117,18 @@ impl Sessions {
         Ok(s)
     }
 
+    /// The whole flow for `id` under this instance's session.
+    async fn reconcile(&self, rec: &Reconciler, id: &ServiceId, prune: bool) -> Report {
+        match self.get().await {
+            Ok(session) => rec.reconcile_with(id, prune, &session, Mode::Force).await,
+            Err(e) => rec.lock_failed(
+                id,
+                format!("cannot create a session: {e}"),
+                Instant::now().into_std(),
+            ),
+        }
+    }
+
     async fn close(&self) {
         if let Some(s) = self.current.lock().await.take() {
             match s.destroy().await {
@@ -275,20 +287,7 @@ impl Daemon {
                     return report;
                 }
                 loop {
-                    let report = match sessions.get().await {
-                        Ok(s) => rec.reconcile_with(&id, prune, &s, Mode::Force).await,
-                        Err(e) => Report {
-                            id: id.clone(),
-                            outcome: Outcome::Failed {
-                                status: Status::Error,
-                                step: "lock".into(),
-                                message: format!("cannot create a session: {e}"),
-                            },
-                            generation: None,
-                            duration: Duration::ZERO,
-                            objects: None,
-                        },
-                    };
+                    let report = sessions.reconcile(&rec, &id, prune).await;
                     if matches!(report.outcome, Outcome::HeldElsewhere { .. })
                         && Instant::now() < deadline
                     {
@@ -612,23 +611,11 @@ impl Daemon {
             };
             let report = match settled {
                 Some(report) => report,
-                None => match sessions.get().await {
-                    Ok(session) => {
-                        self.reconciler
-                            .reconcile_with(&id, self.cfg.prune, &session, Mode::Force)
-                            .await
-                    }
-                    Err(e) => Report {
-                        id: id.clone(),
-                        outcome: Outcome::LockLost {
-                            step: "lock".into(),
-                            message: format!("cannot create a session: {e}"),
-                        },
-                        generation: None,
-                        duration: Duration::ZERO,
-                        objects: None,
-                    },
-                },
+                None => {
+                    sessions
+                        .reconcile(&self.reconciler, &id, self.cfg.prune)
+                        .await
+                }
             };
             self.metrics.workers_busy.dec();
             match &report.outcome {

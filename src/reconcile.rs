@@ -295,16 +295,7 @@ impl Reconciler {
         {
             Ok(s) => s,
             Err(e) => {
-                self.metrics
-                    .lock_acquisitions
-                    .with_label_values(&["error"])
-                    .inc();
-                let outcome = Outcome::Failed {
-                    status: Status::Error,
-                    step: "lock".into(),
-                    message: format!("cannot create a session: {e}"),
-                };
-                return self.finish(id, outcome, None, started);
+                return self.lock_failed(id, format!("cannot create a session: {e}"), started)
             }
         };
         let report = self
@@ -400,16 +391,8 @@ impl Reconciler {
                 return self.finish(id, outcome, None, started);
             }
             Err(e) => {
-                self.metrics
-                    .lock_acquisitions
-                    .with_label_values(&["error"])
-                    .inc();
-                let outcome = Outcome::Failed {
-                    status: Status::Error,
-                    step: "lock".into(),
-                    message: format!("cannot take the lock {lock_key}: {e}"),
-                };
-                return self.finish(id, outcome, None, started);
+                let message = format!("cannot take the lock {lock_key}: {e}");
+                return self.lock_failed(id, message, started);
             }
         }
 
@@ -505,6 +488,20 @@ impl Reconciler {
             }
         }
         Ok(Some(base.modify_index))
+    }
+
+    /// The report of a flow that could not take its lock.
+    pub(crate) fn lock_failed(&self, id: &ServiceId, message: String, started: Instant) -> Report {
+        self.metrics
+            .lock_acquisitions
+            .with_label_values(&["error"])
+            .inc();
+        let outcome = Outcome::Failed {
+            status: Status::Error,
+            step: "lock".into(),
+            message,
+        };
+        self.finish(id, outcome, None, started)
     }
 
     fn finish(
