@@ -19,7 +19,7 @@ use crate::metrics::{Metrics, STATUSES};
 use crate::queue::{Backoff, Queue};
 use crate::reconcile::{BoxFuture, FlowHook, Mode, Outcome, Reconciler, ReconcilerConfig, Report};
 use crate::records::Status;
-use crate::watch::{self, Snapshot, TokenBucket};
+use crate::watch::{self, BlockingLoop, Snapshot};
 
 /// Fault injection for tests, documented in the README: when set to a step
 /// name (`defaults`, `resolver`, `router`, `terminating_gateway`, `observed`,
@@ -340,7 +340,7 @@ impl Daemon {
         }
 
         let queue: Arc<Queue<ServiceId>> = Queue::new(Backoff::default());
-        let modes: Arc<Mutex<HashMap<ServiceId, Mode>>> = Arc::default();
+        let modes: Arc<PendingModes> = Arc::default();
         let sessions = daemon.sessions();
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
 
@@ -412,11 +412,7 @@ impl Daemon {
         let mut statuses: HashMap<ServiceId, Status> = HashMap::new();
         let mut applied = watch::Applied::new();
         let enqueue = |id: ServiceId, mode: Mode| {
-            {
-                let mut m = modes.lock().expect("modes lock");
-                let e = m.entry(id.clone()).or_insert(mode);
-                *e = merge(*e, mode);
-            }
+            modes.note(&id, mode);
             queue.add(id);
             daemon.metrics.queue_depth.set(queue.len() as i64);
         };
@@ -590,7 +586,7 @@ impl Daemon {
     async fn worker(
         self: Arc<Self>,
         queue: Arc<Queue<ServiceId>>,
-        modes: Arc<Mutex<HashMap<ServiceId, Mode>>>,
+        modes: Arc<PendingModes>,
         sessions: Arc<Sessions>,
         events: mpsc::UnboundedSender<Event>,
     ) {
@@ -598,11 +594,7 @@ impl Daemon {
             let id = item.key;
             self.metrics.queue_wait.observe(item.waited.as_secs_f64());
             self.metrics.queue_depth.set(queue.len() as i64);
-            let mode = modes
-                .lock()
-                .expect("modes lock")
-                .remove(&id)
-                .unwrap_or(Mode::Change);
+            let mode = modes.take(&id);
             self.metrics.workers_busy.inc();
             // What is already in place costs reads only: no session, no lock.
             let settled = match mode {
@@ -624,20 +616,12 @@ impl Daemon {
                     ..
                 }
                 | Outcome::LockLost { .. } => {
-                    {
-                        let mut m = modes.lock().expect("modes lock");
-                        let e = m.entry(id.clone()).or_insert(Mode::Force);
-                        *e = merge(*e, Mode::Force);
-                    }
+                    modes.note(&id, Mode::Force);
                     let delay = queue.add_rate_limited(id.clone(), fastrand::f64());
                     tracing::info!(service = %id, retry_in = ?delay, "will retry");
                 }
                 Outcome::HeldElsewhere { .. } => {
-                    {
-                        let mut m = modes.lock().expect("modes lock");
-                        let e = m.entry(id.clone()).or_insert(mode);
-                        *e = merge(*e, mode);
-                    }
+                    modes.note(&id, mode);
                     // Not a spin: come back in about a second. The holder
                     // may be applying an older generation; then this one
                     // still gets applied.
@@ -660,24 +644,15 @@ impl Daemon {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let prefix = self.cfg.layout.desired_prefix();
-        let mut index = 0u64;
-        let mut bucket = TokenBucket::new(2, self.cfg.watch_rate);
-        let mut backoff = watch::error_backoff();
+        let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::ZERO);
         let mut outage_since: Option<Instant> = None;
-        let mut next_allowed = Instant::now();
         loop {
             self.health.beat();
-            bucket.take().await;
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep_until(next_allowed) => {}
+                _ = lp.ready() => {}
             }
-            let asked = Instant::now();
-            let opts = if index == 0 {
-                QueryOptions::consistent()
-            } else {
-                QueryOptions::blocking(index, self.cfg.watch_wait)
-            };
+            let opts = lp.options(QueryOptions::consistent(), self.cfg.watch_wait);
             let result = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 r = self.client.kv_list(&prefix, &opts) => r,
@@ -685,25 +660,22 @@ impl Daemon {
             self.health.beat();
             match result {
                 Ok((pairs, meta)) => {
-                    next_allowed = asked + watch::pace(meta.body_bytes);
+                    let previous = lp.answered(&meta);
                     self.metrics.watch_wakeups.inc();
                     self.metrics.watch_last_success.set(unix_now());
                     if let Some(since) = outage_since.take() {
                         tracing::info!(after = ?since.elapsed(), "Consul answers again; watching");
                     }
-                    backoff = watch::error_backoff();
-                    let next = watch::next_index(index, meta.index);
-                    if next == 0 {
+                    let index = lp.index();
+                    if index == 0 {
                         tracing::info!(
-                            previous = index,
+                            previous,
                             returned = meta.index,
                             "the watch index went backwards; re-reading"
                         );
                     }
-                    let changed = next != index || index == 0;
-                    index = next;
                     self.metrics.watch_index.set(index as i64);
-                    if changed {
+                    if index != previous || previous == 0 {
                         let snap = Snapshot::from_pairs(&self.cfg.layout, &pairs);
                         if events.send(Event::Listing(snap)).is_err() {
                             return;
@@ -716,7 +688,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     self.metrics.watch_errors.inc();
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    let delay = lp.failed();
                     if outage_since.is_none() {
                         outage_since = Some(Instant::now());
                         tracing::error!(error = %e, retry_in = ?delay, "watch failed; Consul unreachable or erroring");
@@ -740,38 +712,23 @@ impl Daemon {
         events: mpsc::UnboundedSender<Event>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut index = 0u64;
-        let mut bucket = TokenBucket::new(2, self.cfg.watch_rate);
-        let mut backoff = watch::error_backoff();
-        let mut next_allowed = Instant::now();
+        // Every config write wakes this watch, which re-lists the whole
+        // kind: paced by size and at most 4 listings a second, so a bulk
+        // apply does not make it quadratic. Drift is not urgent.
+        let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::from_millis(250));
         loop {
-            bucket.take().await;
-            // Every config write wakes this watch, which re-lists the whole
-            // kind: pace it by size, and at most 4 listings a second, so a
-            // bulk apply does not make it quadratic. Drift is not urgent.
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep_until(next_allowed) => {}
+                _ = lp.ready() => {}
             }
-            let asked = Instant::now();
-            let opts = if index == 0 {
-                QueryOptions::default()
-            } else {
-                QueryOptions::blocking(index, self.cfg.watch_wait)
-            };
+            let opts = lp.options(QueryOptions::default(), self.cfg.watch_wait);
             let result = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 r = self.client.config_list(kind.as_str(), &opts) => r,
             };
             match result {
                 Ok((entries, meta)) => {
-                    next_allowed =
-                        asked + watch::pace(meta.body_bytes).max(Duration::from_millis(250));
-                    backoff = watch::error_backoff();
-                    let next = watch::next_index(index, meta.index);
-                    let first = index == 0;
-                    index = next;
-                    if first {
+                    if lp.answered(&meta) == 0 {
                         continue; // the startup sync checks everything anyway
                     }
                     if events.send(Event::Entries(kind, entries)).is_err() {
@@ -779,7 +736,7 @@ impl Daemon {
                     }
                 }
                 Err(e) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    let delay = lp.failed();
                     tracing::debug!(kind = kind.as_str(), error = %e, retry_in = ?delay, "config-entry watch failed");
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return,
@@ -791,19 +748,25 @@ impl Daemon {
     }
 }
 
-/// Of two pending reasons, the one that checks more.
-fn merge(a: Mode, b: Mode) -> Mode {
-    fn rank(m: Mode) -> u8 {
-        match m {
-            Mode::Change => 0,
-            Mode::Verify => 1,
-            Mode::Force => 2,
-        }
+/// Why each queued service is waiting: the strongest reason noted since it
+/// was last taken.
+#[derive(Default)]
+struct PendingModes(Mutex<HashMap<ServiceId, Mode>>);
+
+impl PendingModes {
+    fn note(&self, id: &ServiceId, mode: Mode) {
+        let mut m = self.0.lock().expect("modes lock");
+        let e = m.entry(id.clone()).or_insert(mode);
+        *e = (*e).max(mode);
     }
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
+
+    /// The reason to run `id` now (a plain change when none was noted).
+    fn take(&self, id: &ServiceId) -> Mode {
+        self.0
+            .lock()
+            .expect("modes lock")
+            .remove(id)
+            .unwrap_or(Mode::Change)
     }
 }
 
@@ -813,9 +776,18 @@ mod tests {
 
     #[test]
     fn pending_reasons_merge_to_the_stronger() {
-        assert_eq!(merge(Mode::Change, Mode::Verify), Mode::Verify);
-        assert_eq!(merge(Mode::Force, Mode::Change), Mode::Force);
-        assert_eq!(merge(Mode::Verify, Mode::Verify), Mode::Verify);
+        let id = ServiceId::new("default", "default", "web").unwrap();
+        let modes = PendingModes::default();
+        assert_eq!(modes.take(&id), Mode::Change, "nothing noted");
+        modes.note(&id, Mode::Change);
+        modes.note(&id, Mode::Verify);
+        assert_eq!(modes.take(&id), Mode::Verify);
+        modes.note(&id, Mode::Force);
+        modes.note(&id, Mode::Change);
+        assert_eq!(modes.take(&id), Mode::Force);
+        modes.note(&id, Mode::Verify);
+        modes.note(&id, Mode::Verify);
+        assert_eq!(modes.take(&id), Mode::Verify);
     }
 
     #[test]

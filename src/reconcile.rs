@@ -82,8 +82,9 @@ impl ReconcilerConfig {
     }
 }
 
-/// Why a service is reconciled, which decides what may be skipped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a service is reconciled, which decides what may be skipped. Ordered
+/// by how much a reconcile checks: of two pending reasons, the greater wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
     /// base.json changed: skip (without taking the lock) when observed.json
     /// already shows this generation applied, as when another instance did it.
@@ -196,12 +197,35 @@ impl Fail {
         )
     }
 
+    /// The outcome a flow ends with when this step stopped it.
+    fn into_outcome(self) -> Outcome {
+        if self.lock_lost {
+            Outcome::LockLost {
+                step: self.step.into(),
+                message: self.message,
+            }
+        } else {
+            Outcome::Failed {
+                status: self.status,
+                step: self.step.into(),
+                message: self.message,
+            }
+        }
+    }
+
     fn lock_lost(step: &'static str, message: impl Into<String>) -> Self {
         Fail {
             lock_lost: true,
             ..Fail::error(step, message)
         }
     }
+}
+
+/// What a check-and-set update did.
+enum Cas {
+    /// Nothing to write; the entry as read (if any).
+    Unchanged(Option<ConfigEntry>),
+    Written,
 }
 
 /// What one flow knows while it holds the lock.
@@ -634,25 +658,7 @@ impl Reconciler {
             return match self.delete_flow(&mut ctx, prune).await {
                 Ok(Outcome::Absent) => (Outcome::Absent, generation, false, None),
                 Ok(outcome) => (outcome, generation, true, None),
-                Err(f) if f.lock_lost => (
-                    Outcome::LockLost {
-                        step: f.step.into(),
-                        message: f.message,
-                    },
-                    generation,
-                    false,
-                    None,
-                ),
-                Err(f) => (
-                    Outcome::Failed {
-                        status: f.status,
-                        step: f.step.into(),
-                        message: f.message,
-                    },
-                    generation,
-                    false,
-                    None,
-                ),
+                Err(f) => (f.into_outcome(), generation, false, None),
             };
         };
         let generation = Some(base.modify_index);
@@ -674,34 +680,18 @@ impl Reconciler {
                     drifted: ctx.drifted.clone(),
                 },
             ),
-            Err(f) if f.lock_lost => {
-                return (
-                    Outcome::LockLost {
-                        step: f.step.into(),
-                        message: f.message,
-                    },
-                    generation,
-                    false,
-                    None,
-                )
-            }
+            Err(f) if f.lock_lost => return (f.into_outcome(), generation, false, None),
             Err(f) => {
                 let objects = self.snapshot(&ctx).await.unwrap_or_default();
-                (
-                    self.observed(
-                        &ctx,
-                        f.status,
-                        Some(f.message.clone()),
-                        Some(f.step),
-                        objects,
-                        started,
-                    ),
-                    Outcome::Failed {
-                        status: f.status,
-                        step: f.step.into(),
-                        message: f.message,
-                    },
-                )
+                let observed = self.observed(
+                    &ctx,
+                    f.status,
+                    Some(f.message.clone()),
+                    Some(f.step),
+                    objects,
+                    started,
+                );
+                (observed, f.into_outcome())
             }
         };
         // One transaction: the records not yet written, observed.json, and
@@ -720,21 +710,13 @@ impl Reconciler {
         let write = self.flush(&mut ctx, "observed", extra).await;
         match write {
             Ok(()) => (outcome, generation, true, applied_objects),
-            Err(f) if f.lock_lost => (
-                Outcome::LockLost {
-                    step: f.step.into(),
-                    message: f.message,
-                },
-                generation,
-                false,
-                None,
-            ),
+            // A failed final write is an error, whatever the step said.
             Err(f) => (
-                Outcome::Failed {
+                Fail {
                     status: Status::Error,
-                    step: f.step.into(),
-                    message: f.message,
-                },
+                    ..f
+                }
+                .into_outcome(),
                 generation,
                 false,
                 None,
@@ -804,53 +786,34 @@ impl Reconciler {
         };
         let desired = entries::build_entry(kind, &ctx.id, body, &ctx.base_key);
         let kind_s = kind.as_str();
-        let mut delays = self.cas_delays(self.cfg.cas_attempts);
-        let actual = loop {
-            let current = self.get_entry(ctx, kind_s, step).await?;
-            self.check_owner(ctx, kind, current.as_ref(), spec.adopt, step)?;
-            if let Some(c) = &current {
-                if entries::entries_equal(&desired, &c.0) {
-                    break c.clone();
-                }
-            }
-            let index = current.as_ref().map_or(0, ConfigEntry::modify_index);
-            match self.retry(|| ctx.scoped.config_cas(&desired, index)).await {
-                Ok(()) => {
-                    self.count_write(kind_s, "ok");
-                    ctx.changed = true;
-                    if let Some(rec) = ctx.records.get(&kind.record_kind()) {
-                        // We wrote it before and it no longer matches our
-                        // record: someone changed it behind our back.
-                        if rec.generation == ctx.generation {
-                            ctx.drifted.push(kind);
-                        }
-                    }
-                    match self.get_entry(ctx, kind_s, step).await? {
-                        Some(back) => break back,
-                        None => {
-                            return Err(Fail::error(
-                                step,
-                                format!("{kind_s}/{}: written, but gone on read-back", ctx.id.name),
-                            ))
-                        }
+        let name = ctx.id.name.clone();
+        let outcome = self
+            .cas_update(
+                ctx,
+                kind_s,
+                &name,
+                step,
+                self.cfg.cas_attempts,
+                |ctx, current| {
+                    self.check_owner(ctx, kind, current, spec.adopt, step)?;
+                    Ok(match current {
+                        Some(c) if entries::entries_equal(&desired, &c.0) => None,
+                        _ => Some(desired.clone()),
+                    })
+                },
+            )
+            .await?;
+        let actual = match outcome {
+            Cas::Unchanged(current) => current.expect("an equal entry exists"),
+            Cas::Written => {
+                if let Some(rec) = ctx.records.get(&kind.record_kind()) {
+                    // We wrote it before and it no longer matches our
+                    // record: someone changed it behind our back.
+                    if rec.generation == ctx.generation {
+                        ctx.drifted.push(kind);
                     }
                 }
-                Err(e) if e.is_cas_conflict() => {
-                    self.count_write(kind_s, "cas_retry");
-                    match delays.next() {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => {
-                            return Err(Fail::error(
-                                step,
-                                format!("{e}; gave up after {} attempts", self.cfg.cas_attempts),
-                            ))
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.count_write(kind_s, "error");
-                    return Err(Fail::consul(step, &e));
-                }
+                self.read_back(ctx, kind_s, &name, step).await?
             }
         };
         if let Err(m) = entries::verify(&desired, &actual.0) {
@@ -1022,55 +985,21 @@ impl Reconciler {
             self.queue_record(ctx, RecordKind::Tgw, intent);
             self.flush(ctx, STEP, Vec::new()).await?;
         }
-        let mut delays = self.cas_delays(self.cfg.link_cas_attempts);
-        let actual = loop {
-            let current = self.get_entry_named(ctx, KIND, gateway, STEP).await?;
-            let Some(new) = entries::upsert_link(
-                current.as_ref().map(|c| &c.0),
-                gateway,
-                &ctx.id,
-                link,
-                &ctx.base_key,
-            ) else {
-                break current.expect("an equal link implies a gateway");
-            };
-            let index = current.as_ref().map_or(0, ConfigEntry::modify_index);
-            match self.retry(|| ctx.scoped.config_cas(&new, index)).await {
-                Ok(()) => {
-                    self.count_write(KIND, "ok");
-                    ctx.changed = true;
-                    match self.get_entry_named(ctx, KIND, gateway, STEP).await? {
-                        Some(back) => break back,
-                        None => {
-                            return Err(Fail::error(
-                                STEP,
-                                format!(
-                                    "terminating-gateway/{gateway}: written, but gone on read-back"
-                                ),
-                            ))
-                        }
-                    }
-                }
-                Err(e) if e.is_cas_conflict() => {
-                    self.count_write(KIND, "cas_retry");
-                    match delays.next() {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => {
-                            return Err(Fail::error(
-                                STEP,
-                                format!(
-                                    "{e}; gave up after {} attempts",
-                                    self.cfg.link_cas_attempts
-                                ),
-                            ))
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.count_write(KIND, "error");
-                    return Err(Fail::consul(STEP, &e));
-                }
-            }
+        let attempts = self.cfg.link_cas_attempts;
+        let outcome = self
+            .cas_update(ctx, KIND, gateway, STEP, attempts, |ctx, current| {
+                Ok(entries::upsert_link(
+                    current.map(|c| &c.0),
+                    gateway,
+                    &ctx.id,
+                    link,
+                    &ctx.base_key,
+                ))
+            })
+            .await?;
+        let actual = match outcome {
+            Cas::Unchanged(current) => current.expect("an equal link implies a gateway"),
+            Cas::Written => self.read_back(ctx, KIND, gateway, STEP).await?,
         };
         if let Err(m) = entries::verify_link(&actual.0, &ctx.id, link) {
             self.metrics
@@ -1139,36 +1068,12 @@ impl Reconciler {
     async fn unlink(&self, ctx: &mut Ctx<'_>, gateway: &str) -> Result<(), Fail> {
         const STEP: &str = "terminating_gateway";
         const KIND: &str = "terminating-gateway";
-        let mut delays = self.cas_delays(self.cfg.link_cas_attempts);
-        loop {
-            let Some(current) = self.get_entry_named(ctx, KIND, gateway, STEP).await? else {
-                return Ok(());
-            };
-            let Some(new) = entries::remove_link(&current.0, &ctx.id) else {
-                return Ok(());
-            };
-            match self
-                .retry(|| ctx.scoped.config_cas(&new, current.modify_index()))
-                .await
-            {
-                Ok(()) => {
-                    self.count_write(KIND, "ok");
-                    ctx.changed = true;
-                    return Ok(());
-                }
-                Err(e) if e.is_cas_conflict() => {
-                    self.count_write(KIND, "cas_retry");
-                    match delays.next() {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => return Err(Fail::error(STEP, e.to_string())),
-                    }
-                }
-                Err(e) => {
-                    self.count_write(KIND, "error");
-                    return Err(Fail::consul(STEP, &e));
-                }
-            }
-        }
+        let attempts = self.cfg.link_cas_attempts;
+        self.cas_update(ctx, KIND, gateway, STEP, attempts, |ctx, current| {
+            Ok(current.and_then(|c| entries::remove_link(&c.0, &ctx.id)))
+        })
+        .await?;
+        Ok(())
     }
 
     /// base.json is gone: remove what svc-handler owns (when pruning), in
@@ -1239,6 +1144,70 @@ impl Reconciler {
             }
         }
         Ok(objects)
+    }
+
+    /// Read-modify-write of one config entry with check-and-set: reads it
+    /// (consistent), asks `next` for the entry to write (`None`: nothing to
+    /// do), writes it with `cas` on the index just read, and on a lost race
+    /// reads again after a jittered delay, `attempts` times at most.
+    async fn cas_update(
+        &self,
+        ctx: &mut Ctx<'_>,
+        kind: &str,
+        name: &str,
+        step: &'static str,
+        attempts: usize,
+        mut next: impl FnMut(&Ctx<'_>, Option<&ConfigEntry>) -> Result<Option<Value>, Fail>,
+    ) -> Result<Cas, Fail> {
+        let mut delays = self.cas_delays(attempts);
+        loop {
+            let current = self.get_entry_named(ctx, kind, name, step).await?;
+            let Some(new) = next(ctx, current.as_ref())? else {
+                return Ok(Cas::Unchanged(current));
+            };
+            let index = current.as_ref().map_or(0, ConfigEntry::modify_index);
+            match self.retry(|| ctx.scoped.config_cas(&new, index)).await {
+                Ok(()) => {
+                    self.count_write(kind, "ok");
+                    ctx.changed = true;
+                    return Ok(Cas::Written);
+                }
+                Err(e) if e.is_cas_conflict() => {
+                    self.count_write(kind, "cas_retry");
+                    match delays.next() {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => {
+                            return Err(Fail::error(
+                                step,
+                                format!("{e}; gave up after {attempts} attempts"),
+                            ))
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.count_write(kind, "error");
+                    return Err(Fail::consul(step, &e));
+                }
+            }
+        }
+    }
+
+    /// The entry just written, read back with a consistent read.
+    async fn read_back(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: &str,
+        name: &str,
+        step: &'static str,
+    ) -> Result<ConfigEntry, Fail> {
+        self.get_entry_named(ctx, kind, name, step)
+            .await?
+            .ok_or_else(|| {
+                Fail::error(
+                    step,
+                    format!("{kind}/{name}: written, but gone on read-back"),
+                )
+            })
     }
 
     async fn get_entry(

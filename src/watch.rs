@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::time::Instant;
 
-use crate::consul::{ConfigEntry, KvPair};
+use crate::consul::{ConfigEntry, KvPair, QueryMeta, QueryOptions};
 use crate::entries::{self, EntryKind};
 use crate::keys::{DesiredKey, Layout, RecordKind, ServiceId};
 use crate::records::Record;
@@ -252,13 +252,77 @@ pub fn pace(bytes: u64) -> Duration {
 
 /// Backoff for a watch loop's errors: jittered, exponential, capped, and
 /// reset (by building a new one) after a success.
-pub fn error_backoff() -> impl Iterator<Item = Duration> {
+pub fn error_backoff() -> ExponentialBackoff {
     ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(5))
         .without_max_times()
         .build()
+}
+
+/// The state of one blocking-query loop, shared by the watch of the desired
+/// prefix and the config-entry watches: the index to wait past, the token
+/// bucket, pacing by answer size (never less than `min_gap` between two
+/// requests), and the error backoff, reset after each success.
+pub struct BlockingLoop {
+    index: u64,
+    bucket: TokenBucket,
+    backoff: ExponentialBackoff,
+    min_gap: Duration,
+    asked: Instant,
+    next_allowed: Instant,
+}
+
+impl BlockingLoop {
+    /// A loop allowed `per_second` requests after a burst of 2.
+    pub fn new(per_second: f64, min_gap: Duration) -> Self {
+        BlockingLoop {
+            index: 0,
+            bucket: TokenBucket::new(2, per_second),
+            backoff: error_backoff(),
+            min_gap,
+            asked: Instant::now(),
+            next_allowed: Instant::now(),
+        }
+    }
+
+    /// The index the next request waits past (0: a fresh, non-blocking read).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Waits until the next request may go: a token, and the pacing of the
+    /// last answer.
+    pub async fn ready(&mut self) {
+        self.bucket.take().await;
+        tokio::time::sleep_until(self.next_allowed).await;
+        self.asked = Instant::now();
+    }
+
+    /// `fresh` for a fresh read, else a blocking read past the index.
+    pub fn options(&self, fresh: QueryOptions, wait: Duration) -> QueryOptions {
+        if self.index == 0 {
+            fresh
+        } else {
+            QueryOptions::blocking(self.index, wait)
+        }
+    }
+
+    /// Takes an answer in (index per Consul's rules, pacing, backoff reset);
+    /// returns the index waited past before it.
+    pub fn answered(&mut self, meta: &QueryMeta) -> u64 {
+        self.next_allowed = self.asked + pace(meta.body_bytes).max(self.min_gap);
+        self.backoff = error_backoff();
+        let previous = self.index;
+        self.index = next_index(previous, meta.index);
+        previous
+    }
+
+    /// A request failed: how long to wait before the next one.
+    pub fn failed(&mut self) -> Duration {
+        self.backoff.next().unwrap_or(Duration::from_secs(5))
+    }
 }
 
 #[cfg(test)]
@@ -545,6 +609,36 @@ mod tests {
         assert!(pace(100_000) < Duration::from_millis(15));
         assert_eq!(pace(8 * 1024 * 1024), Duration::from_secs(1));
         assert_eq!(pace(1 << 40), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocking_loop_follows_the_index_and_paces() {
+        let meta = |index: u64, body_bytes: u64| QueryMeta {
+            index,
+            body_bytes,
+            ..QueryMeta::default()
+        };
+        let mut lp = BlockingLoop::new(10.0, Duration::from_millis(250));
+        let fresh = QueryOptions::consistent();
+        let wait = Duration::from_secs(60);
+        lp.ready().await;
+        assert_eq!(lp.options(fresh, wait), fresh, "first read is fresh");
+        assert_eq!(lp.answered(&meta(7, 10)), 0);
+        assert_eq!(lp.options(fresh, wait), QueryOptions::blocking(7, wait));
+        let start = Instant::now();
+        lp.ready().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(250),
+            "the minimum gap"
+        );
+        assert_eq!(lp.answered(&meta(3, 8 * 1024 * 1024)), 7);
+        assert_eq!(lp.index(), 0, "backwards: a fresh read next");
+        let start = Instant::now();
+        lp.ready().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "paced by size");
+        let first = lp.failed();
+        assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
     }
 
     #[test]
