@@ -84,6 +84,15 @@ impl Fixture {
         .await
     }
 
+    /// Writes base.json; true once observed.json shows it applied.
+    async fn put_and_wait(&self, id: &ServiceId, body: &[u8], timeout: Duration) -> bool {
+        self.client
+            .kv_put(&self.layout.base_key(id), body)
+            .await
+            .unwrap();
+        self.all_applied(std::slice::from_ref(id), timeout).await
+    }
+
     async fn entry(&self, kind: &str, name: &str) -> Option<Value> {
         self.client
             .config_get(kind, name, &QueryOptions::consistent())
@@ -209,17 +218,8 @@ async fn an_entry_changed_with_consul_config_write_is_put_back() {
     let d = f.start("d1", &[], &[]);
     d.wait_ready(Duration::from_secs(30)).await;
     let id = f.id("drifty");
-    f.client
-        .kv_put(
-            &f.layout.base_key(&id),
-            br#"{"defaults": {"Protocol": "http"}}"#,
-        )
-        .await
-        .unwrap();
-    assert!(
-        f.all_applied(std::slice::from_ref(&id), Duration::from_secs(30))
-            .await
-    );
+    let body = br#"{"defaults": {"Protocol": "http"}}"#;
+    assert!(f.put_and_wait(&id, body, Duration::from_secs(30)).await);
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("drift.json");
@@ -423,17 +423,8 @@ async fn consul_outage_of_twenty_seconds_is_survived() {
     let d = f.start("survivor", &[], &[]);
     d.wait_ready(Duration::from_secs(30)).await;
     let before = f.id("before");
-    f.client
-        .kv_put(
-            &f.layout.base_key(&before),
-            br#"{"defaults": {"Protocol": "http"}}"#,
-        )
-        .await
-        .unwrap();
-    assert!(
-        f.all_applied(std::slice::from_ref(&before), Duration::from_secs(30))
-            .await
-    );
+    let body = br#"{"defaults": {"Protocol": "http"}}"#;
+    assert!(f.put_and_wait(&before, body, Duration::from_secs(30)).await);
 
     agent.stop();
     // The outage itself: 20 seconds without Consul.
@@ -441,16 +432,8 @@ async fn consul_outage_of_twenty_seconds_is_survived() {
     agent.start_again();
 
     let after = f.id("after");
-    f.client
-        .kv_put(
-            &f.layout.base_key(&after),
-            br#"{"defaults": {"Protocol": "grpc"}}"#,
-        )
-        .await
-        .unwrap();
-    let ok = f
-        .all_applied(std::slice::from_ref(&after), Duration::from_secs(60))
-        .await;
+    let body = br#"{"defaults": {"Protocol": "grpc"}}"#;
+    let ok = f.put_and_wait(&after, body, Duration::from_secs(60)).await;
     let log = d.log_text();
     assert!(ok, "not applied after the outage:\n{log}");
     assert!(

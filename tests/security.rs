@@ -77,6 +77,18 @@ fn new_token(agent: &Agent, policy: &str) -> (String, String) {
     )
 }
 
+/// A dev agent with ACLs on, default deny, and the root token [`ROOT`].
+fn acl_agent() -> Agent {
+    Agent::dev_with(|_| {
+        vec![
+            "-hcl".into(),
+            format!(
+                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{ROOT}" }} }}"#
+            ),
+        ]
+    })
+}
+
 fn root_client(agent: &Agent) -> Client {
     Client::new(Settings {
         token: Some(Secret::new(ROOT)),
@@ -95,14 +107,7 @@ async fn observed(c: &Client, layout: &Layout, id: &ServiceId) -> Option<Observe
 
 #[tokio::test]
 async fn least_privilege_policy_works_and_a_missing_permission_is_reported() {
-    let agent = Agent::dev_with(|_| {
-        vec![
-            "-hcl".into(),
-            format!(
-                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{ROOT}" }} }}"#
-            ),
-        ]
-    });
+    let agent = acl_agent();
     let dir = tempfile::tempdir().unwrap();
     let good = token_with(&agent, dir.path(), "svc-handler", POLICY);
     let weak = token_with(&agent, dir.path(), "no-service-write", NO_SERVICE_WRITE);
@@ -303,14 +308,7 @@ async fn https_only_consul_with_a_ca_and_no_fallback() {
 
 #[tokio::test]
 async fn sighup_rereads_a_rotated_token_file() {
-    let agent = Agent::dev_with(|_| {
-        vec![
-            "-hcl".into(),
-            format!(
-                r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{ROOT}" }} }}"#
-            ),
-        ]
-    });
+    let agent = acl_agent();
     let dir = tempfile::tempdir().unwrap();
     token_with(&agent, dir.path(), "svc-handler", POLICY);
     let (first, first_accessor) = new_token(&agent, "svc-handler");

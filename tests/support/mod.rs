@@ -77,6 +77,48 @@ fn free_port(ip: Ipv4Addr) -> u16 {
         .port()
 }
 
+/// Ports of one agent (DNS and gRPC stay off).
+struct Ports {
+    http: u16,
+    serf_lan: u16,
+    serf_wan: u16,
+    server: u16,
+}
+
+impl Ports {
+    fn free(ip: Ipv4Addr) -> Ports {
+        Ports {
+            http: free_port(ip),
+            serf_lan: free_port(ip),
+            serf_wan: free_port(ip),
+            server: free_port(ip),
+        }
+    }
+}
+
+/// The arguments every test agent shares: node name, loopback address,
+/// ports, quiet logs; `mode` comes first (`-dev`, or `-server` and friends).
+fn agent_args(mode: &[&str], node: &str, ip: Ipv4Addr, ports: &Ports) -> Vec<String> {
+    let mut args: Vec<String> = vec!["agent".into()];
+    args.extend(mode.iter().map(|a| a.to_string()));
+    for (flag, value) in [
+        ("-node", node.to_string()),
+        ("-client", ip.to_string()),
+        ("-bind", ip.to_string()),
+        ("-http-port", ports.http.to_string()),
+        ("-dns-port", "-1".into()),
+        ("-grpc-port", "-1".into()),
+        ("-serf-lan-port", ports.serf_lan.to_string()),
+        ("-serf-wan-port", ports.serf_wan.to_string()),
+        ("-server-port", ports.server.to_string()),
+        ("-log-level", "warn".into()),
+    ] {
+        args.push(flag.into());
+        args.push(value);
+    }
+    args
+}
+
 /// One running Consul agent.
 pub struct Agent {
     child: Child,
@@ -98,35 +140,11 @@ impl Agent {
         let mut last = String::new();
         for _ in 0..3 {
             let ip = Ipv4Addr::LOCALHOST;
-            let http = free_port(ip);
+            let ports = Ports::free(ip);
             let dir = tempfile::tempdir().expect("temp dir");
-            let args = vec![
-                "agent".to_string(),
-                "-dev".into(),
-                "-node".into(),
-                format!("dev-{http}"),
-                "-client".into(),
-                ip.to_string(),
-                "-bind".into(),
-                ip.to_string(),
-                "-http-port".into(),
-                http.to_string(),
-                "-dns-port".into(),
-                "-1".into(),
-                "-grpc-port".into(),
-                "-1".into(),
-                "-serf-lan-port".into(),
-                free_port(ip).to_string(),
-                "-serf-wan-port".into(),
-                free_port(ip).to_string(),
-                "-server-port".into(),
-                free_port(ip).to_string(),
-                "-log-level".into(),
-                "warn".into(),
-            ];
-            let mut args = args;
+            let mut args = agent_args(&["-dev"], &format!("dev-{}", ports.http), ip, &ports);
             args.extend(extra(free_port(ip)));
-            match Agent::spawn(&args, SocketAddr::from((ip, http)), dir) {
+            match Agent::spawn(&args, SocketAddr::from((ip, ports.http)), dir) {
                 Ok(mut agent) => match agent.wait_ready(Duration::from_secs(30)) {
                     Ok(()) => return agent,
                     Err(e) => last = e,
@@ -187,36 +205,18 @@ impl Agent {
     /// be stopped and started again ([`Agent::stop`], [`Agent::start_again`]).
     pub fn persistent() -> Agent {
         let ip = Ipv4Addr::LOCALHOST;
-        let http = free_port(ip);
+        let ports = Ports::free(ip);
         let dir = tempfile::tempdir().expect("temp dir");
-        let args = vec![
-            "agent".to_string(),
-            "-server".into(),
-            "-bootstrap-expect".into(),
-            "1".into(),
-            "-node".into(),
-            format!("persistent-{http}"),
-            "-data-dir".into(),
-            dir.path().join("data").display().to_string(),
-            "-client".into(),
-            ip.to_string(),
-            "-bind".into(),
-            ip.to_string(),
-            "-http-port".into(),
-            http.to_string(),
-            "-dns-port".into(),
-            "-1".into(),
-            "-grpc-port".into(),
-            "-1".into(),
-            "-serf-lan-port".into(),
-            free_port(ip).to_string(),
-            "-serf-wan-port".into(),
-            free_port(ip).to_string(),
-            "-server-port".into(),
-            free_port(ip).to_string(),
-            "-log-level".into(),
-            "warn".into(),
+        let data = dir.path().join("data").display().to_string();
+        let mode = [
+            "-server",
+            "-bootstrap-expect",
+            "1",
+            "-data-dir",
+            data.as_str(),
         ];
+        let args = agent_args(&mode, &format!("persistent-{}", ports.http), ip, &ports);
+        let http = ports.http;
         let mut agent = Agent::spawn(&args, SocketAddr::from((ip, http)), dir)
             .unwrap_or_else(|e| panic!("start a persistent agent: {e}"));
         agent
@@ -359,47 +359,25 @@ impl Cluster {
             Ipv4Addr::new(127, 0, 0, 2),
             Ipv4Addr::new(127, 0, 0, 3),
         ];
-        let (http, lan, wan, server) = (
-            free_port(ips[0]),
-            free_port(ips[0]),
-            free_port(ips[0]),
-            free_port(ips[0]),
-        );
+        // The same ports on each address.
+        let ports = Ports::free(ips[0]);
         let mut agents = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let dir = tempfile::tempdir().expect("temp dir");
-            let mut args = vec![
-                "agent".to_string(),
-                "-server".into(),
-                "-bootstrap-expect".into(),
-                "3".into(),
-                "-node".into(),
-                format!("server-{i}"),
-                "-data-dir".into(),
-                dir.path().join("data").display().to_string(),
-                "-client".into(),
-                ip.to_string(),
-                "-bind".into(),
-                ip.to_string(),
-                "-http-port".into(),
-                http.to_string(),
-                "-dns-port".into(),
-                "-1".into(),
-                "-grpc-port".into(),
-                "-1".into(),
-                "-serf-lan-port".into(),
-                lan.to_string(),
-                "-serf-wan-port".into(),
-                wan.to_string(),
-                "-server-port".into(),
-                server.to_string(),
-                "-log-level".into(),
-                "warn".into(),
+            let data = dir.path().join("data").display().to_string();
+            let mode = [
+                "-server",
+                "-bootstrap-expect",
+                "3",
+                "-data-dir",
+                data.as_str(),
             ];
+            let mut args = agent_args(&mode, &format!("server-{i}"), *ip, &ports);
             for other in ips.iter().filter(|o| *o != ip) {
                 args.push("-retry-join".into());
-                args.push(format!("{other}:{lan}"));
+                args.push(format!("{other}:{}", ports.serf_lan));
             }
+            let http = ports.http;
             let agent = Agent::spawn(&args, SocketAddr::from((*ip, http)), dir)
                 .unwrap_or_else(|e| panic!("start server {i}: {e}"));
             agents.push(agent);
