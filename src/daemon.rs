@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -17,7 +17,7 @@ use crate::keys::{Layout, ServiceId};
 use crate::lock::{Session, SessionConfig};
 use crate::metrics::{Metrics, STATUSES};
 use crate::queue::{Backoff, Queue};
-use crate::reconcile::{BoxFuture, FlowHook, Mode, Outcome, Reconciler, ReconcilerConfig, Report};
+use crate::reconcile::{BoxFuture, FlowHook, Outcome, Reconciler, ReconcilerConfig, Report};
 use crate::records::Status;
 use crate::watch::{self, BlockingLoop, Snapshot};
 
@@ -120,7 +120,7 @@ impl Sessions {
     /// The whole flow for `id` under this instance's session.
     async fn reconcile(&self, rec: &Reconciler, id: &ServiceId, prune: bool) -> Report {
         match self.get().await {
-            Ok(session) => rec.reconcile_with(id, prune, &session, Mode::Force).await,
+            Ok(session) => rec.reconcile(id, prune, &session).await,
             Err(e) => rec.lock_failed(
                 id,
                 format!("cannot create a session: {e}"),
@@ -283,7 +283,7 @@ impl Daemon {
             let prune = self.cfg.prune;
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await.expect("semaphore open");
-                if let Some(report) = rec.up_to_date(&id, Mode::Verify).await {
+                if let Some(report) = rec.check(&id, prune).await {
                     return report;
                 }
                 loop {
@@ -340,7 +340,6 @@ impl Daemon {
         }
 
         let queue: Arc<Queue<ServiceId>> = Queue::new(Backoff::default());
-        let modes: Arc<PendingModes> = Arc::default();
         let sessions = daemon.sessions();
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
 
@@ -394,14 +393,13 @@ impl Daemon {
         // Workers.
         let mut workers = JoinSet::new();
         for _ in 0..cfg.workers.max(1) {
-            let (d, q, m, s, tx) = (
+            let (d, q, s, tx) = (
                 Arc::clone(&daemon),
                 Arc::clone(&queue),
-                Arc::clone(&modes),
                 Arc::clone(&sessions),
                 ev_tx.clone(),
             );
-            workers.spawn(async move { d.worker(q, m, s, tx).await });
+            workers.spawn(async move { d.worker(q, s, tx).await });
         }
         drop(ev_tx);
 
@@ -411,8 +409,7 @@ impl Daemon {
         let mut seen: HashMap<ServiceId, (u64, Instant)> = HashMap::new();
         let mut statuses: HashMap<ServiceId, Status> = HashMap::new();
         let mut applied = watch::Applied::new();
-        let enqueue = |id: ServiceId, mode: Mode| {
-            modes.note(&id, mode);
+        let enqueue = |id: ServiceId| {
             queue.add(id);
             daemon.metrics.queue_depth.set(queue.len() as i64);
         };
@@ -450,17 +447,17 @@ impl Daemon {
                             "first listing: full sync"
                         );
                         for id in &ids {
-                            enqueue(id.clone(), Mode::Verify);
+                            enqueue(id.clone());
                         }
                         initial = Some(ids);
                     } else {
                         for (id, generation) in &changes.changed {
                             seen.insert(id.clone(), (*generation, Instant::now()));
-                            enqueue(id.clone(), Mode::Change);
+                            enqueue(id.clone());
                         }
                         for id in &changes.gone {
                             seen.remove(id);
-                            enqueue(id.clone(), Mode::Force);
+                            enqueue(id.clone());
                         }
                     }
                     previous = Some(snap);
@@ -470,14 +467,14 @@ impl Daemon {
                     let ids = watch::drifted(snap, kind, &entries, &applied);
                     for id in ids.into_iter().filter(|id| !queue.contains(id)) {
                         tracing::info!(service = %id, "an owned entry changed behind svc-handler's back; re-checking");
-                        enqueue(id, Mode::Verify);
+                        enqueue(id);
                     }
                 }
                 Event::Resync => {
                     if let Some(snap) = &previous {
                         tracing::info!(services = snap.services.len(), "periodic resync");
                         for id in snap.services.keys().chain(snap.orphans.iter()) {
-                            enqueue(id.clone(), Mode::Verify);
+                            enqueue(id.clone());
                         }
                     }
                 }
@@ -586,7 +583,6 @@ impl Daemon {
     async fn worker(
         self: Arc<Self>,
         queue: Arc<Queue<ServiceId>>,
-        modes: Arc<PendingModes>,
         sessions: Arc<Sessions>,
         events: mpsc::UnboundedSender<Event>,
     ) {
@@ -594,13 +590,9 @@ impl Daemon {
             let id = item.key;
             self.metrics.queue_wait.observe(item.waited.as_secs_f64());
             self.metrics.queue_depth.set(queue.len() as i64);
-            let mode = modes.take(&id);
             self.metrics.workers_busy.inc();
             // What is already in place costs reads only: no session, no lock.
-            let settled = match mode {
-                Mode::Force => None,
-                _ => self.reconciler.up_to_date(&id, mode).await,
-            };
+            let settled = self.reconciler.check(&id, self.cfg.prune).await;
             let report = match settled {
                 Some(report) => report,
                 None => {
@@ -616,12 +608,10 @@ impl Daemon {
                     ..
                 }
                 | Outcome::LockLost { .. } => {
-                    modes.note(&id, Mode::Force);
                     let delay = queue.add_rate_limited(id.clone(), fastrand::f64());
                     tracing::info!(service = %id, retry_in = ?delay, "will retry");
                 }
                 Outcome::HeldElsewhere { .. } => {
-                    modes.note(&id, mode);
                     // Not a spin: come back in about a second. The holder
                     // may be applying an older generation; then this one
                     // still gets applied.
@@ -748,47 +738,9 @@ impl Daemon {
     }
 }
 
-/// Why each queued service is waiting: the strongest reason noted since it
-/// was last taken.
-#[derive(Default)]
-struct PendingModes(Mutex<HashMap<ServiceId, Mode>>);
-
-impl PendingModes {
-    fn note(&self, id: &ServiceId, mode: Mode) {
-        let mut m = self.0.lock().expect("modes lock");
-        let e = m.entry(id.clone()).or_insert(mode);
-        *e = (*e).max(mode);
-    }
-
-    /// The reason to run `id` now (a plain change when none was noted).
-    fn take(&self, id: &ServiceId) -> Mode {
-        self.0
-            .lock()
-            .expect("modes lock")
-            .remove(id)
-            .unwrap_or(Mode::Change)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pending_reasons_merge_to_the_stronger() {
-        let id = ServiceId::new("default", "default", "web").unwrap();
-        let modes = PendingModes::default();
-        assert_eq!(modes.take(&id), Mode::Change, "nothing noted");
-        modes.note(&id, Mode::Change);
-        modes.note(&id, Mode::Verify);
-        assert_eq!(modes.take(&id), Mode::Verify);
-        modes.note(&id, Mode::Force);
-        modes.note(&id, Mode::Change);
-        assert_eq!(modes.take(&id), Mode::Force);
-        modes.note(&id, Mode::Verify);
-        modes.note(&id, Mode::Verify);
-        assert_eq!(modes.take(&id), Mode::Verify);
-    }
 
     #[test]
     fn default_holder_names_host_and_pid() {

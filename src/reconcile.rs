@@ -82,21 +82,6 @@ impl ReconcilerConfig {
     }
 }
 
-/// Why a service is reconciled, which decides what may be skipped. Ordered
-/// by how much a reconcile checks: of two pending reasons, the greater wins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Mode {
-    /// base.json changed: skip (without taking the lock) when observed.json
-    /// already shows this generation applied, as when another instance did it.
-    Change,
-    /// A re-check (startup, resync, drift): skip without the lock and without
-    /// writing when observed.json shows this generation applied and every
-    /// entry in Consul still matches; otherwise run the whole flow.
-    Verify,
-    /// Run the whole flow.
-    Force,
-}
-
 /// What a reconcile ended with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -113,7 +98,7 @@ pub enum Outcome {
         message: String,
     },
     /// Already in place (observed.json shows this generation applied, and in
-    /// [`Mode::Verify`] every entry matches): nothing written, no lock taken.
+    /// every entry matches): nothing written, no lock taken.
     UpToDate,
     /// Another instance holds the service's lock: nothing done.
     HeldElsewhere { holder: Option<String> },
@@ -289,70 +274,24 @@ impl Reconciler {
         &self.metrics
     }
 
-    /// Reconciles one service with a session of its own, created for this
-    /// flow and destroyed after it. `prune`: when base.json is gone, delete
-    /// the entries svc-handler owns (else only its records).
-    pub async fn reconcile(&self, id: &ServiceId, prune: bool) -> Report {
-        self.reconcile_mode(id, prune, Mode::Force).await
-    }
-
-    /// Like [`Reconciler::reconcile`], with a [`Mode`].
-    pub async fn reconcile_mode(&self, id: &ServiceId, prune: bool, mode: Mode) -> Report {
-        self.reconcile_own_session(id, prune, mode)
-            .instrument(self.span(id, mode))
-            .await
-    }
-
-    async fn reconcile_own_session(&self, id: &ServiceId, prune: bool, mode: Mode) -> Report {
-        let started = Instant::now();
-        if mode != Mode::Force {
-            if let Ok(Some(generation)) = self.precheck(id, mode).await {
-                return self.finish(id, Outcome::UpToDate, Some(generation), started);
-            }
-        }
-        let session = match Session::create(
-            &self.client,
-            &self.cfg.session,
-            Some(Arc::clone(&self.metrics)),
-        )
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                return self.lock_failed(id, format!("cannot create a session: {e}"), started)
-            }
-        };
-        let report = self
-            .reconcile_locked(id, prune, &session, Mode::Force)
-            .await;
-        if let Err(e) = session.destroy().await {
-            tracing::warn!(service = %id, error = %e, "could not destroy the session; it expires with its TTL");
-        }
-        report
-    }
-
     /// Reconciles one service under a lock held with `session` (which the
     /// caller owns and may share between flows). Releases the lock at the end.
-    pub async fn reconcile_with(
-        &self,
-        id: &ServiceId,
-        prune: bool,
-        session: &Session,
-        mode: Mode,
-    ) -> Report {
-        self.reconcile_locked(id, prune, session, mode)
-            .instrument(self.span(id, mode))
+    /// `prune`: when base.json is gone, delete the entries svc-handler owns
+    /// (else only its records).
+    pub async fn reconcile(&self, id: &ServiceId, prune: bool, session: &Session) -> Report {
+        self.reconcile_locked(id, prune, session)
+            .instrument(self.span(id))
             .await
     }
 
-    /// When the service is already in place for `mode` (see [`Mode`]), the
-    /// report saying so; reads only, no session or lock needed. `None` when
-    /// the flow has to run (or the check could not tell).
-    pub async fn up_to_date(&self, id: &ServiceId, mode: Mode) -> Option<Report> {
-        let span = self.span(id, mode);
+    /// When the service is already in place, the report saying so; reads
+    /// only, no session or lock needed. `None` when a reconcile has to run
+    /// (or the check could not tell).
+    pub async fn check(&self, id: &ServiceId, _prune: bool) -> Option<Report> {
+        let span = self.span(id);
         async {
             let started = Instant::now();
-            match self.precheck(id, mode).await {
+            match self.precheck(id).await {
                 Ok(Some(generation)) => {
                     Some(self.finish(id, Outcome::UpToDate, Some(generation), started))
                 }
@@ -369,35 +308,17 @@ impl Reconciler {
 
     /// One span per reconcile, carrying the service key and (once read) the
     /// generation.
-    fn span(&self, id: &ServiceId, mode: Mode) -> tracing::Span {
+    fn span(&self, id: &ServiceId) -> tracing::Span {
         tracing::info_span!(
             "reconcile",
             service = %id,
             key = %self.cfg.layout.base_key(id),
-            ?mode,
             generation = tracing::field::Empty,
         )
     }
 
-    async fn reconcile_locked(
-        &self,
-        id: &ServiceId,
-        prune: bool,
-        session: &Session,
-        mode: Mode,
-    ) -> Report {
+    async fn reconcile_locked(&self, id: &ServiceId, prune: bool, session: &Session) -> Report {
         let started = Instant::now();
-        if mode != Mode::Force {
-            match self.precheck(id, mode).await {
-                Ok(Some(generation)) => {
-                    return self.finish(id, Outcome::UpToDate, Some(generation), started)
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(service = %id, error = %e, "pre-check failed; running the flow")
-                }
-            }
-        }
         let lock_key = self.cfg.layout.lock_key(id);
         match lock::try_lock(&self.client, session, &lock_key, &self.cfg.holder).await {
             Ok(LockAttempt::Acquired) => {
@@ -438,9 +359,9 @@ impl Reconciler {
     }
 
     /// Reads, without the lock, whether the service is already in place;
-    /// returns the generation when it is. In [`Mode::Change`] observed.json
-    /// decides; in [`Mode::Verify`] every entry is compared too.
-    async fn precheck(&self, id: &ServiceId, mode: Mode) -> Result<Option<u64>, ConsulError> {
+    /// returns the generation when it is: observed.json and every entry are
+    /// compared.
+    async fn precheck(&self, id: &ServiceId) -> Result<Option<u64>, ConsulError> {
         let layout = &self.cfg.layout;
         let base_key = layout.base_key(id);
         let (base, _) = self.client.kv_get(&base_key, &CONSISTENT).await?;
@@ -458,9 +379,6 @@ impl Reconciler {
         };
         if observed.status != Status::Applied || observed.generation != base.modify_index {
             return Ok(None);
-        }
-        if mode == Mode::Change {
-            return Ok(Some(base.modify_index));
         }
         let Ok(spec) = spec::parse(&base.value) else {
             return Ok(None);

@@ -9,9 +9,27 @@ use serde_json::{json, Value};
 use support::{prefix, shared};
 use svc_handler::consul::{Client, QueryOptions, SessionRequest, Settings};
 use svc_handler::keys::{Layout, ServiceId};
+use svc_handler::lock::Session;
 use svc_handler::metrics::Metrics;
-use svc_handler::reconcile::{BoxFuture, FlowHook, Outcome, Reconciler, ReconcilerConfig};
+use svc_handler::reconcile::{BoxFuture, FlowHook, Outcome, Reconciler, ReconcilerConfig, Report};
 use svc_handler::records::{Observed, Record, Status};
+
+/// One reconcile under a session of its own, created for it and destroyed
+/// after, as `svc-handler run --once` does for a single service.
+trait ReconcileOnce {
+    async fn reconcile_once(&self, id: &ServiceId, prune: bool) -> Report;
+}
+
+impl ReconcileOnce for Reconciler {
+    async fn reconcile_once(&self, id: &ServiceId, prune: bool) -> Report {
+        let session = Session::create(self.client(), &self.config().session, None)
+            .await
+            .expect("a session");
+        let report = self.reconcile(id, prune, &session).await;
+        session.destroy().await.expect("the session is destroyed");
+        report
+    }
+}
 
 /// A test's own world: a KV prefix, fresh metrics, unique service names.
 struct World {
@@ -162,7 +180,7 @@ async fn full_spec_gives_four_entries_records_and_applied() {
     let gw = format!("egress-{}", w.tag);
     let generation = w.put(&id, &full_spec(&gw)).await;
 
-    let report = w.rec.reconcile(&id, true).await;
+    let report = w.rec.reconcile_once(&id, true).await;
     assert!(
         matches!(report.outcome, Outcome::Applied { changed: true, .. }),
         "{report:?}"
@@ -309,14 +327,14 @@ async fn unchanged_spec_writes_nothing_for_every_field_kind() {
     for (name, body) in variants {
         let id = w.id(name);
         w.put(&id, &body).await;
-        let first = w.rec.reconcile(&id, true).await;
+        let first = w.rec.reconcile_once(&id, true).await;
         assert!(
             matches!(first.outcome, Outcome::Applied { changed: true, .. }),
             "{name}: {first:?}"
         );
         let before = w.indexes(&id, &gw).await;
         let writes = w.total_writes();
-        let again = w.rec.reconcile(&id, true).await;
+        let again = w.rec.reconcile_once(&id, true).await;
         assert_eq!(
             again.outcome,
             Outcome::Applied {
@@ -349,7 +367,7 @@ async fn router_on_tcp_is_an_error_until_the_protocol_is_fixed() {
     spec.as_object_mut().unwrap().remove("terminating_gateway");
     spec["defaults"]["Protocol"] = json!("tcp");
     let generation = w.put(&id, &spec).await;
-    let r = w.rec.reconcile(&id, true).await;
+    let r = w.rec.reconcile_once(&id, true).await;
     let Outcome::Failed {
         status,
         step,
@@ -372,7 +390,7 @@ async fn router_on_tcp_is_an_error_until_the_protocol_is_fixed() {
 
     spec["defaults"]["Protocol"] = json!("http");
     w.put(&id, &spec).await;
-    let r = w.rec.reconcile(&id, true).await;
+    let r = w.rec.reconcile_once(&id, true).await;
     assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
     assert_eq!(w.observed(&id).await.unwrap().status, Status::Applied);
     assert!(w.entry("service-router", &id.name).await.is_some());
@@ -411,7 +429,7 @@ async fn fifty_services_share_one_gateway_from_eight_tasks() {
                 let Some(id) = queue.lock().await.pop() else {
                     break;
                 };
-                outcomes.push(rec.reconcile(&id, true).await.outcome);
+                outcomes.push(rec.reconcile_once(&id, true).await.outcome);
             }
             outcomes
         }));
@@ -454,7 +472,7 @@ async fn unowned_entry_is_a_conflict_until_adopted() {
         .unwrap();
     let before = w.entry("service-defaults", &id.name).await.unwrap();
     w.put(&id, &json!({"defaults": {"Protocol": "http"}})).await;
-    let r = w.rec.reconcile(&id, true).await;
+    let r = w.rec.reconcile_once(&id, true).await;
     let Outcome::Failed {
         status,
         step,
@@ -484,7 +502,7 @@ async fn unowned_entry_is_a_conflict_until_adopted() {
         .await
         .unwrap();
     w.put(&other, &json!({"adopt": true})).await;
-    let r = w.rec.reconcile(&other, true).await;
+    let r = w.rec.reconcile_once(&other, true).await;
     assert!(
         matches!(&r.outcome, Outcome::Failed { status: Status::Conflict, message, .. } if message.contains("somewhere/else/base.json")),
         "{r:?}"
@@ -495,7 +513,7 @@ async fn unowned_entry_is_a_conflict_until_adopted() {
         &json!({"defaults": {"Protocol": "http"}, "adopt": true}),
     )
     .await;
-    let r = w.rec.reconcile(&id, true).await;
+    let r = w.rec.reconcile_once(&id, true).await;
     assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
     let adopted = w.entry("service-defaults", &id.name).await.unwrap();
     assert_eq!(adopted["Protocol"], "http");
@@ -526,7 +544,7 @@ async fn record_write_after_losing_the_session_is_refused() {
         step: "resolver",
         client: w.client.clone(),
     }));
-    let r = rec.reconcile(&id, true).await;
+    let r = rec.reconcile_once(&id, true).await;
     let Outcome::LockLost { step, message } = &r.outcome else {
         panic!("{r:?}")
     };
@@ -572,7 +590,7 @@ async fn held_lock_means_nothing_is_done() {
         .kv_acquire(&w.layout.lock_key(&id), br#"{"holder":"node-b"}"#, &other)
         .await
         .unwrap());
-    let r = w.rec.reconcile(&id, true).await;
+    let r = w.rec.reconcile_once(&id, true).await;
     assert_eq!(
         r.outcome,
         Outcome::HeldElsewhere {
@@ -599,7 +617,7 @@ async fn router_and_link_removed_from_base_json_are_deleted() {
     let gw_b = format!("gw-b-{}", w.tag);
     w.put(&id, &full_spec(&gw_a)).await;
     assert!(matches!(
-        w.rec.reconcile(&id, true).await.outcome,
+        w.rec.reconcile_once(&id, true).await.outcome,
         Outcome::Applied { .. }
     ));
 
@@ -607,7 +625,7 @@ async fn router_and_link_removed_from_base_json_are_deleted() {
     let mut spec = full_spec(&gw_b);
     w.put(&id, &spec).await;
     assert!(matches!(
-        w.rec.reconcile(&id, true).await.outcome,
+        w.rec.reconcile_once(&id, true).await.outcome,
         Outcome::Applied { .. }
     ));
     let a = w.entry("terminating-gateway", &gw_a).await.unwrap();
@@ -623,7 +641,7 @@ async fn router_and_link_removed_from_base_json_are_deleted() {
     obj.remove("terminating_gateway");
     spec["defaults"]["Protocol"] = json!("tcp");
     w.put(&id, &spec).await;
-    let r = w.rec.reconcile(&id, true).await;
+    let r = w.rec.reconcile_once(&id, true).await;
     assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
     assert!(w.entry("service-router", &id.name).await.is_none());
     assert!(w.record(&id, "router.json").await.is_none());
@@ -646,11 +664,11 @@ async fn deleted_base_json_prunes_or_only_forgets() {
         let id = w.id(name);
         w.put(&id, &full_spec(&gw)).await;
         assert!(matches!(
-            w.rec.reconcile(&id, prune).await.outcome,
+            w.rec.reconcile_once(&id, prune).await.outcome,
             Outcome::Applied { .. }
         ));
         w.client.kv_delete(&w.layout.base_key(&id)).await.unwrap();
-        let r = w.rec.reconcile(&id, prune).await;
+        let r = w.rec.reconcile_once(&id, prune).await;
         assert_eq!(r.outcome, Outcome::Deleted { pruned: prune }, "{name}");
         for file in ["defaults.json", "resolver.json", "router.json", "tgw.json"] {
             assert!(w.record(&id, file).await.is_none(), "{name}: {file}");
@@ -671,7 +689,10 @@ async fn deleted_base_json_prunes_or_only_forgets() {
             .any(|l| l["Name"] == id.name.as_str());
         assert_eq!(linked, !prune, "{name}: link");
         // Nothing left: a second run has nothing to do.
-        assert_eq!(w.rec.reconcile(&id, prune).await.outcome, Outcome::Absent);
+        assert_eq!(
+            w.rec.reconcile_once(&id, prune).await.outcome,
+            Outcome::Absent
+        );
     }
 }
 
@@ -791,7 +812,7 @@ async fn invalid_input_table() {
             continue;
         }
         let generation = w.put_raw(&id, body).await;
-        let r = w.rec.reconcile(&id, true).await;
+        let r = w.rec.reconcile_once(&id, true).await;
         let Outcome::Failed {
             status, message, ..
         } = &r.outcome
