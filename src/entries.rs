@@ -2,11 +2,9 @@
 //! reading that mark back, comparing desired and actual entries the way Consul prints
 //! them, and merging one service's link into a shared terminating gateway.
 
-use std::fmt;
-
 use serde_json::{json, Map, Value};
 
-use crate::keys::{self, RecordKind, ServiceId, DEFAULT};
+use crate::keys::{self, ServiceId, DEFAULT};
 use crate::spec::{self, TgwLinkSpec};
 
 /// Meta key naming the tool that manages an entry.
@@ -21,61 +19,7 @@ pub const META_EXTERNAL_SOURCE: &str = "external-source";
 /// Longest rendering of a value in a [`Mismatch`].
 const SHORT_MAX_CHARS: usize = 80;
 
-/// The config entry kinds svc-handler writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Ord, PartialOrd)]
-pub enum EntryKind {
-    ServiceDefaults,
-    ServiceResolver,
-    ServiceRouter,
-    TerminatingGateway,
-}
-
-impl EntryKind {
-    /// Every kind, in the order they are written.
-    pub const ALL: [EntryKind; 4] = [
-        EntryKind::ServiceDefaults,
-        EntryKind::ServiceResolver,
-        EntryKind::ServiceRouter,
-        EntryKind::TerminatingGateway,
-    ];
-
-    /// The `Kind` as Consul names it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::ServiceDefaults => "service-defaults",
-            EntryKind::ServiceResolver => "service-resolver",
-            EntryKind::ServiceRouter => "service-router",
-            EntryKind::TerminatingGateway => "terminating-gateway",
-        }
-    }
-
-    /// The record that tracks entries (or links) of this kind.
-    pub fn record_kind(self) -> RecordKind {
-        match self {
-            EntryKind::ServiceDefaults => RecordKind::Defaults,
-            EntryKind::ServiceResolver => RecordKind::Resolver,
-            EntryKind::ServiceRouter => RecordKind::Router,
-            EntryKind::TerminatingGateway => RecordKind::Tgw,
-        }
-    }
-}
-
-impl From<RecordKind> for EntryKind {
-    fn from(kind: RecordKind) -> EntryKind {
-        match kind {
-            RecordKind::Defaults => EntryKind::ServiceDefaults,
-            RecordKind::Resolver => EntryKind::ServiceResolver,
-            RecordKind::Router => EntryKind::ServiceRouter,
-            RecordKind::Tgw => EntryKind::TerminatingGateway,
-        }
-    }
-}
-
-impl fmt::Display for EntryKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::kind::Kind as EntryKind;
 
 /// svc-handler's ownership mark for the service whose base.json is `base_key`.
 pub fn ownership_meta(base_key: &str) -> Value {
@@ -587,8 +531,6 @@ mod tests {
             ]
         );
         for k in EntryKind::ALL {
-            assert_eq!(EntryKind::from(k.record_kind()), k);
-            assert_eq!(k.record_kind().consul_kind(), k.as_str());
             assert_eq!(k.to_string(), k.as_str());
         }
     }

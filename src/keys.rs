@@ -2,6 +2,7 @@
 //! (`desired/…/base.json`, the records, `observed/…/observed.json`, `locks/…`), the
 //! name rules for partitions, namespaces and services, and record resource ids.
 
+use crate::kind::Kind;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -135,59 +136,13 @@ impl fmt::Display for ServiceId {
     }
 }
 
-/// The records the daemon keeps beside base.json, one per kind of object it writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Ord, PartialOrd)]
-pub enum RecordKind {
-    Defaults,
-    Resolver,
-    Router,
-    Tgw,
-}
-
-impl RecordKind {
-    /// Every record kind, in the order the daemon writes them.
-    pub const ALL: [RecordKind; 4] = [
-        RecordKind::Defaults,
-        RecordKind::Resolver,
-        RecordKind::Router,
-        RecordKind::Tgw,
-    ];
-
-    /// The record's file name in the service's desired folder.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            RecordKind::Defaults => "defaults.json",
-            RecordKind::Resolver => "resolver.json",
-            RecordKind::Router => "router.json",
-            RecordKind::Tgw => "tgw.json",
-        }
-    }
-
-    /// The Consul config entry kind the record is about.
-    pub fn consul_kind(self) -> &'static str {
-        match self {
-            RecordKind::Defaults => "service-defaults",
-            RecordKind::Resolver => "service-resolver",
-            RecordKind::Router => "service-router",
-            RecordKind::Tgw => "terminating-gateway",
-        }
-    }
-
-    /// The record kind stored under `file_name`, if any.
-    pub fn from_file_name(file_name: &str) -> Option<RecordKind> {
-        RecordKind::ALL
-            .into_iter()
-            .find(|k| k.file_name() == file_name)
-    }
-}
-
 /// What a key under the desired prefix is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DesiredKey {
     /// `<prefix>/desired/<p>/<ns>/<name>/base.json`.
     Base(ServiceId),
     /// `<prefix>/desired/<p>/<ns>/<name>/<record file>`.
-    Record(ServiceId, RecordKind),
+    Record(ServiceId, Kind),
     /// Under the desired prefix, but not a key of the layout.
     Invalid { key: String, reason: String },
     /// Not under the desired prefix, or a folder marker (a key ending in `/`, as the
@@ -276,7 +231,7 @@ impl Layout {
     }
 
     /// `<prefix>/desired/<p>/<ns>/<name>/<record file>`
-    pub fn record_key(&self, id: &ServiceId, kind: RecordKind) -> String {
+    pub fn record_key(&self, id: &ServiceId, kind: Kind) -> String {
         format!("{}{}", self.service_dir(id), kind.file_name())
     }
 
@@ -300,12 +255,12 @@ impl Layout {
             Split::Other => DesiredKey::Other,
             Split::Invalid(reason) => invalid(reason),
             Split::Service(id, BASE_FILE) => DesiredKey::Base(id),
-            Split::Service(id, file) => match RecordKind::from_file_name(file) {
+            Split::Service(id, file) => match Kind::from_file_name(file) {
                 Some(kind) => DesiredKey::Record(id, kind),
                 None => invalid(format!(
                     "unknown file name {}: expected {BASE_FILE}, {}",
                     quote(file),
-                    RecordKind::ALL.map(RecordKind::file_name).join(", ")
+                    Kind::ALL.map(Kind::file_name).join(", ")
                 )),
             },
         }
@@ -481,12 +436,12 @@ mod tests {
 
     #[test]
     fn record_kinds() {
-        let names: Vec<_> = RecordKind::ALL.iter().map(|k| k.file_name()).collect();
+        let names: Vec<_> = Kind::ALL.iter().map(|k| k.file_name()).collect();
         assert_eq!(
             names,
             ["defaults.json", "resolver.json", "router.json", "tgw.json"]
         );
-        let kinds: Vec<_> = RecordKind::ALL.iter().map(|k| k.consul_kind()).collect();
+        let kinds: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(
             kinds,
             [
@@ -496,10 +451,10 @@ mod tests {
                 "terminating-gateway"
             ]
         );
-        for k in RecordKind::ALL {
-            assert_eq!(RecordKind::from_file_name(k.file_name()), Some(k));
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_file_name(k.file_name()), Some(k));
         }
-        assert_eq!(RecordKind::from_file_name("base.json"), None);
+        assert_eq!(Kind::from_file_name("base.json"), None);
     }
 
     #[test]
@@ -532,7 +487,7 @@ mod tests {
             "team/svc/desired/default/default/web/base.json"
         );
         assert_eq!(
-            l.record_key(&web, RecordKind::Tgw),
+            l.record_key(&web, Kind::TerminatingGateway),
             "team/svc/desired/default/default/web/tgw.json"
         );
         assert_eq!(
@@ -550,7 +505,7 @@ mod tests {
             l.parse_desired_key(&l.base_key(&web)),
             DesiredKey::Base(web.clone())
         );
-        for k in RecordKind::ALL {
+        for k in Kind::ALL {
             assert_eq!(
                 l.parse_desired_key(&l.record_key(&web, k)),
                 DesiredKey::Record(web.clone(), k)

@@ -7,6 +7,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::keys::{self, ServiceId};
+use crate::kind::{Kind, Step};
+
 /// The outcome of a reconcile as `observed.json` and the metrics name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,6 +69,63 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of a service's own entry (`kind` is not a gateway) as
+    /// read back: `actual` is the entry, with Consul's indexes.
+    pub fn entry(
+        kind: Kind,
+        id: &ServiceId,
+        base_key: &str,
+        generation: u64,
+        actual: &Value,
+        verified_at: String,
+    ) -> Record {
+        Record {
+            kind: kind.as_str().to_string(),
+            name: id.name.clone(),
+            partition: id.partition.clone(),
+            namespace: id.namespace.clone(),
+            resource_id: keys::resource_id(kind.as_str(), id),
+            create_index: index(actual, "CreateIndex"),
+            modify_index: index(actual, "ModifyIndex"),
+            generation,
+            object: actual.clone(),
+            verified_at,
+            base_key: base_key.to_string(),
+            service: None,
+            previous_gateway: None,
+        }
+    }
+
+    /// The record of this service's link in `gateway`: `link` is the link as
+    /// found in the gateway entry read back (`gateway_entry`, whose indexes
+    /// are kept). An intent (written before the link) has no indexes, no
+    /// verification time, and names the gateway being left, if any.
+    pub fn link(
+        id: &ServiceId,
+        base_key: &str,
+        gateway: &str,
+        generation: u64,
+        link: Value,
+        gateway_entry: Option<&Value>,
+        verified_at: String,
+    ) -> Record {
+        Record {
+            kind: Kind::TerminatingGateway.as_str().to_string(),
+            name: gateway.to_string(),
+            partition: id.partition.clone(),
+            namespace: id.namespace.clone(),
+            resource_id: keys::link_resource_id(&id.partition, &id.namespace, gateway, &id.name),
+            create_index: gateway_entry.map_or(0, |g| index(g, "CreateIndex")),
+            modify_index: gateway_entry.map_or(0, |g| index(g, "ModifyIndex")),
+            generation,
+            object: link,
+            verified_at,
+            base_key: base_key.to_string(),
+            service: Some(id.name.clone()),
+            previous_gateway: None,
+        }
+    }
+
     /// True when both say the same, apart from when they were verified.
     pub fn same_as(&self, other: &Record) -> bool {
         let mut a = self.clone();
@@ -74,6 +134,11 @@ impl Record {
         b.verified_at.clear();
         a == b
     }
+}
+
+/// A Raft index field of an entry as Consul returns it (0 when absent).
+pub fn index(entry: &Value, field: &str) -> u64 {
+    entry.get(field).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// A reference to one object in `observed.json`.
@@ -92,6 +157,28 @@ pub struct Objects {
     pub terminating_gateway: Option<ObjectRef>,
 }
 
+impl Objects {
+    /// The slot of `kind`.
+    pub fn slot(&mut self, kind: Kind) -> &mut Option<ObjectRef> {
+        match kind {
+            Kind::ServiceDefaults => &mut self.defaults,
+            Kind::ServiceResolver => &mut self.resolver,
+            Kind::ServiceRouter => &mut self.router,
+            Kind::TerminatingGateway => &mut self.terminating_gateway,
+        }
+    }
+
+    /// The reference of `kind`.
+    pub fn get(&self, kind: Kind) -> Option<&ObjectRef> {
+        match kind {
+            Kind::ServiceDefaults => self.defaults.as_ref(),
+            Kind::ServiceResolver => self.resolver.as_ref(),
+            Kind::ServiceRouter => self.router.as_ref(),
+            Kind::TerminatingGateway => self.terminating_gateway.as_ref(),
+        }
+    }
+}
+
 /// `observed.json`: the outcome of the last reconcile of one service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
@@ -101,7 +188,7 @@ pub struct Observed {
     /// Why, when not applied.
     pub message: Option<String>,
     /// The step that failed, when one did.
-    pub step: Option<String>,
+    pub step: Option<Step>,
     pub objects: Objects,
     /// RFC 3339.
     pub updated_at: String,
@@ -128,7 +215,7 @@ mod tests {
             status: Status::Conflict,
             generation: 12,
             message: Some("owned elsewhere".into()),
-            step: Some("defaults".into()),
+            step: Some(Step::Defaults),
             objects: Objects::default(),
             updated_at: now_rfc3339(),
             duration_ms: 3,

@@ -2,6 +2,7 @@
 //! form. Every error names where it is: a JSON path (`$.resolver.Subsets.v1`) and, for
 //! syntax errors, the line and column.
 
+use crate::kind::Kind;
 use std::cell::RefCell;
 use std::fmt;
 
@@ -98,6 +99,18 @@ pub struct Spec {
     pub terminating_gateway: Option<TgwLinkSpec>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+}
+
+impl Spec {
+    /// The body base.json gives for one of the service's own entries.
+    pub fn body(&self, kind: Kind) -> Option<&Map<String, Value>> {
+        match kind {
+            Kind::ServiceDefaults => self.defaults.as_ref(),
+            Kind::ServiceResolver => self.resolver.as_ref(),
+            Kind::ServiceRouter => self.router.as_ref(),
+            Kind::TerminatingGateway => None,
+        }
+    }
 }
 
 /// Parses and validates a base.json.

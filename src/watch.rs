@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::consul::{ConfigEntry, KvPair, QueryMeta, QueryOptions};
 use crate::entries::{self, EntryKind};
-use crate::keys::{DesiredKey, Layout, RecordKind, ServiceId};
+use crate::keys::{DesiredKey, Layout, ServiceId};
 use crate::records::Record;
 
 /// The index to wait on after an answer carrying `returned`, per Consul's
@@ -36,7 +36,7 @@ pub struct Snapshot {
     /// Keys that do not fit the layout: key → (reason, ModifyIndex).
     pub invalid: BTreeMap<String, (String, u64)>,
     /// The records found, readable ones only.
-    pub records: HashMap<(ServiceId, RecordKind), Record>,
+    pub records: HashMap<(ServiceId, EntryKind), Record>,
 }
 
 impl Snapshot {
@@ -141,7 +141,7 @@ pub fn drifted(
     entries: &[ConfigEntry],
     applied: &Applied,
 ) -> Vec<ServiceId> {
-    let rk = kind.record_kind();
+    let rk = kind;
     let by_name: HashMap<&str, &ConfigEntry> = entries.iter().map(|e| (e.name(), e)).collect();
     // Every service with a record of this kind, or an object of this kind
     // this instance just applied (its record may not be listed yet).

@@ -358,11 +358,12 @@ fn apply_wait_status_diff_delete() {
         .collect();
     assert_eq!(
         actions,
+        // In the order a reconcile makes them: a router leaving goes first.
         [
-            ("service-defaults".to_string(), "none".to_string()),
+            ("service-router".to_string(), "delete".to_string()),
+            ("service-defaults".into(), "none".into()),
             ("service-resolver".into(), "update".into()),
-            ("service-router".into(), "delete".into()),
-            ("terminating-gateway".into(), "update".into()),
+            ("terminating-gateway".into(), "link".into()),
         ]
     );
 

@@ -170,7 +170,7 @@ async fn least_privilege_policy_works_and_a_missing_permission_is_reported() {
     .await;
     assert!(failed, "{}", d.log_text());
     let o = observed(&root, &layout, &denied).await.unwrap();
-    assert_eq!(o.step.as_deref(), Some("defaults"));
+    assert_eq!(o.step.map(|s| s.as_str()), Some("defaults"));
     let msg = o.message.unwrap();
     assert!(
         msg.contains("403") && msg.contains("Permission denied"),

@@ -84,7 +84,9 @@ fn build(
         updated_at: ok.as_ref().map(|o| o.updated_at.clone()),
         age_seconds,
         message,
-        step: ok.as_ref().and_then(|o| o.step.clone()),
+        step: ok
+            .as_ref()
+            .and_then(|o| o.step.map(|s| s.as_str().to_string())),
         base_key: ctx.layout.base_key(id),
         observed_key: ctx.layout.observed_key(id),
         observed: ok,

@@ -128,11 +128,7 @@ struct WaitReport<'a> {
 
 /// One line on a failed outcome: status, generation, step and message.
 pub fn describe(o: &Observed) -> String {
-    let step = o
-        .step
-        .as_deref()
-        .map(|s| format!(" in step {s}"))
-        .unwrap_or_default();
+    let step = o.step.map(|s| format!(" in step {s}")).unwrap_or_default();
     let message = o
         .message
         .as_deref()
@@ -211,7 +207,7 @@ mod tests {
             status,
             generation,
             message: (status != Status::Applied).then(|| "boom".to_string()),
-            step: (status != Status::Applied).then(|| "defaults".to_string()),
+            step: (status != Status::Applied).then_some(crate::kind::Step::Defaults),
             objects: Objects::default(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             duration_ms: 1,

@@ -5,6 +5,25 @@ use std::time::Duration;
 /// How much of a Consul error body is kept in an error message.
 const MAX_BODY_CHARS: usize = 512;
 
+/// What a failed request means for the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Consul could not decode what was sent: the user's input is wrong.
+    InvalidInput,
+    /// Consul refused the entry on validation (answered 500): the same
+    /// request will be refused again until the input changes.
+    Refused,
+    /// Trying again later may succeed: transport errors, timeouts, 429, 5xx.
+    Retryable,
+    /// Anything else: a 4xx, a check-and-set refusal, a missing object, an
+    /// unreadable answer.
+    Failed,
+}
+
+/// Words in the body of a 500 by which Consul 1.8 refuses an entry on
+/// validation.
+const REFUSALS: [&str; 1] = ["discovery chain"];
+
 /// An error from one Consul HTTP API operation. `op` names the operation
 /// (`kv.get`, `config.put`, ...). No variant ever carries the ACL token.
 #[derive(Debug, thiserror::Error)]
@@ -56,19 +75,35 @@ pub enum ConsulError {
 }
 
 impl ConsulError {
-    /// True when trying the same request again later may succeed: transport
-    /// errors, timeouts, 429 and 5xx (except 501 Not Implemented).
-    pub fn is_retryable(&self) -> bool {
+    /// What kind of failure this is, for whoever decides what happens next.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            ConsulError::Transport { .. } | ConsulError::Timeout { .. } => true,
-            ConsulError::Status { status, .. } => {
-                *status == 429 || (*status >= 500 && *status != 501)
-            }
+            ConsulError::Status { status, body, .. } => match *status {
+                400 if body.contains("Request decoding failed")
+                    || body.contains("invalid config key") =>
+                {
+                    ErrorClass::InvalidInput
+                }
+                // Consul 1.8 answers 500 to config entries it refuses on
+                // validation; asking again gives the same answer.
+                500 if REFUSALS.iter().any(|r| body.contains(r)) => ErrorClass::Refused,
+                429 => ErrorClass::Retryable,
+                s if s >= 500 && s != 501 => ErrorClass::Retryable,
+                _ => ErrorClass::Failed,
+            },
+            ConsulError::Transport { .. } | ConsulError::Timeout { .. } => ErrorClass::Retryable,
             ConsulError::Config(_)
             | ConsulError::CasConflict { .. }
             | ConsulError::NotFound { .. }
-            | ConsulError::Decode { .. } => false,
+            | ConsulError::Decode { .. } => ErrorClass::Failed,
         }
+    }
+
+    /// True when trying the same request again later may succeed: transport
+    /// errors, timeouts, 429 and 5xx (except 501 Not Implemented and
+    /// Consul's validation refusals).
+    pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::Retryable
     }
 
     /// True for a check-and-set refusal.

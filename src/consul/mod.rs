@@ -14,7 +14,7 @@ mod settings;
 mod txn;
 
 pub use config_entry::ConfigEntry;
-pub use error::ConsulError;
+pub use error::{ConsulError, ErrorClass};
 pub use kv::KvPair;
 pub use session::{SessionBehavior, SessionInfo, SessionRequest};
 pub use settings::{Secret, Settings, DEFAULT_ADDR};

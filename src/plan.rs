@@ -1,0 +1,556 @@
+//! What a reconcile would change for one service, decided purely.
+//!
+//! [`plan`] is the only place that decides: the reconcile executes its
+//! changes in order, the in-sync check asks whether it writes anything, and
+//! `diff` renders it. It reads nothing and writes nothing, so every rule
+//! (ownership, adopt, canonical equality, gateway moves) is a unit test on a
+//! table of states. The per-step functions ([`entry_change`],
+//! [`removal_change`], [`link_change`], [`unlink_change`]) are what the
+//! executor calls again with a fresh read after a lost check-and-set race.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::entries::{self, Ownership};
+use crate::keys::{self, ServiceId};
+use crate::kind::Kind;
+use crate::records::{self, ObjectRef, Objects, Observed, Record, Status};
+use crate::spec::{Spec, TgwLinkSpec};
+
+/// Everything a reconcile reads about one service before deciding.
+#[derive(Clone, Debug, Default)]
+pub struct Current {
+    /// base.json's ModifyIndex, when it exists.
+    pub generation: Option<u64>,
+    /// The records found beside base.json.
+    pub records: BTreeMap<Kind, Record>,
+    pub observed: Option<Observed>,
+    /// The service's own entries (defaults, resolver, router) in Consul.
+    pub entries: BTreeMap<Kind, Value>,
+    /// The terminating gateways involved, by name; an absent one is missing.
+    pub gateways: BTreeMap<String, Value>,
+}
+
+impl Current {
+    /// The gateways a reconcile reads: the one `spec` asks for, the one
+    /// recorded, and the one a move was leaving.
+    pub fn gateways_involved(spec: Option<&Spec>, records: &BTreeMap<Kind, Record>) -> Vec<String> {
+        let rec = records.get(&Kind::TerminatingGateway);
+        let mut names: Vec<String> = spec
+            .and_then(|s| s.terminating_gateway.as_ref())
+            .map(|l| l.gateway.clone())
+            .into_iter()
+            .chain(rec.map(|r| r.name.clone()))
+            .chain(rec.and_then(|r| r.previous_gateway.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// The service a plan is for.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub id: &'a ServiceId,
+    /// Its base.json key: the ownership mark names it.
+    pub base_key: &'a str,
+}
+
+/// What the service should become.
+#[derive(Clone, Copy, Debug)]
+pub enum Desired<'a> {
+    /// base.json says this, at this generation (its ModifyIndex).
+    Spec { spec: &'a Spec, generation: u64 },
+    /// base.json is gone; `prune`: remove what svc-handler owns.
+    Gone { prune: bool },
+}
+
+/// What a change does to Consul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Nothing to write.
+    None,
+    Create,
+    Update,
+    Delete,
+    /// Add or replace this service's link in a gateway.
+    Link,
+    /// Take this service's link out of a gateway.
+    Unlink,
+}
+
+impl Action {
+    /// True when the change writes a config entry.
+    pub fn writes(self) -> bool {
+        self != Action::None
+    }
+}
+
+/// Why a change may not be made: the entry belongs to someone else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// The entry exists without svc-handler's mark and `adopt` is not set.
+    Unmarked { what: String },
+    /// Another tool's mark, or svc-handler's mark for another base.json key.
+    Managed { what: String, by: String },
+    /// The gateway already links the service and no record says we wrote it.
+    UnrecordedLink { gateway: String, service: String },
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocked::Unmarked { what } => write!(
+                f,
+                "{what} exists without svc-handler's ownership mark; it is left unchanged (set \"adopt\": true in base.json to take it over)"
+            ),
+            Blocked::Managed { what, by } => {
+                write!(f, "{what} is managed by {by}; it is left unchanged")
+            }
+            Blocked::UnrecordedLink { gateway, service } => write!(
+                f,
+                "terminating-gateway/{gateway} already links {service} and svc-handler has no record of writing it; it is left unchanged (set \"adopt\": true to take it over)"
+            ),
+        }
+    }
+}
+
+/// What happens to a record file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordOp {
+    Keep,
+    Write,
+    Delete,
+}
+
+/// One planned change of one config entry (or of a link in a gateway).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub kind: Kind,
+    /// The entry's name (the gateway's, for a link).
+    pub name: String,
+    pub action: Action,
+    /// Set when the change may not be made; the reconcile stops there.
+    pub blocked: Option<Blocked>,
+    /// The entry in Consul (`None`: absent).
+    pub current: Option<Value>,
+    /// The entry to write, or as it stays (`None`: deleted or absent).
+    pub desired: Option<Value>,
+    /// The write undoes a change made behind svc-handler's back.
+    pub drift: bool,
+    /// The service's record of this entry (for links see [`Plan::gateway_record`]).
+    pub record: RecordOp,
+    /// For a first link into a gateway: the record written before the link.
+    pub intent: Option<Record>,
+    /// Why an existing entry is left in place (not owned, so not deleted).
+    pub note: Option<String>,
+}
+
+impl Change {
+    fn new(kind: Kind, name: &str, current: Option<&Value>) -> Change {
+        Change {
+            kind,
+            name: name.to_string(),
+            action: Action::None,
+            blocked: None,
+            current: current.cloned(),
+            desired: current.cloned(),
+            drift: false,
+            record: RecordOp::Keep,
+            intent: None,
+            note: None,
+        }
+    }
+
+    /// `kind/name`, as messages name an entry.
+    pub fn what(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+}
+
+/// What a reconcile would do for one service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// base.json's generation; `None` when it is gone.
+    pub generation: Option<u64>,
+    /// In the order a reconcile makes them.
+    pub changes: Vec<Change>,
+    /// The service's `tgw.json`.
+    pub gateway_record: RecordOp,
+    /// base.json is gone: every record and observed.json are removed.
+    pub forget: bool,
+}
+
+impl Plan {
+    /// The first change that may not be made, if any.
+    pub fn blocked(&self) -> Option<&Change> {
+        self.changes.iter().find(|c| c.blocked.is_some())
+    }
+
+    /// The changes a reconcile writes to Consul's config entries: those with
+    /// a write, up to the first blocked one (where it stops).
+    pub fn config_writes(&self) -> impl Iterator<Item = &Change> {
+        self.changes
+            .iter()
+            .take_while(|c| c.blocked.is_none())
+            .filter(|c| c.action.writes())
+    }
+
+    /// True when a reconcile would write a config entry.
+    pub fn writes_config(&self) -> bool {
+        self.config_writes().next().is_some()
+    }
+
+    /// True when a reconcile would write nothing at all: no entry, no
+    /// record, nothing blocked, nothing to forget.
+    pub fn is_noop(&self) -> bool {
+        !self.writes_config()
+            && self.blocked().is_none()
+            && !self.forget
+            && self.gateway_record == RecordOp::Keep
+            && self.changes.iter().all(|c| c.record == RecordOp::Keep)
+    }
+
+    /// The objects of this service as they stand before the plan is made:
+    /// its own entries that exist and are not someone else's, and its link
+    /// in the gateway base.json names. The executor replaces each with the
+    /// read-back of what it writes.
+    pub fn objects(&self, t: &Target<'_>) -> Objects {
+        let mut objects = Objects::default();
+        for c in &self.changes {
+            let kept = c.blocked.is_none()
+                && c.note.is_none()
+                && !matches!(c.action, Action::Delete | Action::Unlink);
+            let Some(entry) = c.current.as_ref().filter(|_| kept) else {
+                continue;
+            };
+            let is_link = c.kind == Kind::TerminatingGateway;
+            if is_link && (entries::find_link(entry, t.id).is_none() || c.intent.is_some()) {
+                continue;
+            }
+            *objects.slot(c.kind) = Some(object_ref(t, c.kind, &c.name, entry));
+        }
+        objects
+    }
+
+    /// True when the service is in place and observed.json says so: a
+    /// reconcile would write nothing, not even observed.json.
+    pub fn in_sync(&self, t: &Target<'_>, observed: Option<&Observed>) -> bool {
+        if !self.is_noop() {
+            return false;
+        }
+        match self.generation {
+            None => observed.is_none(),
+            Some(g) => observed.is_some_and(|o| {
+                o.status == Status::Applied && o.generation == g && o.objects == self.objects(t)
+            }),
+        }
+    }
+}
+
+/// The reference observed.json keeps for `entry` (a gateway, for a link).
+pub fn object_ref(t: &Target<'_>, kind: Kind, name: &str, entry: &Value) -> ObjectRef {
+    let id = t.id;
+    ObjectRef {
+        resource_id: match kind {
+            Kind::TerminatingGateway => {
+                keys::link_resource_id(&id.partition, &id.namespace, name, &id.name)
+            }
+            _ => keys::resource_id(kind.as_str(), id),
+        },
+        modify_index: records::index(entry, "ModifyIndex"),
+    }
+}
+
+/// The one ownership rule: may svc-handler write (or delete) the existing
+/// `entry` for this service? Its own mark, or no mark with a record saying
+/// svc-handler wrote it (someone rewrote it without the mark: drift), or no
+/// mark and `adopt`. Never another tool's mark or another key's.
+pub fn may_touch(
+    what: &str,
+    entry: &Value,
+    base_key: &str,
+    recorded: bool,
+    adopt: bool,
+) -> Result<(), Blocked> {
+    match entries::ownership(Some(entry), base_key) {
+        Ownership::Absent | Ownership::Ours => Ok(()),
+        Ownership::Unmarked if recorded || adopt => Ok(()),
+        Ownership::Unmarked => Err(Blocked::Unmarked { what: what.into() }),
+        Ownership::Other { key, managed_by } => {
+            let by = match (managed_by.is_empty(), key.is_empty()) {
+                (false, false) => format!("{managed_by} for {key}"),
+                (false, true) => managed_by,
+                (true, _) => format!("svc-handler for {key}"),
+            };
+            Err(Blocked::Managed {
+                what: what.into(),
+                by,
+            })
+        }
+    }
+}
+
+/// The upsert of one of the service's own entries to `body`.
+pub fn entry_change(
+    t: &Target<'_>,
+    kind: Kind,
+    body: Option<&Map<String, Value>>,
+    adopt: bool,
+    current: Option<&Value>,
+    record: Option<&Record>,
+    generation: u64,
+) -> Change {
+    let mut c = Change::new(kind, &t.id.name, current);
+    let desired = entries::build_entry(kind, t.id, body, t.base_key);
+    c.blocked =
+        current.and_then(|e| may_touch(&c.what(), e, t.base_key, record.is_some(), adopt).err());
+    c.action = match current {
+        None => Action::Create,
+        Some(e) if entries::entries_equal(&desired, e) => Action::None,
+        Some(_) => Action::Update,
+    };
+    c.drift = c.action.writes() && record.is_some_and(|r| r.generation == generation);
+    c.record = match (c.action.writes(), current) {
+        (false, Some(e)) => {
+            let fresh = Record::entry(kind, t.id, t.base_key, generation, e, String::new());
+            if record.is_some_and(|r| r.same_as(&fresh)) {
+                RecordOp::Keep
+            } else {
+                RecordOp::Write
+            }
+        }
+        _ => RecordOp::Write,
+    };
+    c.desired = Some(desired);
+    c
+}
+
+/// The removal of one of the service's own entries (a router gone from
+/// base.json, or base.json gone): deleted only when svc-handler owns it.
+pub fn removal_change(
+    t: &Target<'_>,
+    kind: Kind,
+    current: Option<&Value>,
+    record: Option<&Record>,
+) -> Change {
+    let mut c = Change::new(kind, &t.id.name, current);
+    c.record = if record.is_some() {
+        RecordOp::Delete
+    } else {
+        RecordOp::Keep
+    };
+    let Some(entry) = current else {
+        return c;
+    };
+    match may_touch(&c.what(), entry, t.base_key, record.is_some(), false) {
+        Ok(()) => {
+            c.action = Action::Delete;
+            c.desired = None;
+        }
+        Err(b) => c.note = Some(format!("{b}; svc-handler does not delete it")),
+    }
+    c
+}
+
+/// This service's link into `link.gateway`.
+pub fn link_change(
+    t: &Target<'_>,
+    link: &TgwLinkSpec,
+    adopt: bool,
+    gateway: Option<&Value>,
+    record: Option<&Record>,
+    generation: u64,
+) -> Change {
+    let name = link.gateway.as_str();
+    let mut c = Change::new(Kind::TerminatingGateway, name, gateway);
+    let recorded_here =
+        record.is_some_and(|r| r.name == name || r.previous_gateway.as_deref() == Some(name));
+    let present = gateway.and_then(|g| entries::find_link(g, t.id)).is_some();
+    if present && !recorded_here && !adopt {
+        c.blocked = Some(Blocked::UnrecordedLink {
+            gateway: name.to_string(),
+            service: t.id.name.clone(),
+        });
+    }
+    if let Some(new) = entries::upsert_link(gateway, name, t.id, link, t.base_key) {
+        c.action = Action::Link;
+        c.desired = Some(new);
+    }
+    let moving = record.is_none_or(|r| r.name != name);
+    c.drift = c.action.writes() && !moving && record.is_some_and(|r| r.generation == generation);
+    if c.action.writes() && moving {
+        let mut intent = Record::link(
+            t.id,
+            t.base_key,
+            name,
+            generation,
+            entries::link_object(t.id, link),
+            None,
+            String::new(),
+        );
+        intent.previous_gateway = stale_gateways(record, Some(name)).into_iter().next();
+        c.intent = Some(intent);
+    }
+    c
+}
+
+/// Taking this service's link out of `gateway` (one it is leaving).
+pub fn unlink_change(t: &Target<'_>, gateway_name: &str, gateway: Option<&Value>) -> Change {
+    let mut c = Change::new(Kind::TerminatingGateway, gateway_name, gateway);
+    if let Some(new) = gateway.and_then(|g| entries::remove_link(g, t.id)) {
+        c.action = Action::Unlink;
+        c.desired = Some(new);
+    }
+    c
+}
+
+/// Gateways the record says this service may still be linked into, other
+/// than `keep`: the one recorded, and one a crashed move was leaving.
+pub fn stale_gateways(record: Option<&Record>, keep: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = record
+        .into_iter()
+        .flat_map(|r| [Some(r.name.clone()), r.previous_gateway.clone()])
+        .flatten()
+        .filter(|g| Some(g.as_str()) != keep)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Decides what a reconcile of `t` toward `desired` changes, given `current`.
+pub fn plan(t: &Target<'_>, desired: &Desired<'_>, current: &Current) -> Plan {
+    match *desired {
+        Desired::Spec { spec, generation } => plan_apply(t, spec, generation, current),
+        Desired::Gone { prune } => plan_gone(t, prune, current),
+    }
+}
+
+fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Plan {
+    let entry = |k: Kind| cur.entries.get(&k);
+    let record = |k: Kind| cur.records.get(&k);
+    let mut changes = Vec::new();
+    // A router that left base.json goes first: while it exists, the
+    // defaults cannot go back to a protocol the router cannot use.
+    if spec.router.is_none() {
+        let k = Kind::ServiceRouter;
+        changes.push(removal_change(t, k, entry(k), record(k)));
+    }
+    for (k, body) in [
+        (Kind::ServiceDefaults, spec.defaults.as_ref()),
+        (Kind::ServiceResolver, spec.resolver.as_ref()),
+        (Kind::ServiceRouter, spec.router.as_ref()),
+    ] {
+        if k == Kind::ServiceRouter && body.is_none() {
+            continue;
+        }
+        changes.push(entry_change(
+            t,
+            k,
+            body,
+            spec.adopt,
+            entry(k),
+            record(k),
+            generation,
+        ));
+    }
+    let tgw = record(Kind::TerminatingGateway);
+    let gateway_record = match &spec.terminating_gateway {
+        Some(link) => {
+            let gw = cur.gateways.get(&link.gateway);
+            let c = link_change(t, link, spec.adopt, gw, tgw, generation);
+            let current_record = gw
+                .and_then(|g| entries::find_link(g, t.id).map(|l| (g, l)))
+                .map(|(g, l)| {
+                    let name = &link.gateway;
+                    Record::link(
+                        t.id,
+                        t.base_key,
+                        name,
+                        generation,
+                        l.clone(),
+                        Some(g),
+                        String::new(),
+                    )
+                });
+            let same = matches!((tgw, &current_record), (Some(r), Some(f)) if r.same_as(f));
+            let op = if c.action.writes() || !same {
+                RecordOp::Write
+            } else {
+                RecordOp::Keep
+            };
+            changes.push(c);
+            let stale = stale_gateways(tgw, Some(&link.gateway));
+            changes.extend(
+                stale
+                    .iter()
+                    .map(|g| unlink_change(t, g, cur.gateways.get(g))),
+            );
+            if stale.is_empty() {
+                op
+            } else {
+                RecordOp::Write
+            }
+        }
+        None => {
+            let stale = stale_gateways(tgw, None);
+            changes.extend(
+                stale
+                    .iter()
+                    .map(|g| unlink_change(t, g, cur.gateways.get(g))),
+            );
+            if tgw.is_some() {
+                RecordOp::Delete
+            } else {
+                RecordOp::Keep
+            }
+        }
+    };
+    Plan {
+        generation: Some(generation),
+        changes,
+        gateway_record,
+        forget: false,
+    }
+}
+
+fn plan_gone(t: &Target<'_>, prune: bool, cur: &Current) -> Plan {
+    let forget = !cur.records.is_empty() || cur.observed.is_some();
+    let mut changes = Vec::new();
+    if prune && forget {
+        let tgw = cur.records.get(&Kind::TerminatingGateway);
+        for g in stale_gateways(tgw, None) {
+            changes.push(unlink_change(t, &g, cur.gateways.get(&g)));
+        }
+        for k in [
+            Kind::ServiceRouter,
+            Kind::ServiceResolver,
+            Kind::ServiceDefaults,
+        ] {
+            changes.push(removal_change(
+                t,
+                k,
+                cur.entries.get(&k),
+                cur.records.get(&k),
+            ));
+        }
+    }
+    Plan {
+        generation: None,
+        changes,
+        gateway_record: if cur.records.contains_key(&Kind::TerminatingGateway) {
+            RecordOp::Delete
+        } else {
+            RecordOp::Keep
+        },
+        forget,
+    }
+}
+
+#[cfg(test)]
+mod tests;

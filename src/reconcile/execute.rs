@@ -1,0 +1,322 @@
+//! Executes a plan's changes under the service's lock, in order: each write
+//! is a check-and-set on the index read (a lost race is read again and
+//! planned again with the same pure function), read back with a consistent
+//! read and verified; its record is queued for the fenced transaction.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::fence::Fence;
+use super::outcome::Fail;
+use super::Reconciler;
+use crate::consul::{Client, ConfigEntry, QueryOptions};
+use crate::entries;
+use crate::keys::ServiceId;
+use crate::kind::{Kind, Step};
+use crate::plan::{self, Action, Change, Plan, RecordOp, Target};
+use crate::records::{self, now_rfc3339, Objects, Record};
+use crate::spec::Spec;
+
+/// One execution of a plan: what it has done so far.
+pub(crate) struct Run<'a> {
+    pub rec: &'a Reconciler,
+    pub id: &'a ServiceId,
+    pub base_key: String,
+    /// The client in the service's partition and namespace.
+    pub scoped: Client,
+    pub generation: u64,
+    pub fence: Fence<'a>,
+    /// The objects as verified so far (for observed.json).
+    pub objects: Objects,
+    /// Something was written to a config entry.
+    pub changed: bool,
+    pub drifted: Vec<Kind>,
+}
+
+impl<'a> Run<'a> {
+    fn target(&self) -> Target<'_> {
+        Target {
+            id: self.id,
+            base_key: &self.base_key,
+        }
+    }
+
+    /// Makes every change of `plan`, in order; stops at the first that fails
+    /// (a blocked change fails with `conflict`). `spec` is `None` when
+    /// base.json is gone.
+    pub async fn execute(&mut self, plan: &Plan, spec: Option<&Spec>) -> Result<(), Fail> {
+        self.objects = plan.objects(&self.target());
+        let mut link_record = None;
+        for change in &plan.changes {
+            let step = match spec {
+                Some(_) => change.kind.step(),
+                None => Step::Delete,
+            };
+            if change.kind == Kind::TerminatingGateway {
+                if let Some(r) = self.gateway(change, spec, step).await? {
+                    link_record = Some(r);
+                }
+            } else if is_removal(change.kind, spec) {
+                self.remove(change, step).await?;
+            } else {
+                self.upsert(change, spec, step).await?;
+            }
+        }
+        if plan.forget {
+            return Ok(());
+        }
+        let step = Step::TerminatingGateway;
+        match (plan.gateway_record, link_record) {
+            (RecordOp::Write, Some(r)) => self.fence.queue_record(step, r).await,
+            (RecordOp::Delete, _) => {
+                self.objects.terminating_gateway = None;
+                self.fence
+                    .delete_record(step, Kind::TerminatingGateway)
+                    .await
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The change planned again from a fresh read of its entry.
+    fn replan(&self, change: &Change, spec: Option<&Spec>, fresh: Option<&Value>) -> Change {
+        let t = self.target();
+        let records = &self.fence.records;
+        let link = spec
+            .and_then(|s| s.terminating_gateway.as_ref())
+            .filter(|l| l.gateway == change.name);
+        match (change.kind, spec, link) {
+            (Kind::TerminatingGateway, Some(s), Some(l)) => {
+                let r = records.get(&Kind::TerminatingGateway);
+                plan::link_change(&t, l, s.adopt, fresh, r, self.generation)
+            }
+            (Kind::TerminatingGateway, _, _) => plan::unlink_change(&t, &change.name, fresh),
+            (k, Some(s), _) => {
+                let body = s.body(k);
+                plan::entry_change(
+                    &t,
+                    k,
+                    body,
+                    s.adopt,
+                    fresh,
+                    records.get(&k),
+                    self.generation,
+                )
+            }
+            (k, None, _) => plan::removal_change(&t, k, fresh, records.get(&k)),
+        }
+    }
+
+    /// One of the service's own entries, written to its body.
+    async fn upsert(
+        &mut self,
+        change: &Change,
+        spec: Option<&Spec>,
+        step: Step,
+    ) -> Result<(), Fail> {
+        let (change, actual) = self.cas(change.clone(), spec, step).await?;
+        let (Some(desired), Some(actual)) = (&change.desired, actual) else {
+            return Err(Fail::error(
+                step,
+                format!("{}: absent after the write", change.what()),
+            ));
+        };
+        if let Err(m) = entries::verify(desired, &actual) {
+            self.rec.count_verify_failure(change.kind);
+            let what = change.what();
+            return Err(Fail::error(
+                step,
+                format!("{what}: read-back differs at {m}"),
+            ));
+        }
+        let kind = change.kind;
+        *self.objects.slot(kind) = Some(plan::object_ref(
+            &self.target(),
+            kind,
+            &change.name,
+            &actual,
+        ));
+        let record = Record::entry(
+            kind,
+            self.id,
+            &self.base_key,
+            self.generation,
+            &actual,
+            now_rfc3339(),
+        );
+        self.fence.queue_record(step, record).await;
+        Ok(())
+    }
+
+    /// One of the service's own entries removed (when svc-handler owns it),
+    /// and its record.
+    async fn remove(&mut self, change: &Change, step: Step) -> Result<(), Fail> {
+        let kind = change.kind;
+        if change.action == Action::Delete {
+            let name = &change.name;
+            match self
+                .rec
+                .retry(|| self.scoped.config_delete(kind.as_str(), name))
+                .await
+            {
+                Ok(()) => {
+                    self.rec.count_write(kind, "ok");
+                    self.changed = true;
+                }
+                Err(e) => {
+                    self.rec.count_write(kind, "error");
+                    return Err(Fail::consul(step, &e));
+                }
+            }
+        } else if let Some(note) = &change.note {
+            tracing::info!(service = %self.id, kind = kind.as_str(), note, "not deleting an entry svc-handler does not own");
+        }
+        *self.objects.slot(kind) = None;
+        if change.record == RecordOp::Delete {
+            self.fence.delete_record(step, kind).await;
+        }
+        Ok(())
+    }
+
+    /// A link into the gateway base.json names (the record of it returned,
+    /// to be queued once every stale link is out), or an unlink.
+    async fn gateway(
+        &mut self,
+        change: &Change,
+        spec: Option<&Spec>,
+        step: Step,
+    ) -> Result<Option<Record>, Fail> {
+        let link = spec
+            .and_then(|s| s.terminating_gateway.as_ref())
+            .filter(|l| l.gateway == change.name);
+        let Some(link) = link else {
+            self.cas(change.clone(), spec, step).await?;
+            return Ok(None);
+        };
+        if let Some(intent) = &change.intent {
+            // Recorded before the link is written, so that a crash between
+            // the two leaves a link svc-handler knows is its own.
+            self.fence.queue_record(step, intent.clone()).await;
+            self.fence.flush(step, Vec::new()).await?;
+        }
+        let (change, actual) = self.cas(change.clone(), spec, step).await?;
+        let Some(actual) = actual else {
+            return Err(Fail::error(
+                step,
+                format!("{}: absent after the write", change.what()),
+            ));
+        };
+        if let Err(m) = entries::verify_link(&actual, self.id, link) {
+            self.rec.count_verify_failure(Kind::TerminatingGateway);
+            let what = change.what();
+            return Err(Fail::error(
+                step,
+                format!("{what}: read-back of the link differs at {m}"),
+            ));
+        }
+        let t = self.target();
+        self.objects.terminating_gateway =
+            Some(plan::object_ref(&t, change.kind, &change.name, &actual));
+        let found = entries::find_link(&actual, self.id)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let (gen, now) = (self.generation, now_rfc3339());
+        Ok(Some(Record::link(
+            self.id,
+            &self.base_key,
+            &change.name,
+            gen,
+            found,
+            Some(&actual),
+            now,
+        )))
+    }
+
+    /// Writes `change` with check-and-set on the index of the entry it was
+    /// planned from; after a lost race reads the entry again, plans the
+    /// change again, and retries after a jittered delay. Returns the change
+    /// as finally made and the entry as it then stands (read back after a
+    /// write).
+    async fn cas(
+        &mut self,
+        mut change: Change,
+        spec: Option<&Spec>,
+        step: Step,
+    ) -> Result<(Change, Option<Value>), Fail> {
+        let kind = change.kind;
+        let attempts = match kind {
+            Kind::TerminatingGateway => self.rec.config().link_cas_attempts,
+            _ => self.rec.config().cas_attempts,
+        };
+        let mut delays = self.rec.cas_delays(attempts);
+        loop {
+            if let Some(b) = &change.blocked {
+                return Err(Fail::conflict(step, b));
+            }
+            let Some(new) = change.desired.as_ref().filter(|_| change.action.writes()) else {
+                let current = change.current.clone();
+                return Ok((change, current));
+            };
+            let index = change
+                .current
+                .as_ref()
+                .map_or(0, |c| records::index(c, "ModifyIndex"));
+            match self.rec.retry(|| self.scoped.config_cas(new, index)).await {
+                Ok(()) => {
+                    self.rec.count_write(kind, "ok");
+                    self.changed = true;
+                    if change.drift {
+                        self.drifted.push(kind);
+                    }
+                    let actual = self.get(kind, &change.name, step).await?;
+                    return Ok((change, actual));
+                }
+                Err(e) if e.is_cas_conflict() => {
+                    self.rec.count_write(kind, "cas_retry");
+                    let Some(delay) = delays.next() else {
+                        let message = format!("{e}; gave up after {attempts} attempts");
+                        return Err(Fail::error(step, message));
+                    };
+                    tokio::time::sleep(delay).await;
+                    let fresh = self.get(kind, &change.name, step).await?;
+                    change = self.replan(&change, spec, fresh.as_ref());
+                }
+                Err(e) => {
+                    self.rec.count_write(kind, "error");
+                    return Err(Fail::consul(step, &e));
+                }
+            }
+        }
+    }
+
+    /// An entry, read with a consistent read.
+    async fn get(&self, kind: Kind, name: &str, step: Step) -> Result<Option<Value>, Fail> {
+        let opts = QueryOptions::consistent();
+        self.rec
+            .retry(|| self.scoped.config_get(kind.as_str(), name, &opts))
+            .await
+            .map(|(e, _)| e.map(ConfigEntry::into_value))
+            .map_err(|e| Fail::consul(step, &e))
+    }
+}
+
+/// True when `kind` is to be removed: base.json is gone, or it no longer
+/// asks for a router.
+fn is_removal(kind: Kind, spec: Option<&Spec>) -> bool {
+    spec.is_none_or(|s| kind == Kind::ServiceRouter && s.router.is_none())
+}
+
+/// The objects svc-handler last verified, as its records say: what
+/// observed.json shows when base.json cannot be planned (invalid).
+pub(crate) fn recorded_objects(records: &BTreeMap<Kind, Record>) -> Objects {
+    let mut objects = Objects::default();
+    for (kind, r) in records {
+        *objects.slot(*kind) = Some(records::ObjectRef {
+            resource_id: r.resource_id.clone(),
+            modify_index: r.modify_index,
+        });
+    }
+    objects
+}

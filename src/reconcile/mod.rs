@@ -1,0 +1,612 @@
+//! The reconcile of one service: read what is there ([`read::read_current`]),
+//! decide purely what changes ([`crate::plan`]), and, under the service's
+//! lock, execute the plan's changes ([`execute`]) and commit the records,
+//! observed.json and the lock's release in one fenced transaction
+//! ([`fence`]). Two entry points: [`Reconciler::check`] (is it in sync?
+//! reads only) and [`Reconciler::reconcile`] (the flow under a session).
+
+mod execute;
+mod fence;
+mod outcome;
+mod read;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use tracing::Instrument;
+
+use crate::consul::{Client, ConsulError, Scope, TxnKvOp};
+use crate::keys::{self, Layout, ServiceId};
+use crate::kind::{Kind, Step};
+use crate::lock::{self, LockAttempt, Session, SessionConfig};
+use crate::metrics::Metrics;
+use crate::plan::{self, Current, Desired, Target};
+use crate::records::{now_rfc3339, Objects, Observed, Status};
+use crate::spec::{self, Spec};
+
+use execute::Run;
+use fence::Fence;
+pub(crate) use outcome::Fail;
+pub use outcome::{Outcome, Report};
+pub use read::read_current;
+
+/// A boxed future, for [`FlowHook`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Called at fixed points of the flow; tests use it to inject faults (for
+/// example destroying the session just before a fenced write).
+pub trait FlowHook: Send + Sync {
+    /// Before every fenced write; `step` names the step writing (an
+    /// observed.json `step` value).
+    fn before_fenced_write<'a>(&'a self, step: &'a str, session: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// How a reconcile behaves.
+#[derive(Clone, Debug)]
+pub struct ReconcilerConfig {
+    pub layout: Layout,
+    /// Who this instance is, as `observed.json` and lock values say.
+    pub holder: String,
+    pub session: SessionConfig,
+    /// How many times an entry write is retried after a check-and-set loss.
+    pub cas_attempts: usize,
+    /// The same for a shared terminating gateway, where many services race.
+    pub link_cas_attempts: usize,
+    /// Retries of a Consul request that failed in a retryable way.
+    pub request_retries: usize,
+}
+
+impl ReconcilerConfig {
+    pub fn new(layout: Layout, holder: impl Into<String>) -> Self {
+        let holder = holder.into();
+        ReconcilerConfig {
+            layout,
+            session: SessionConfig {
+                name: format!("svc-handler {holder}"),
+                ttl: Duration::from_secs(15),
+                lock_delay: Duration::from_secs(1),
+            },
+            holder,
+            cas_attempts: 8,
+            link_cas_attempts: 64,
+            request_retries: 3,
+        }
+    }
+}
+
+/// How the flow under the lock ended.
+struct Finished {
+    outcome: Outcome,
+    generation: Option<u64>,
+    /// The lock was released in the final transaction.
+    released: bool,
+    /// The objects as left, when the flow applied.
+    objects: Option<Objects>,
+}
+
+impl Finished {
+    fn failed(f: Fail, generation: Option<u64>) -> Finished {
+        Finished {
+            outcome: f.into_outcome(),
+            generation,
+            released: false,
+            objects: None,
+        }
+    }
+}
+
+/// Runs the flow for services.
+#[derive(Clone)]
+pub struct Reconciler {
+    client: Client,
+    cfg: Arc<ReconcilerConfig>,
+    metrics: Arc<Metrics>,
+    hook: Option<Arc<dyn FlowHook>>,
+}
+
+impl Reconciler {
+    /// `client` is scoped where svc-handler's own keys live.
+    pub fn new(client: Client, cfg: ReconcilerConfig, metrics: Arc<Metrics>) -> Self {
+        Reconciler {
+            client,
+            cfg: Arc::new(cfg),
+            metrics,
+            hook: None,
+        }
+    }
+
+    pub fn with_hook(mut self, hook: Arc<dyn FlowHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.cfg.layout
+    }
+
+    pub fn config(&self) -> &ReconcilerConfig {
+        &self.cfg
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Reconciles one service under a lock held with `session` (which the
+    /// caller owns and may share between flows). Releases the lock at the end.
+    /// `prune`: when base.json is gone, delete the entries svc-handler owns
+    /// (else only its records).
+    pub async fn reconcile(&self, id: &ServiceId, prune: bool, session: &Session) -> Report {
+        self.reconcile_locked(id, prune, session)
+            .instrument(self.span(id))
+            .await
+    }
+
+    /// When the service is already in place (its plan writes nothing, and
+    /// observed.json says applied for this generation), the report saying
+    /// so; reads only, no session or lock. `None` when a reconcile has to
+    /// run (or the check could not tell).
+    pub async fn check(&self, id: &ServiceId, prune: bool) -> Option<Report> {
+        let started = Instant::now();
+        let span = self.span(id);
+        let read = read_current(&self.client, self.layout(), id, None)
+            .instrument(span.clone())
+            .await;
+        let (current, base) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(parent: &span, error = %e, "in-sync check failed; running the flow");
+                return None;
+            }
+        };
+        let base_key = self.layout().base_key(id);
+        let t = Target {
+            id,
+            base_key: &base_key,
+        };
+        let spec = match &base {
+            Some(bytes) => Some(spec::parse(bytes).ok()?),
+            None => None,
+        };
+        let desired = desired(spec.as_ref(), &current, prune);
+        let plan = plan::plan(&t, &desired, &current);
+        if !plan.in_sync(&t, current.observed.as_ref()) {
+            return None;
+        }
+        let outcome = match plan.generation {
+            Some(_) => Outcome::UpToDate,
+            None => Outcome::Absent,
+        };
+        let _enter = span.enter();
+        Some(self.finish(id, outcome, plan.generation, started))
+    }
+
+    /// One span per reconcile, carrying the service key and (once read) the
+    /// generation.
+    fn span(&self, id: &ServiceId) -> tracing::Span {
+        tracing::info_span!(
+            "reconcile",
+            service = %id,
+            key = %self.cfg.layout.base_key(id),
+            generation = tracing::field::Empty,
+        )
+    }
+
+    async fn reconcile_locked(&self, id: &ServiceId, prune: bool, session: &Session) -> Report {
+        let started = Instant::now();
+        let lock_key = self.cfg.layout.lock_key(id);
+        match lock::try_lock(&self.client, session, &lock_key, &self.cfg.holder).await {
+            Ok(LockAttempt::Acquired) => self.count_lock("acquired"),
+            Ok(LockAttempt::HeldElsewhere { holder }) => {
+                self.count_lock("held_elsewhere");
+                return self.finish(id, Outcome::HeldElsewhere { holder }, None, started);
+            }
+            Err(e) => {
+                let message = format!("cannot take the lock {lock_key}: {e}");
+                return self.lock_failed(id, message, started);
+            }
+        }
+        let done = self.locked(id, prune, session, started).await;
+        if !done.released {
+            match lock::unlock(&self.client, session, &lock_key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(service = %id, "the lock was no longer ours at release")
+                }
+                Err(e) => {
+                    tracing::warn!(service = %id, error = %e, "could not release the lock; it frees itself with the session")
+                }
+            }
+        }
+        self.finish_with(id, done.outcome, done.generation, started, done.objects)
+    }
+
+    /// The report of a flow that could not take its lock.
+    pub(crate) fn lock_failed(&self, id: &ServiceId, message: String, started: Instant) -> Report {
+        self.count_lock("error");
+        let outcome = Outcome::Failed {
+            status: Status::Error,
+            step: Step::Lock,
+            message,
+        };
+        self.finish(id, outcome, None, started)
+    }
+
+    fn finish(
+        &self,
+        id: &ServiceId,
+        outcome: Outcome,
+        generation: Option<u64>,
+        started: Instant,
+    ) -> Report {
+        self.finish_with(id, outcome, generation, started, None)
+    }
+
+    fn finish_with(
+        &self,
+        id: &ServiceId,
+        outcome: Outcome,
+        generation: Option<u64>,
+        started: Instant,
+        objects: Option<Objects>,
+    ) -> Report {
+        let duration = started.elapsed();
+        if let Some(g) = generation {
+            tracing::Span::current().record("generation", g);
+        }
+        self.count_outcome(&outcome, duration);
+        log_outcome(id, &outcome, generation, duration);
+        Report {
+            id: id.clone(),
+            outcome,
+            generation,
+            duration,
+            objects,
+        }
+    }
+
+    fn count_outcome(&self, outcome: &Outcome, duration: Duration) {
+        let label = outcome.result_label();
+        if label != "held_elsewhere" {
+            self.metrics
+                .reconcile_total
+                .with_label_values(&[label])
+                .inc();
+            self.metrics
+                .reconcile_duration
+                .with_label_values(&[label])
+                .observe(duration.as_secs_f64());
+        }
+        if let Outcome::Applied { drifted, .. } = outcome {
+            for k in drifted {
+                self.metrics
+                    .drift_corrections
+                    .with_label_values(&[k.as_str()])
+                    .inc();
+            }
+        }
+    }
+
+    /// The flow under the lock: read, plan, execute, commit.
+    async fn locked(
+        &self,
+        id: &ServiceId,
+        prune: bool,
+        session: &Session,
+        started: Instant,
+    ) -> Finished {
+        let read = self
+            .retry(|| read_current(&self.client, self.layout(), id, None))
+            .await;
+        let (current, base) = match read {
+            Ok(r) => r,
+            Err(e) => return Finished::failed(Fail::error(Step::Read, e.to_string()), None),
+        };
+        let mut run = Run {
+            rec: self,
+            id,
+            base_key: self.layout().base_key(id),
+            scoped: self
+                .client
+                .scoped(Scope::new(id.partition.clone(), id.namespace.clone())),
+            generation: current.generation.unwrap_or(0),
+            fence: Fence::new(self, id, session, current.records.clone()),
+            objects: Objects::default(),
+            changed: false,
+            drifted: Vec::new(),
+        };
+        let Some(bytes) = base else {
+            return self.delete(&mut run, prune, &current).await;
+        };
+        let generation = current.generation;
+        let result = match spec::parse(&bytes) {
+            Err(e) => {
+                run.objects = execute::recorded_objects(&current.records);
+                Err(Fail::new(
+                    Status::Invalid,
+                    Step::Parse,
+                    format!("{}: {e}", run.base_key),
+                ))
+            }
+            Ok(spec) => self.apply(&mut run, &spec, &current).await,
+        };
+        self.commit(&mut run, result, generation, started).await
+    }
+
+    /// Plans and executes the changes toward `spec`.
+    async fn apply(&self, run: &mut Run<'_>, spec: &Spec, current: &Current) -> Result<(), Fail> {
+        let t = Target {
+            id: run.id,
+            base_key: &run.base_key,
+        };
+        let desired = Desired::Spec {
+            spec,
+            generation: run.generation,
+        };
+        let plan = plan::plan(&t, &desired, current);
+        run.execute(&plan, Some(spec)).await
+    }
+
+    /// Writes observed.json with the records and the lock's release, in one
+    /// fenced transaction.
+    async fn commit(
+        &self,
+        run: &mut Run<'_>,
+        result: Result<(), Fail>,
+        generation: Option<u64>,
+        started: Instant,
+    ) -> Finished {
+        let (observed, outcome, objects) = match result {
+            Ok(()) => (
+                self.observed(run, Status::Applied, None, None, started),
+                Outcome::Applied {
+                    changed: run.changed,
+                    drifted: run.drifted.clone(),
+                },
+                Some(run.objects.clone()),
+            ),
+            Err(f) if f.lock_lost => return Finished::failed(f, generation),
+            Err(f) => {
+                let observed = self.observed(
+                    run,
+                    f.status,
+                    Some(f.message.clone()),
+                    Some(f.step),
+                    started,
+                );
+                (observed, f.into_outcome(), None)
+            }
+        };
+        self.hook_before_fenced_write(Step::Observed, run.fence.session)
+            .await;
+        let value = serde_json::to_vec(&observed).expect("observed serializes");
+        let key = self.layout().observed_key(run.id);
+        let extra = vec![TxnKvOp::Set { key, value }, run.fence.unlock_op()];
+        match run.fence.flush(Step::Observed, extra).await {
+            Ok(()) => Finished {
+                outcome,
+                generation,
+                released: true,
+                objects,
+            },
+            // A failed final write is an error, whatever the step said.
+            Err(f) => Finished::failed(
+                Fail {
+                    status: Status::Error,
+                    ..f
+                },
+                generation,
+            ),
+        }
+    }
+
+    /// base.json is gone: remove what svc-handler owns (when pruning), in
+    /// reverse order, then the records and observed.json.
+    async fn delete(&self, run: &mut Run<'_>, prune: bool, current: &Current) -> Finished {
+        let t = Target {
+            id: run.id,
+            base_key: &run.base_key,
+        };
+        let plan = plan::plan(&t, &Desired::Gone { prune }, current);
+        if !plan.forget {
+            return Finished {
+                outcome: Outcome::Absent,
+                generation: None,
+                released: false,
+                objects: None,
+            };
+        }
+        if let Err(f) = run.execute(&plan, None).await {
+            return Finished::failed(f, None);
+        }
+        let layout = self.layout();
+        let mut ops: Vec<TxnKvOp> = Kind::ALL
+            .iter()
+            .map(|k| TxnKvOp::Delete {
+                key: layout.record_key(run.id, *k),
+            })
+            .collect();
+        ops.push(TxnKvOp::Delete {
+            key: layout.observed_key(run.id),
+        });
+        ops.push(run.fence.unlock_op());
+        self.hook_before_fenced_write(Step::Delete, run.fence.session)
+            .await;
+        match run.fence.flush(Step::Delete, ops).await {
+            Ok(()) => Finished {
+                outcome: Outcome::Deleted { pruned: prune },
+                generation: None,
+                released: true,
+                objects: None,
+            },
+            Err(f) => Finished::failed(f, None),
+        }
+    }
+
+    fn observed(
+        &self,
+        run: &Run<'_>,
+        status: Status,
+        message: Option<String>,
+        step: Option<Step>,
+        started: Instant,
+    ) -> Observed {
+        Observed {
+            status,
+            generation: run.generation,
+            message,
+            step,
+            objects: run.objects.clone(),
+            updated_at: now_rfc3339(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            holder: self.cfg.holder.clone(),
+            base_key: run.base_key.clone(),
+        }
+    }
+
+    pub(crate) async fn hook_before_fenced_write(&self, step: Step, session: &Session) {
+        if let Some(h) = &self.hook {
+            h.before_fenced_write(step.as_str(), session.id()).await;
+        }
+    }
+
+    pub(crate) fn count_write(&self, kind: Kind, result: &str) {
+        self.metrics
+            .object_writes
+            .with_label_values(&[kind.as_str(), result])
+            .inc();
+    }
+
+    pub(crate) fn count_verify_failure(&self, kind: Kind) {
+        self.metrics
+            .verify_failures
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    fn count_lock(&self, result: &str) {
+        self.metrics
+            .lock_acquisitions
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    pub(crate) fn cas_delays(&self, attempts: usize) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(250))
+            .with_max_times(attempts)
+            .build()
+    }
+
+    /// Retries a Consul request that failed in a retryable way, with capped,
+    /// jittered exponential backoff.
+    pub(crate) async fn retry<T, F, Fut>(&self, f: F) -> Result<T, ConsulError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ConsulError>>,
+    {
+        let metrics = Arc::clone(&self.metrics);
+        f.retry(
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_max_times(self.cfg.request_retries),
+        )
+        .when(ConsulError::is_retryable)
+        .notify(move |e, after| {
+            metrics.retries.inc();
+            tracing::debug!(error = %e, ?after, "retrying a Consul request");
+        })
+        .await
+    }
+
+    /// For a key under the desired prefix that does not fit the layout: when
+    /// it ends in `/base.json`, writes an `invalid` observed.json at the
+    /// mirrored place under the observed prefix and returns that key; else
+    /// only logs. Nothing else is touched.
+    pub async fn report_invalid_key(
+        &self,
+        key: &str,
+        reason: &str,
+        generation: u64,
+    ) -> Result<Option<String>, ConsulError> {
+        let desired = self.cfg.layout.desired_prefix();
+        let observed_key = key
+            .strip_prefix(&desired)
+            .and_then(|rest| rest.strip_suffix(keys::BASE_FILE))
+            .map(|dir| {
+                format!(
+                    "{}{dir}{}",
+                    self.cfg.layout.observed_prefix(),
+                    keys::OBSERVED_FILE
+                )
+            });
+        tracing::error!(
+            key,
+            reason,
+            "a key under the desired prefix does not fit the layout"
+        );
+        let Some(observed_key) = observed_key else {
+            return Ok(None);
+        };
+        let observed = Observed {
+            status: Status::Invalid,
+            generation,
+            message: Some(format!("{key}: {reason}")),
+            step: Some(Step::Key),
+            objects: Objects::default(),
+            updated_at: now_rfc3339(),
+            duration_ms: 0,
+            holder: self.cfg.holder.clone(),
+            base_key: key.to_string(),
+        };
+        let bytes = serde_json::to_vec(&observed).expect("observed serializes");
+        self.client.kv_put(&observed_key, &bytes).await?;
+        self.metrics
+            .reconcile_total
+            .with_label_values(&["invalid"])
+            .inc();
+        Ok(Some(observed_key))
+    }
+}
+
+/// What base.json asks for: its spec, or (when gone) the removal.
+fn desired<'a>(spec: Option<&'a Spec>, current: &Current, prune: bool) -> Desired<'a> {
+    match spec {
+        Some(spec) => Desired::Spec {
+            spec,
+            generation: current.generation.unwrap_or(0),
+        },
+        None => Desired::Gone { prune },
+    }
+}
+
+fn log_outcome(id: &ServiceId, outcome: &Outcome, generation: Option<u64>, duration: Duration) {
+    match outcome {
+        Outcome::Failed {
+            status,
+            step,
+            message,
+        } => {
+            tracing::warn!(service = %id, generation, %status, %step, message, "reconcile failed")
+        }
+        Outcome::LockLost { step, message } => {
+            tracing::error!(service = %id, generation, %step, message, "lost the lock during reconcile")
+        }
+        other => {
+            let result = other.result_label();
+            let duration_ms = duration.as_millis() as u64;
+            tracing::info!(service = %id, generation, result, duration_ms, outcome = ?other, "reconciled")
+        }
+    }
+}
