@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::daemon::{parse_metrics, DaemonProc};
-use support::{consul_bin, Agent};
+use support::{consul_bin, die_with_parent, Agent};
 use svc_handler::consul::{Client, QueryOptions};
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::records::{Observed, Status};
@@ -902,10 +902,7 @@ async fn wait_ready(d: &DaemonProc, deadline: Instant) -> Res<Instant> {
 }
 
 async fn stop_daemon(mut d: DaemonProc) {
-    d.signal(libc::SIGTERM);
-    if d.wait_exit(Duration::from_secs(15)).is_none() {
-        d.kill9();
-    }
+    d.stop(Duration::from_secs(15));
 }
 
 /// Parts 2 and 3 (and the bulk half of 5) against one daemon.
@@ -1162,15 +1159,7 @@ impl ConsulWatch {
             .stdout(log)
             .stderr(log2)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("start consul watch: {e}"))?;

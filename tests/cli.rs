@@ -4,12 +4,12 @@
 mod support;
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::daemon::DaemonProc;
 use support::{http_get, prefix, shared};
 use svc_handler::consul::QueryOptions;
 
@@ -123,64 +123,9 @@ impl World {
     }
 
     /// `svc-handler run` on this world's prefix, killed when dropped.
-    fn daemon(&self) -> Daemon {
-        let log = self.dir.path().join("daemon.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = self.command(&[
-            "run",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--instance",
-            &format!("cli-test-{}", self.tag),
-            "--log-level",
-            "debug",
-        ]);
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Daemon {
-            child: cmd.spawn().expect("spawn svc-handler run"),
-            log,
-        }
-    }
-}
-
-/// A running `svc-handler run`: SIGTERM, then SIGKILL, on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn daemon(&self) -> DaemonProc {
+        let instance = format!("cli-test-{}", self.tag);
+        DaemonProc::start(&shared().url(), &self.prefix, &instance, &[], &[])
     }
 }
 
@@ -503,9 +448,9 @@ fn wait_times_out_then_reports_an_invalid_base_json() {
         &w.base_key(&name),
         br#"{"defaults": {"Protocol": "http"}, "adopt": "yes"}"#,
     );
-    let daemon = w.daemon();
+    let mut daemon = w.daemon();
     let r = w.run(&["wait", &name, "--timeout", "30s"]);
-    assert_eq!(r.code, 1, "{r:?}\n{}", daemon.log());
+    assert_eq!(r.code, 1, "{r:?}\n{}", daemon.log_text());
     assert!(r.stderr.contains("invalid at generation"), "{r:?}");
     assert!(
         r.stderr.contains("$.adopt: expected true or false"),
@@ -519,7 +464,7 @@ fn wait_times_out_then_reports_an_invalid_base_json() {
     let r = w.run(&["wait", &w.name("nothing"), "--timeout", "1s"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("does not exist"), "{r:?}");
-    drop(daemon);
+    daemon.stop(Duration::from_secs(5));
 }
 
 #[test]

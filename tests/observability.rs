@@ -14,15 +14,15 @@ use std::future::Future;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{http_get, prefix, shared};
+use support::daemon::DaemonProc;
+use support::{die_with_parent, free_local_port, http_get, prefix, shared};
 use svc_handler::consul::QueryOptions;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -38,14 +38,6 @@ fn block_on<F: Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Polls `f` until it gives `Some`, or panics with `what` after `timeout`.
 fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -58,19 +50,6 @@ fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T
             "timed out after {timeout:?}: {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The child dies with the thread that started it (tests that panic included).
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 
@@ -147,104 +126,28 @@ fn tag(prefix: &str) -> String {
 
 // ------------------------------------------------------ the daemon process
 
-/// `svc-handler run` as a child process, killed on drop (also on panic).
-struct Daemon {
-    child: Child,
-    metrics: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// `svc-handler run` with JSON logs, on `metrics_port` (a free one if `None`).
+fn start_daemon(
+    consul: &str,
+    prefix: &str,
+    metrics_port: Option<u16>,
+    env: &[(&str, &str)],
+) -> DaemonProc {
+    let mut b = DaemonProc::builder(consul, prefix)
+        .instance("obs-test")
+        .log_format("json")
+        .env(env);
+    if let Some(port) = metrics_port {
+        b = b.metrics_port(port);
+    }
+    b.start()
 }
 
-impl Daemon {
-    fn start(consul: &str, prefix: &str, metrics_port: u16, env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("daemon.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "run",
-            "--prefix",
-            prefix,
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--http-addr",
-            consul,
-            "--instance",
-            "obs-test",
-            "--log-format",
-            "json",
-        ])
-        // Nothing from the test's environment (CONSUL_*, SVC_HANDLER_*,
-        // NOTIFY_SOCKET) leaks in.
-        .env_clear()
-        .env("RUST_BACKTRACE", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("start svc-handler");
-        Daemon {
-            child,
-            metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.metrics, path)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// `/metrics`, parsed; `None` while the server does not answer.
-    fn scrape(&self) -> Option<Exposition> {
-        match self.get("/metrics") {
-            Some((200, body)) => Some(Exposition::parse(&body)),
-            _ => None,
-        }
-    }
-
-    /// Polls until `/readyz` answers 200.
-    fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if matches!(self.get("/readyz"), Some((200, _))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!(
-            "svc-handler not ready after {timeout:?}; log:\n{}",
-            self.log_tail()
-        );
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- svc-handler log tail ---\n{}", self.log_tail());
-        }
+/// `/metrics`, parsed; `None` while the server does not answer.
+fn scrape(d: &DaemonProc) -> Option<Exposition> {
+    match d.get("/metrics") {
+        Some((200, body)) => Some(Exposition::parse(&body)),
+        _ => None,
     }
 }
 
@@ -578,10 +481,10 @@ impl Scenario {
     }
 
     /// Polls `/metrics` until every service has its outcome.
-    fn wait_outcomes(&self, daemon: &Daemon) -> Exposition {
+    fn wait_outcomes(&self, daemon: &DaemonProc) -> Exposition {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(e) = daemon.scrape() {
+            if let Some(e) = scrape(daemon) {
                 let st = |s: &str| e.value("svc_handler_services", &[("status", s)]);
                 if st("applied") == Some(self.applied.len() as f64)
                     && st("error") == Some(1.0)
@@ -596,7 +499,7 @@ impl Scenario {
                         e.series("svc_handler_services")
                             .map(|s| (s.labels.clone(), s.value))
                             .collect::<Vec<_>>(),
-                        daemon.log_tail()
+                        daemon.log_tail(30)
                     );
                 }
             }
@@ -632,7 +535,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = free_port();
+        let port = free_local_port();
         let log = dir.path().join("prometheus.log");
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -795,8 +698,8 @@ fn metrics_cover_the_contract_and_pass_promtool() {
     let agent = shared();
     let sc = Scenario::new("obs-metrics");
     sc.create_foreign_entry();
-    let daemon = Daemon::start(&agent.url(), &sc.prefix, free_port(), &[]);
-    daemon.wait_ready(Duration::from_secs(20));
+    let daemon = start_daemon(&agent.url(), &sc.prefix, None, &[]);
+    daemon.wait_ready_blocking(Duration::from_secs(20));
     sc.write();
     let e = sc.wait_outcomes(&daemon);
 
@@ -947,11 +850,11 @@ fn dashboard_and_alert_queries_run_in_prometheus() {
     let agent = shared();
     let sc = Scenario::new("obs-prom");
     sc.create_foreign_entry();
-    let port = free_port();
+    let port = free_local_port();
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     let prom = Prometheus::start(target);
-    let daemon = Daemon::start(&agent.url(), &sc.prefix, port, &[]);
-    daemon.wait_ready(Duration::from_secs(20));
+    let daemon = start_daemon(&agent.url(), &sc.prefix, Some(port), &[]);
+    daemon.wait_ready_blocking(Duration::from_secs(20));
     // Reconciles happen after Prometheus has a first sample, so rates and
     // quantiles over the last minute see them.
     poll(Duration::from_secs(20), "a first scrape", || {
@@ -1266,10 +1169,10 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let sock_str = sock_path.display().to_string();
-    let mut daemon = Daemon::start(
+    let mut daemon = start_daemon(
         &agent.url(),
         &p,
-        free_port(),
+        None,
         &[
             ("NOTIFY_SOCKET", sock_str.as_str()),
             ("WATCHDOG_USEC", "2000000"),
@@ -1311,11 +1214,7 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
 
     // SIGTERM: STOPPING=1, then exit 0 within the 10s shutdown timeout.
     let t0 = Instant::now();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    assert!(daemon.signal(libc::SIGTERM), "SIGTERM delivered");
     recv_until(
         &sock,
         &mut messages,
@@ -1408,7 +1307,7 @@ fn readiness_follows_the_first_full_sync() {
         put_base(&p, n, &json!({"defaults": {"Protocol": "http"}}));
     }
     let g = gate(agent.http);
-    let daemon = Daemon::start(&format!("http://{}", g.addr), &p, free_port(), &[]);
+    let daemon = start_daemon(&format!("http://{}", g.addr), &p, None, &[]);
 
     // Consul unreachable: alive, not ready, and it says why.
     let (code, body) = poll(Duration::from_secs(10), "/readyz answers", || {
@@ -1418,9 +1317,7 @@ fn readiness_follows_the_first_full_sync() {
     assert!(body.contains("first full sync"), "{body}");
     assert!(matches!(daemon.get("/healthz"), Some((200, _))));
     let e = poll(Duration::from_secs(10), "watch errors counted", || {
-        daemon
-            .scrape()
-            .filter(|e| e.value("svc_handler_watch_errors_total", &[]) >= Some(1.0))
+        scrape(&daemon).filter(|e| e.value("svc_handler_watch_errors_total", &[]) >= Some(1.0))
     });
     assert_eq!(e.value("svc_handler_ready", &[]), Some(0.0));
     assert_eq!(
@@ -1433,12 +1330,12 @@ fn readiness_follows_the_first_full_sync() {
 
     // Consul reachable: the first full sync, then ready.
     g.open.store(true, Ordering::SeqCst);
-    daemon.wait_ready(Duration::from_secs(20));
+    daemon.wait_ready_blocking(Duration::from_secs(20));
     for n in &names {
         let o = observed(&p, n).unwrap_or_else(|| panic!("ready before {n} was synced"));
         assert_eq!(o["status"], "applied", "{o}");
     }
-    let e = daemon.scrape().unwrap();
+    let e = scrape(&daemon).unwrap();
     assert_eq!(e.value("svc_handler_ready", &[]), Some(1.0));
     assert!(matches!(daemon.get("/healthz"), Some((200, _))));
     assert!(matches!(daemon.get("/nope"), Some((404, _))));
