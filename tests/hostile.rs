@@ -8,165 +8,17 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::DaemonProc;
-use support::{eventually, prefix, shared};
+use support::{eventually, invalid, prefix, shared};
 use svc_handler::consul::QueryOptions;
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::records::{Observed, Status};
 
+/// The shared table of invalid bodies, each as (service name, body, what the
+/// message must name).
 fn bodies(tag: &str) -> Vec<(String, Vec<u8>, &'static str)> {
-    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let deep_obj = format!("{}{}", r#"{"a":"#.repeat(200), "}".repeat(200));
-    let long_protocol = format!(
-        r#"{{"defaults": {{"Protocol": "{}"}}}}"#,
-        "h".repeat(400_000)
-    );
-    let cases: Vec<(&str, Vec<u8>, &'static str)> = vec![
-        ("truncated", b"{\"defaults\": {".to_vec(), "line 1"),
-        ("lone-brace", b"}".to_vec(), "line 1"),
-        ("null-doc", b"null".to_vec(), "object"),
-        ("bool-doc", b"true".to_vec(), "object"),
-        ("number-doc", b"123".to_vec(), "object"),
-        ("string-doc", b"\"web\"".to_vec(), "object"),
-        ("array-doc", b"[]".to_vec(), "object"),
-        ("trailing", b"{} x".to_vec(), "line 1"),
-        ("comment", b"{/* c */}".to_vec(), "line 1"),
-        ("single-quotes", b"{'adopt': true}".to_vec(), "line 1"),
-        ("nan", b"{\"adopt\": NaN}".to_vec(), "line 1"),
-        ("empty", b"".to_vec(), "empty"),
-        ("whitespace", b"  \n\t ".to_vec(), "empty"),
-        ("unknown-top", br#"{"router2": {}}"#.to_vec(), "router2"),
-        ("snake-top", br#"{"Defaults": {}}"#.to_vec(), "Defaults"),
-        (
-            "defaults-string",
-            br#"{"defaults": "http"}"#.to_vec(),
-            "$.defaults",
-        ),
-        (
-            "defaults-array",
-            br#"{"defaults": []}"#.to_vec(),
-            "$.defaults",
-        ),
-        (
-            "resolver-number",
-            br#"{"resolver": 5}"#.to_vec(),
-            "$.resolver",
-        ),
-        ("router-bool", br#"{"router": true}"#.to_vec(), "$.router"),
-        (
-            "tgw-string",
-            br#"{"terminating_gateway": "egress"}"#.to_vec(),
-            "terminating_gateway",
-        ),
-        ("adopt-string", br#"{"adopt": "true"}"#.to_vec(), "$.adopt"),
-        ("adopt-number", br#"{"adopt": 1}"#.to_vec(), "$.adopt"),
-        (
-            "kind",
-            br#"{"defaults": {"Kind": "service-defaults"}}"#.to_vec(),
-            "Kind",
-        ),
-        (
-            "name",
-            br#"{"resolver": {"Name": "other"}}"#.to_vec(),
-            "Name",
-        ),
-        ("meta", br#"{"router": {"Meta": {}}}"#.to_vec(), "Meta"),
-        (
-            "namespace",
-            br#"{"defaults": {"Namespace": "team"}}"#.to_vec(),
-            "Namespace",
-        ),
-        (
-            "partition-snake",
-            br#"{"resolver": {"partition": "p"}}"#.to_vec(),
-            "partition",
-        ),
-        (
-            "modify-index",
-            br#"{"defaults": {"ModifyIndex": 3}}"#.to_vec(),
-            "ModifyIndex",
-        ),
-        (
-            "snake-field",
-            br#"{"resolver": {"connect_timeout": "5s"}}"#.to_vec(),
-            "ConnectTimeout",
-        ),
-        (
-            "protocol-number",
-            br#"{"defaults": {"Protocol": 80}}"#.to_vec(),
-            "Protocol",
-        ),
-        (
-            "protocol-unknown",
-            br#"{"defaults": {"Protocol": "udp"}}"#.to_vec(),
-            "Protocol",
-        ),
-        ("protocol-huge", long_protocol.into_bytes(), "Protocol"),
-        (
-            "timeout-number",
-            br#"{"resolver": {"ConnectTimeout": 5}}"#.to_vec(),
-            "ConnectTimeout",
-        ),
-        (
-            "timeout-word",
-            br#"{"resolver": {"ConnectTimeout": "five"}}"#.to_vec(),
-            "ConnectTimeout",
-        ),
-        (
-            "subsets-array",
-            br#"{"resolver": {"Subsets": [1]}}"#.to_vec(),
-            "Subsets",
-        ),
-        (
-            "routes-object",
-            br#"{"router": {"Routes": {"a": 1}}}"#.to_vec(),
-            "Routes",
-        ),
-        (
-            "routes-strings",
-            br#"{"router": {"Routes": ["x"]}}"#.to_vec(),
-            "Routes",
-        ),
-        (
-            "tgw-no-gateway",
-            br#"{"terminating_gateway": {"SNI": "a"}}"#.to_vec(),
-            "Gateway",
-        ),
-        (
-            "tgw-bad-gateway",
-            br#"{"terminating_gateway": {"Gateway": "no/slash"}}"#.to_vec(),
-            "Gateway",
-        ),
-        (
-            "tgw-number-sni",
-            br#"{"terminating_gateway": {"Gateway": "g", "SNI": 7}}"#.to_vec(),
-            "SNI",
-        ),
-        (
-            "tgw-extra",
-            br#"{"terminating_gateway": {"Gateway": "g", "Port": 1}}"#.to_vec(),
-            "Port",
-        ),
-        (
-            "dup-top",
-            br#"{"adopt": true, "adopt": true}"#.to_vec(),
-            "duplicate",
-        ),
-        (
-            "dup-nested",
-            br#"{"resolver": {"Subsets": {"a": {}, "a": {}}}}"#.to_vec(),
-            "duplicate",
-        ),
-        (
-            "non-utf8",
-            b"{\"defaults\": {\"Protocol\": \"h\xc3\x28\"}}".to_vec(),
-            "UTF-8",
-        ),
-        ("deep-array", deep.into_bytes(), "deep"),
-        ("deep-object", deep_obj.into_bytes(), "deep"),
-    ];
-    cases
+    invalid::bodies()
         .into_iter()
-        .map(|(n, b, needle)| (format!("{n}-{tag}"), b, needle))
+        .map(|c| (format!("{}-{tag}", c.name), c.body, c.names))
         .collect()
 }
 

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod invalid;
 pub mod proxy;
 
 use std::io::{Read, Write};
