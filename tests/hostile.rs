@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::daemon::DaemonProc;
 use support::{eventually, invalid, prefix, shared};
-use svc_handler::consul::QueryOptions;
+use svc_handler::consul::{Client, QueryOptions};
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::records::{Observed, Status};
 
@@ -40,32 +40,15 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
         )
         .await
         .unwrap();
-    let obs_of = |id: ServiceId| {
-        let (c, key) = (client.clone(), layout.observed_key(&id));
-        async move {
-            c.kv_get(&key, &QueryOptions::consistent())
-                .await
-                .unwrap()
-                .0
-                .map(|p| serde_json::from_slice::<Observed>(&p.value).unwrap())
-        }
-    };
+    let good_key = layout.observed_key(&good);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            matches!(obs_of(good.clone()).await, Some(o) if o.status == Status::Applied)
+            matches!(observed(&client, &good_key).await, Some(o) if o.status == Status::Applied)
         })
         .await
     );
-    let good_obs = obs_of(good.clone()).await.unwrap();
-    let writes_before = d
-        .metrics()
-        .await
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with("svc_handler_object_writes_total") && k.contains("result=\"ok\"")
-        })
-        .map(|(_, v)| v)
-        .sum::<f64>();
+    let good_obs = observed(&client, &good_key).await.unwrap();
+    let writes_before = ok_writes(&d).await;
 
     let cases = bodies(&tag);
     assert!(cases.len() >= 40, "{} bodies", cases.len());
@@ -73,9 +56,65 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
         let id = ServiceId::new("default", "default", name).unwrap();
         client.kv_put(&layout.base_key(&id), body).await.unwrap();
     }
-    // Key paths outside the layout.
+    let keys = bad_keys(&layout, &tag);
+    for (key, _) in &keys {
+        client.kv_put(key, b"{}").await.unwrap();
+    }
+    check_bodies(&client, &layout, &cases, &d).await;
+    check_bad_keys(&client, &layout, &keys).await;
+
+    // Alive, nothing written, the good service untouched.
+    assert_eq!(d.readyz().await, Some(200), "{}", d.log_text());
+    assert_eq!(
+        ok_writes(&d).await,
+        writes_before,
+        "config writes for hostile input"
+    );
+    let invalid_count = d.metric(r#"svc_handler_services{status="invalid"}"#).await;
+    assert_eq!(invalid_count as usize, cases.len());
+    assert_eq!(
+        observed(&client, &good_key).await.unwrap(),
+        good_obs,
+        "the good service was disturbed"
+    );
+    for (name, _, _) in &cases {
+        assert!(client
+            .config_get("service-defaults", name, &QueryOptions::default())
+            .await
+            .unwrap()
+            .0
+            .is_none());
+    }
+    check_size_limit(&client, &layout, &tag).await;
+}
+
+/// observed.json at `key`, if there is one.
+async fn observed(client: &Client, key: &str) -> Option<Observed> {
+    client
+        .kv_get(key, &QueryOptions::consistent())
+        .await
+        .unwrap()
+        .0
+        .map(|p| serde_json::from_slice::<Observed>(&p.value).unwrap())
+}
+
+/// Config entries written successfully so far, from `/metrics`.
+async fn ok_writes(d: &DaemonProc) -> f64 {
+    d.metrics()
+        .await
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("svc_handler_object_writes_total") && k.contains("result=\"ok\"")
+        })
+        .map(|(_, v)| v)
+        .sum::<f64>()
+}
+
+/// Key paths outside the layout, each with what its observed.json must name
+/// (`None`: a key that is not a base.json, which gets none).
+fn bad_keys(layout: &Layout, tag: &str) -> Vec<(String, Option<&'static str>)> {
     let desired = layout.desired_prefix();
-    let bad_keys = [
+    vec![
         (
             format!("{desired}default/default/Bad Name!/base.json"),
             Some("service name"),
@@ -113,19 +152,25 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
             format!("{desired}default/default/web-{tag}/notes.txt"),
             None,
         ),
-    ];
-    for (key, _) in &bad_keys {
-        client.kv_put(key, b"{}").await.unwrap();
-    }
+    ]
+}
 
-    for (name, _, needle) in &cases {
+/// Each body gets an `invalid` observed.json naming its problem.
+async fn check_bodies(
+    client: &Client,
+    layout: &Layout,
+    cases: &[(String, Vec<u8>, &'static str)],
+    d: &DaemonProc,
+) {
+    for (name, _, needle) in cases {
         let id = ServiceId::new("default", "default", name).unwrap();
+        let key = layout.observed_key(&id);
         let got = eventually(Duration::from_secs(30), || async {
-            obs_of(id.clone()).await.is_some()
+            observed(client, &key).await.is_some()
         })
         .await;
         assert!(got, "{name}: no observed.json\n{}", d.log_text());
-        let o = obs_of(id.clone()).await.unwrap();
+        let o = observed(client, &key).await.unwrap();
         assert_eq!(o.status, Status::Invalid, "{name}: {o:?}");
         let msg = o.message.unwrap_or_default();
         assert!(
@@ -133,8 +178,14 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
             "{name}: {msg:?} should name {needle:?}"
         );
     }
+}
+
+/// Each bad key with a place for one gets an `invalid` observed.json naming
+/// the problem.
+async fn check_bad_keys(client: &Client, layout: &Layout, keys: &[(String, Option<&str>)]) {
+    let desired = layout.desired_prefix();
     let observed_prefix = layout.observed_prefix();
-    for (key, needle) in &bad_keys {
+    for (key, needle) in keys {
         let Some(needle) = needle else { continue };
         let okey = key
             .replacen(&desired, &observed_prefix, 1)
@@ -166,46 +217,18 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
             o.message
         );
     }
+}
 
-    // Alive, nothing written, the good service untouched.
-    assert_eq!(d.readyz().await, Some(200), "{}", d.log_text());
-    let writes_after = d
-        .metrics()
-        .await
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with("svc_handler_object_writes_total") && k.contains("result=\"ok\"")
-        })
-        .map(|(_, v)| v)
-        .sum::<f64>();
-    assert_eq!(
-        writes_after, writes_before,
-        "config writes for hostile input"
-    );
-    let invalid_count = d.metric(r#"svc_handler_services{status="invalid"}"#).await;
-    assert_eq!(invalid_count as usize, cases.len());
-    assert_eq!(
-        obs_of(good.clone()).await.unwrap(),
-        good_obs,
-        "the good service was disturbed"
-    );
-    for (name, _, _) in &cases {
-        assert!(client
-            .config_get("service-defaults", name, &QueryOptions::default())
-            .await
-            .unwrap()
-            .0
-            .is_none());
-    }
-
-    // At the 512 KiB limit a document is still fine; over it Consul refuses to store it.
+/// At the 512 KiB limit a document is still fine; over it Consul refuses to store it.
+async fn check_size_limit(client: &Client, layout: &Layout, tag: &str) {
     let at = ServiceId::new("default", "default", &format!("at-limit-{tag}")).unwrap();
     let mut doc = br#"{"adopt": false}"#.to_vec();
     doc.resize(512 * 1024, b' ');
     client.kv_put(&layout.base_key(&at), &doc).await.unwrap();
+    let key = layout.observed_key(&at);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            matches!(obs_of(at.clone()).await, Some(o) if o.status == Status::Applied)
+            matches!(observed(client, &key).await, Some(o) if o.status == Status::Applied)
         })
         .await
     );
