@@ -8,165 +8,17 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::DaemonProc;
-use support::{eventually, prefix, shared};
-use svc_handler::consul::QueryOptions;
+use support::{eventually, invalid, prefix, shared};
+use svc_handler::consul::{Client, QueryOptions};
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::records::{Observed, Status};
 
+/// The shared table of invalid bodies, each as (service name, body, what the
+/// message must name).
 fn bodies(tag: &str) -> Vec<(String, Vec<u8>, &'static str)> {
-    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let deep_obj = format!("{}{}", r#"{"a":"#.repeat(200), "}".repeat(200));
-    let long_protocol = format!(
-        r#"{{"defaults": {{"Protocol": "{}"}}}}"#,
-        "h".repeat(400_000)
-    );
-    let cases: Vec<(&str, Vec<u8>, &'static str)> = vec![
-        ("truncated", b"{\"defaults\": {".to_vec(), "line 1"),
-        ("lone-brace", b"}".to_vec(), "line 1"),
-        ("null-doc", b"null".to_vec(), "object"),
-        ("bool-doc", b"true".to_vec(), "object"),
-        ("number-doc", b"123".to_vec(), "object"),
-        ("string-doc", b"\"web\"".to_vec(), "object"),
-        ("array-doc", b"[]".to_vec(), "object"),
-        ("trailing", b"{} x".to_vec(), "line 1"),
-        ("comment", b"{/* c */}".to_vec(), "line 1"),
-        ("single-quotes", b"{'adopt': true}".to_vec(), "line 1"),
-        ("nan", b"{\"adopt\": NaN}".to_vec(), "line 1"),
-        ("empty", b"".to_vec(), "empty"),
-        ("whitespace", b"  \n\t ".to_vec(), "empty"),
-        ("unknown-top", br#"{"router2": {}}"#.to_vec(), "router2"),
-        ("snake-top", br#"{"Defaults": {}}"#.to_vec(), "Defaults"),
-        (
-            "defaults-string",
-            br#"{"defaults": "http"}"#.to_vec(),
-            "$.defaults",
-        ),
-        (
-            "defaults-array",
-            br#"{"defaults": []}"#.to_vec(),
-            "$.defaults",
-        ),
-        (
-            "resolver-number",
-            br#"{"resolver": 5}"#.to_vec(),
-            "$.resolver",
-        ),
-        ("router-bool", br#"{"router": true}"#.to_vec(), "$.router"),
-        (
-            "tgw-string",
-            br#"{"terminating_gateway": "egress"}"#.to_vec(),
-            "terminating_gateway",
-        ),
-        ("adopt-string", br#"{"adopt": "true"}"#.to_vec(), "$.adopt"),
-        ("adopt-number", br#"{"adopt": 1}"#.to_vec(), "$.adopt"),
-        (
-            "kind",
-            br#"{"defaults": {"Kind": "service-defaults"}}"#.to_vec(),
-            "Kind",
-        ),
-        (
-            "name",
-            br#"{"resolver": {"Name": "other"}}"#.to_vec(),
-            "Name",
-        ),
-        ("meta", br#"{"router": {"Meta": {}}}"#.to_vec(), "Meta"),
-        (
-            "namespace",
-            br#"{"defaults": {"Namespace": "team"}}"#.to_vec(),
-            "Namespace",
-        ),
-        (
-            "partition-snake",
-            br#"{"resolver": {"partition": "p"}}"#.to_vec(),
-            "partition",
-        ),
-        (
-            "modify-index",
-            br#"{"defaults": {"ModifyIndex": 3}}"#.to_vec(),
-            "ModifyIndex",
-        ),
-        (
-            "snake-field",
-            br#"{"resolver": {"connect_timeout": "5s"}}"#.to_vec(),
-            "ConnectTimeout",
-        ),
-        (
-            "protocol-number",
-            br#"{"defaults": {"Protocol": 80}}"#.to_vec(),
-            "Protocol",
-        ),
-        (
-            "protocol-unknown",
-            br#"{"defaults": {"Protocol": "udp"}}"#.to_vec(),
-            "Protocol",
-        ),
-        ("protocol-huge", long_protocol.into_bytes(), "Protocol"),
-        (
-            "timeout-number",
-            br#"{"resolver": {"ConnectTimeout": 5}}"#.to_vec(),
-            "ConnectTimeout",
-        ),
-        (
-            "timeout-word",
-            br#"{"resolver": {"ConnectTimeout": "five"}}"#.to_vec(),
-            "ConnectTimeout",
-        ),
-        (
-            "subsets-array",
-            br#"{"resolver": {"Subsets": [1]}}"#.to_vec(),
-            "Subsets",
-        ),
-        (
-            "routes-object",
-            br#"{"router": {"Routes": {"a": 1}}}"#.to_vec(),
-            "Routes",
-        ),
-        (
-            "routes-strings",
-            br#"{"router": {"Routes": ["x"]}}"#.to_vec(),
-            "Routes",
-        ),
-        (
-            "tgw-no-gateway",
-            br#"{"terminating_gateway": {"SNI": "a"}}"#.to_vec(),
-            "Gateway",
-        ),
-        (
-            "tgw-bad-gateway",
-            br#"{"terminating_gateway": {"Gateway": "no/slash"}}"#.to_vec(),
-            "Gateway",
-        ),
-        (
-            "tgw-number-sni",
-            br#"{"terminating_gateway": {"Gateway": "g", "SNI": 7}}"#.to_vec(),
-            "SNI",
-        ),
-        (
-            "tgw-extra",
-            br#"{"terminating_gateway": {"Gateway": "g", "Port": 1}}"#.to_vec(),
-            "Port",
-        ),
-        (
-            "dup-top",
-            br#"{"adopt": true, "adopt": true}"#.to_vec(),
-            "duplicate",
-        ),
-        (
-            "dup-nested",
-            br#"{"resolver": {"Subsets": {"a": {}, "a": {}}}}"#.to_vec(),
-            "duplicate",
-        ),
-        (
-            "non-utf8",
-            b"{\"defaults\": {\"Protocol\": \"h\xc3\x28\"}}".to_vec(),
-            "UTF-8",
-        ),
-        ("deep-array", deep.into_bytes(), "deep"),
-        ("deep-object", deep_obj.into_bytes(), "deep"),
-    ];
-    cases
+    invalid::bodies()
         .into_iter()
-        .map(|(n, b, needle)| (format!("{n}-{tag}"), b, needle))
+        .map(|c| (format!("{}-{tag}", c.name), c.body, c.names))
         .collect()
 }
 
@@ -188,32 +40,15 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
         )
         .await
         .unwrap();
-    let obs_of = |id: ServiceId| {
-        let (c, key) = (client.clone(), layout.observed_key(&id));
-        async move {
-            c.kv_get(&key, &QueryOptions::consistent())
-                .await
-                .unwrap()
-                .0
-                .map(|p| serde_json::from_slice::<Observed>(&p.value).unwrap())
-        }
-    };
+    let good_key = layout.observed_key(&good);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            matches!(obs_of(good.clone()).await, Some(o) if o.status == Status::Applied)
+            matches!(observed(&client, &good_key).await, Some(o) if o.status == Status::Applied)
         })
         .await
     );
-    let good_obs = obs_of(good.clone()).await.unwrap();
-    let writes_before = d
-        .metrics()
-        .await
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with("svc_handler_object_writes_total") && k.contains("result=\"ok\"")
-        })
-        .map(|(_, v)| v)
-        .sum::<f64>();
+    let good_obs = observed(&client, &good_key).await.unwrap();
+    let writes_before = ok_writes(&d).await;
 
     let cases = bodies(&tag);
     assert!(cases.len() >= 40, "{} bodies", cases.len());
@@ -221,9 +56,65 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
         let id = ServiceId::new("default", "default", name).unwrap();
         client.kv_put(&layout.base_key(&id), body).await.unwrap();
     }
-    // Key paths outside the layout.
+    let keys = bad_keys(&layout, &tag);
+    for (key, _) in &keys {
+        client.kv_put(key, b"{}").await.unwrap();
+    }
+    check_bodies(&client, &layout, &cases, &d).await;
+    check_bad_keys(&client, &layout, &keys).await;
+
+    // Alive, nothing written, the good service untouched.
+    assert_eq!(d.readyz().await, Some(200), "{}", d.log_text());
+    assert_eq!(
+        ok_writes(&d).await,
+        writes_before,
+        "config writes for hostile input"
+    );
+    let invalid_count = d.metric(r#"svc_handler_services{status="invalid"}"#).await;
+    assert_eq!(invalid_count as usize, cases.len());
+    assert_eq!(
+        observed(&client, &good_key).await.unwrap(),
+        good_obs,
+        "the good service was disturbed"
+    );
+    for (name, _, _) in &cases {
+        assert!(client
+            .config_get("service-defaults", name, &QueryOptions::default())
+            .await
+            .unwrap()
+            .0
+            .is_none());
+    }
+    check_size_limit(&client, &layout, &tag).await;
+}
+
+/// observed.json at `key`, if there is one.
+async fn observed(client: &Client, key: &str) -> Option<Observed> {
+    client
+        .kv_get(key, &QueryOptions::consistent())
+        .await
+        .unwrap()
+        .0
+        .map(|p| serde_json::from_slice::<Observed>(&p.value).unwrap())
+}
+
+/// Config entries written successfully so far, from `/metrics`.
+async fn ok_writes(d: &DaemonProc) -> f64 {
+    d.metrics()
+        .await
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("svc_handler_object_writes_total") && k.contains("result=\"ok\"")
+        })
+        .map(|(_, v)| v)
+        .sum::<f64>()
+}
+
+/// Key paths outside the layout, each with what its observed.json must name
+/// (`None`: a key that is not a base.json, which gets none).
+fn bad_keys(layout: &Layout, tag: &str) -> Vec<(String, Option<&'static str>)> {
     let desired = layout.desired_prefix();
-    let bad_keys = [
+    vec![
         (
             format!("{desired}default/default/Bad Name!/base.json"),
             Some("service name"),
@@ -261,19 +152,25 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
             format!("{desired}default/default/web-{tag}/notes.txt"),
             None,
         ),
-    ];
-    for (key, _) in &bad_keys {
-        client.kv_put(key, b"{}").await.unwrap();
-    }
+    ]
+}
 
-    for (name, _, needle) in &cases {
+/// Each body gets an `invalid` observed.json naming its problem.
+async fn check_bodies(
+    client: &Client,
+    layout: &Layout,
+    cases: &[(String, Vec<u8>, &'static str)],
+    d: &DaemonProc,
+) {
+    for (name, _, needle) in cases {
         let id = ServiceId::new("default", "default", name).unwrap();
+        let key = layout.observed_key(&id);
         let got = eventually(Duration::from_secs(30), || async {
-            obs_of(id.clone()).await.is_some()
+            observed(client, &key).await.is_some()
         })
         .await;
         assert!(got, "{name}: no observed.json\n{}", d.log_text());
-        let o = obs_of(id.clone()).await.unwrap();
+        let o = observed(client, &key).await.unwrap();
         assert_eq!(o.status, Status::Invalid, "{name}: {o:?}");
         let msg = o.message.unwrap_or_default();
         assert!(
@@ -281,8 +178,14 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
             "{name}: {msg:?} should name {needle:?}"
         );
     }
+}
+
+/// Each bad key with a place for one gets an `invalid` observed.json naming
+/// the problem.
+async fn check_bad_keys(client: &Client, layout: &Layout, keys: &[(String, Option<&str>)]) {
+    let desired = layout.desired_prefix();
     let observed_prefix = layout.observed_prefix();
-    for (key, needle) in &bad_keys {
+    for (key, needle) in keys {
         let Some(needle) = needle else { continue };
         let okey = key
             .replacen(&desired, &observed_prefix, 1)
@@ -314,46 +217,18 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
             o.message
         );
     }
+}
 
-    // Alive, nothing written, the good service untouched.
-    assert_eq!(d.readyz().await, Some(200), "{}", d.log_text());
-    let writes_after = d
-        .metrics()
-        .await
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with("svc_handler_object_writes_total") && k.contains("result=\"ok\"")
-        })
-        .map(|(_, v)| v)
-        .sum::<f64>();
-    assert_eq!(
-        writes_after, writes_before,
-        "config writes for hostile input"
-    );
-    let invalid_count = d.metric(r#"svc_handler_services{status="invalid"}"#).await;
-    assert_eq!(invalid_count as usize, cases.len());
-    assert_eq!(
-        obs_of(good.clone()).await.unwrap(),
-        good_obs,
-        "the good service was disturbed"
-    );
-    for (name, _, _) in &cases {
-        assert!(client
-            .config_get("service-defaults", name, &QueryOptions::default())
-            .await
-            .unwrap()
-            .0
-            .is_none());
-    }
-
-    // At the 512 KiB limit a document is still fine; over it Consul refuses to store it.
+/// At the 512 KiB limit a document is still fine; over it Consul refuses to store it.
+async fn check_size_limit(client: &Client, layout: &Layout, tag: &str) {
     let at = ServiceId::new("default", "default", &format!("at-limit-{tag}")).unwrap();
     let mut doc = br#"{"adopt": false}"#.to_vec();
     doc.resize(512 * 1024, b' ');
     client.kv_put(&layout.base_key(&at), &doc).await.unwrap();
+    let key = layout.observed_key(&at);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            matches!(obs_of(at.clone()).await, Some(o) if o.status == Status::Applied)
+            matches!(observed(client, &key).await, Some(o) if o.status == Status::Applied)
         })
         .await
     );

@@ -4,11 +4,34 @@
 //! number of cases for a longer run (`PROPTEST_CASES=20000 cargo test --test
 //! properties`).
 
+// Only the table: the rest of tests/support starts Consul agents.
+#[allow(dead_code)]
+#[path = "support/invalid.rs"]
+mod invalid;
+
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use svc_handler::entries::{self, EntryKind};
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::spec;
+
+/// Every body of the shared invalid table is refused, and the message names
+/// what it must.
+#[test]
+fn the_parser_refuses_every_invalid_body_naming_the_problem() {
+    let all = invalid::bodies();
+    let mut seen = std::collections::BTreeSet::new();
+    for case in &all {
+        assert!(seen.insert(case.name), "{} twice in the table", case.name);
+        let e = spec::parse(&case.body).expect_err(case.name).to_string();
+        assert!(
+            e.to_lowercase().contains(&case.names.to_lowercase()),
+            "{}: {e:?} should name {:?}",
+            case.name,
+            case.names
+        );
+    }
+}
 
 fn leaf() -> impl Strategy<Value = Value> {
     prop_oneof![

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod invalid;
 pub mod proxy;
 
 use std::io::{Read, Write};
@@ -67,6 +68,27 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Makes the child of `cmd` die (SIGKILL) when the thread that spawns it
+/// ends, however it ends: a test that returns, panics or is killed takes its
+/// agents and daemons with it. Spawn from a thread that lives as long as the
+/// child should (the test's own thread, or [`shared`]'s owner thread).
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_local_port() -> u16 {
+    free_port(Ipv4Addr::LOCALHOST)
 }
 
 fn free_port(ip: Ipv4Addr) -> u16 {
@@ -157,20 +179,9 @@ impl Agent {
 
     fn spawn(args: &[String], http: SocketAddr, dir: tempfile::TempDir) -> Result<Agent, String> {
         let log = dir.path().join("consul.log");
-        let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(consul_bin());
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| format!("spawn consul: {e}"))?;
+        let child = Agent::command(args, &log)?
+            .spawn()
+            .map_err(|e| format!("spawn consul: {e}"))?;
         Ok(Agent {
             child,
             http,
@@ -189,15 +200,7 @@ impl Agent {
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(consul_bin());
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         Ok(cmd)
     }
 

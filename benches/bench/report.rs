@@ -1,0 +1,599 @@
+//! The benchmark's Markdown report (BENCHMARKS.md), one function per section.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::{command_line, source_version, Dist, Results, Sizes, VARIABLES};
+
+/// The whole report of a run.
+pub fn render(r: &Results, sizes: &Sizes, total: Duration, failure: Option<&str>) -> String {
+    let mut o = String::new();
+    header(&mut o, r, sizes, total, failure);
+    ceiling(&mut o, r, sizes);
+    summary(&mut o, r);
+    latency(&mut o, r, sizes);
+    throughput(&mut o, r, sizes);
+    steady_state(&mut o, r, sizes);
+    watch_cost(&mut o, r, sizes);
+    baseline(&mut o, r);
+    sizes_and_parts(&mut o, r);
+    o
+}
+
+/// The config-entry write ceiling at concurrency 8 (0 when not measured).
+fn c8(r: &Results) -> f64 {
+    r.ceiling.as_ref().map(|c| c.config[1]).unwrap_or(0.0)
+}
+
+/// Date, command, machine, versions, and the failure if any.
+fn header(o: &mut String, r: &Results, sizes: &Sizes, total: Duration, failure: Option<&str>) {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let _ = writeln!(o, "# Benchmarks\n");
+    let _ = writeln!(
+        o,
+        "Written by `cargo bench --bench bench` (`benches/bench.rs`); do not edit by hand.\n"
+    );
+    let _ = writeln!(o, "- Date (UTC): {now}");
+    let _ = writeln!(o, "- Command: `{}`", command_line(sizes));
+    let _ = writeln!(
+        o,
+        "- Machine: {} cores (`available_parallelism`), {}",
+        r.cores,
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| t
+                .lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string()))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        o,
+        "- Consul: {} (one dev agent, in memory, on loopback; everything below shares it and the machine)",
+        r.consul_version
+    );
+    let _ = writeln!(
+        o,
+        "- svc-handler {} ({}): `svc-handler run --resync-interval 1h`{}, `RUST_LOG=info`, other flags at their defaults",
+        env!("CARGO_PKG_VERSION"),
+        source_version(),
+        sizes
+            .workers
+            .map(|w| format!(" --workers {w}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(o, "- Whole run: {:.0} s", total.as_secs_f64());
+    if let Some(f) = failure {
+        let _ = writeln!(o, "\n**The run failed:** {f}");
+    }
+}
+
+/// 1. Consul's own write rates.
+fn ceiling(o: &mut String, r: &Results, sizes: &Sizes) {
+    if let Some(c) = &r.ceiling {
+        let _ = writeln!(o, "\n## 1. Ceiling: Consul's own write rate\n");
+        let _ = writeln!(
+            o,
+            "Measured first, from this process, {} s each; every ratio below divides by these.\n",
+            sizes.ceiling.as_secs_f64()
+        );
+        let _ = writeln!(o, "| writes | concurrency 1 | concurrency 8 |");
+        let _ = writeln!(o, "|---|---:|---:|");
+        let _ = writeln!(
+            o,
+            "| KV put (`kv_put`) | {:.0}/s | {:.0}/s |",
+            c.kv[0], c.kv[1]
+        );
+        let _ = writeln!(
+            o,
+            "| config entry put (`config_put`, service-defaults) | {:.0}/s | {:.0}/s |",
+            c.config[0], c.config[1]
+        );
+    }
+}
+
+/// Every figure with a target, measured against it.
+fn summary(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "\n## Summary against the targets\n");
+    let _ = writeln!(o, "| figure | measured | target | |");
+    let _ = writeln!(o, "|---|---:|---|---|");
+    summary_latency_and_bulk(o, r);
+    summary_steady(o, r);
+    summary_watch_growth(o, r);
+    summary_against_baseline(o, r);
+}
+
+/// Apply latency and bulk throughput against their targets.
+fn summary_latency_and_bulk(o: &mut String, r: &Results) {
+    let c8 = c8(r);
+    if let Some(d) = &r.to_observed {
+        let _ = writeln!(
+            o,
+            "| apply latency p50 (to observed.json) | {} | ≤ 20 ms | {} |",
+            ms(d.p50),
+            met(d.p50 <= Duration::from_millis(20))
+        );
+        let _ = writeln!(
+            o,
+            "| apply latency p99 (to observed.json) | {} | ≤ 60 ms | {} |",
+            ms(d.p99),
+            met(d.p99 <= Duration::from_millis(60))
+        );
+    }
+    if let Some(b) = &r.bulk {
+        let wps = b.writes / b.secs;
+        let _ = writeln!(
+            o,
+            "| bulk throughput: Consul writes/s ÷ config-entry ceiling at concurrency 8 | {:.0}/s ÷ {:.0}/s = {:.0} % | ≥ 60 % | {} |",
+            wps,
+            c8,
+            100.0 * wps / c8,
+            met(wps / c8 >= 0.6)
+        );
+        let per = b.writes / b.services as f64;
+        let _ = writeln!(
+            o,
+            "| Consul writes per new service | {per:.2} | ≤ 8 | {} |",
+            met(per <= 8.0)
+        );
+    }
+}
+
+/// The resync's writes, CPU and memory against their targets.
+fn summary_steady(o: &mut String, r: &Results) {
+    if let Some(s) = &r.steady {
+        let _ = writeln!(
+            o,
+            "| resync of {} in-sync services: Consul writes | {:.0} | 0 | {} |",
+            s.services,
+            s.writes,
+            met(s.writes == 0.0)
+        );
+        let _ = writeln!(
+            o,
+            "| resync: daemon CPU seconds | {:.2} s | < 2 s | {} |",
+            s.cpu,
+            met(s.cpu < 2.0)
+        );
+        if let Some(rss) = s.peak_rss {
+            let _ = writeln!(
+                o,
+                "| resync: peak RSS (VmHWM) | {} | < 64 MiB | {} |",
+                bytes(rss as f64),
+                met(rss < 64 * 1024 * 1024)
+            );
+        }
+    }
+}
+
+/// Whether the watch's bytes per service grow with the number of services.
+fn summary_watch_growth(o: &mut String, r: &Results) {
+    if let Some(b) = &r.bulk {
+        if let (Some(e), Some(f)) = (b.early, b.end) {
+            if 2 * e.0 > f.0 {
+                let _ = writeln!(
+                    o,
+                    "| watch bytes per applied service | too few services to compare ({} vs {}) | not quadratic | – |",
+                    e.0, f.0
+                );
+            } else {
+                let pe = e.1 / e.0.max(1) as f64;
+                let pf = f.1 / f.0.max(1) as f64;
+                let grow = pf / pe;
+                let n = f.0 as f64 / e.0.max(1) as f64;
+                let _ = writeln!(
+                o,
+                "| watch bytes per applied service, at {} vs {} services (growth; linear cost: about 1×, quadratic: about {:.1}×) | {} vs {} ({:.2}×) | not quadratic | {} |",
+                e.0,
+                f.0,
+                n,
+                bytes(pe),
+                bytes(pf),
+                grow,
+                met(grow < (1.0 + n) / 2.0)
+            );
+                let ce = e.2 / e.0.max(1) as f64;
+                let cf = f.2 / f.0.max(1) as f64;
+                let _ = writeln!(
+                    o,
+                    "| (no target) drift watches' config.list bytes per applied service, at {} vs {} services | {} vs {} ({:.2}×) | – | – |",
+                    e.0,
+                    f.0,
+                    bytes(ce),
+                    bytes(cf),
+                    cf / ce
+                );
+            }
+        }
+    }
+}
+
+/// Faster than the baseline on every figure?
+fn summary_against_baseline(o: &mut String, r: &Results) {
+    if let (Some(b), Some(d), Some(bulk)) = (&r.baseline, &r.to_entry, &r.bulk) {
+        if let Some(be) = &b.to_entry {
+            let sh_rate = bulk.services as f64 / bulk.secs;
+            // Unfinished: what it did by its deadline is an upper bound of its rate.
+            let (bl_rate, note) = match b.secs {
+                Some(secs) => (b.services as f64 / secs, ""),
+                None => (
+                    b.done as f64 / b.elapsed,
+                    " (the baseline did not finish its bulk apply)",
+                ),
+            };
+            let faster = d.p50 < be.p50
+                && d.p95 < be.p95
+                && d.p99 < be.p99
+                && d.max < be.max
+                && sh_rate > bl_rate;
+            let _ = writeln!(
+                o,
+                "| faster than the baseline: baseline ÷ svc-handler for latency p50 / p95 / p99 / max to entry visible, svc-handler ÷ baseline for services/s{note} | {} | > 1× on every figure | {} |",
+                [
+                    ratio(be.p50.as_secs_f64(), d.p50.as_secs_f64()),
+                    ratio(be.p95.as_secs_f64(), d.p95.as_secs_f64()),
+                    ratio(be.p99.as_secs_f64(), d.p99.as_secs_f64()),
+                    ratio(be.max.as_secs_f64(), d.max.as_secs_f64()),
+                    ratio(sh_rate, bl_rate),
+                ]
+                .join(" / "),
+                met(faster)
+            );
+        }
+    }
+}
+
+/// One latency distribution as a table row.
+fn dist_row(o: &mut String, what: &str, d: &Dist) {
+    let _ = writeln!(
+        o,
+        "| {what} | {} | {} | {} | {} | {} |",
+        d.n,
+        ms(d.p50),
+        ms(d.p95),
+        ms(d.p99),
+        ms(d.max)
+    );
+}
+
+/// 2. Apply latency, one change at a time.
+fn latency(o: &mut String, r: &Results, sizes: &Sizes) {
+    let _ = writeln!(
+        o,
+        "\n## 2. Apply latency (idle daemon, one change at a time)\n"
+    );
+    let _ = writeln!(
+        o,
+        "Each change sets a new `resolver.ConnectTimeout` on one of {} services (half with a router, all \
+         linked into one of {} terminating gateways). The clock starts when `kv_put` of base.json returns; \
+         \"observed\" stops when a blocking query on observed.json shows base.json's new ModifyIndex applied, \
+         \"entry visible\" when a blocking query on the service-resolver shows the new value. The baseline \
+         writes no observed.json, so its column is entry-visible only. Each timed change follows a pause of \
+         {} ms, so it meets an idle daemon (the watch's token bucket, burst 2 at 10 per second, is full again); \
+         the \"back to back\" row puts each change as soon as the previous one is applied.\n",
+        sizes.latency_services,
+        sizes.gateways,
+        sizes.idle_gap.as_millis()
+    );
+    let _ = writeln!(o, "| | changes | p50 | p95 | p99 | max |");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+    if let Some(d) = &r.to_observed {
+        dist_row(o, "svc-handler, to observed.json", d);
+    }
+    if let Some(d) = &r.to_entry {
+        dist_row(o, "svc-handler, to entry visible", d);
+    }
+    if let Some(d) = &r.back_to_back {
+        dist_row(o, "svc-handler back to back, to observed.json", d);
+    }
+    if let Some(be) = r.baseline.as_ref().and_then(|b| b.to_entry.as_ref()) {
+        dist_row(o, "baseline, to entry visible", be);
+        if let Some(d) = &r.to_entry {
+            let _ = writeln!(
+                o,
+                "| baseline ÷ svc-handler (entry visible) | | {} | {} | {} | {} |",
+                ratio(be.p50.as_secs_f64(), d.p50.as_secs_f64()),
+                ratio(be.p95.as_secs_f64(), d.p95.as_secs_f64()),
+                ratio(be.p99.as_secs_f64(), d.p99.as_secs_f64()),
+                ratio(be.max.as_secs_f64(), d.max.as_secs_f64()),
+            );
+        }
+    }
+    if let Some(d) = r.steady.as_ref().and_then(|s| s.to_observed.as_ref()) {
+        dist_row(
+            o,
+            &format!(
+                "svc-handler with {} services present (part 5, {} ms apart), to observed.json",
+                r.steady.as_ref().map(|s| s.services).unwrap_or(0),
+                sizes.steady_gap.as_millis()
+            ),
+            d,
+        );
+    }
+}
+
+/// 3. Throughput of new services put at once.
+fn throughput(o: &mut String, r: &Results, sizes: &Sizes) {
+    let c8 = c8(r);
+    let _ = writeln!(o, "\n## 3. Throughput (new services put at once)\n");
+    let _ = writeln!(
+        o,
+        "Half of the services have a router, all a terminating-gateway link ({} gateways). base.json \
+         puts run {} at a time; the clock runs from the first put until every service is applied (svc-handler: \
+         a blocking listing of `<prefix>/observed/`, at most ten reads a second; baseline: every link present in \
+         the gateways, its last write for a service). Consul writes are svc-handler's own count \
+         (`svc_handler_consul_requests_total` over the write operations: kv.put, kv.cas, kv.acquire, kv.release, \
+         kv.delete*, config.cas, config.put, config.delete, txn, session.create/renew/destroy); the baseline's \
+         are the `consul config write` runs its handler logged. The ceiling is the config-entry put rate at \
+         concurrency 8 ({c8:.0}/s).\n",
+        sizes.gateways,
+        sizes.put_concurrency
+    );
+    let _ = writeln!(
+        o,
+        "| | services | time | services/s | Consul writes/service | Consul writes/s | of the ceiling |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+    if let Some(b) = &r.bulk {
+        let _ = writeln!(
+            o,
+            "| svc-handler | {} | {:.1} s | {:.1} | {:.2} | {:.0} | {:.0} % |",
+            b.services,
+            b.secs,
+            b.services as f64 / b.secs,
+            b.writes / b.services as f64,
+            b.writes / b.secs,
+            100.0 * b.writes / b.secs / c8
+        );
+    }
+    throughput_baseline(o, r);
+    throughput_by_operation(o, r);
+}
+
+/// The baseline's throughput row, and svc-handler against it.
+fn throughput_baseline(o: &mut String, r: &Results) {
+    let c8 = c8(r);
+    if let Some(b) = &r.baseline {
+        match (&b.skipped, b.secs) {
+            (Some(why), _) => {
+                let _ = writeln!(o, "| baseline | skipped: {why} | | | | | |");
+            }
+            (None, Some(secs)) => {
+                let _ = writeln!(
+                    o,
+                    "| baseline | {} | {:.1} s | {:.1} | {:.2} | {:.0} | {:.0} % |",
+                    b.services,
+                    secs,
+                    b.services as f64 / secs,
+                    b.writes / b.services as f64,
+                    b.writes / secs,
+                    100.0 * b.writes / secs / c8
+                );
+            }
+            (None, None) => {
+                let _ = writeln!(
+                    o,
+                    "| baseline (did not finish: {} of {} in {:.0} s) | {} | > {:.0} s | {:.1} | | | |",
+                    b.done, b.services, b.elapsed, b.services, b.elapsed,
+                    b.done as f64 / b.elapsed
+                );
+            }
+        }
+        if let (Some(bulk), Some(secs)) = (&r.bulk, b.secs) {
+            let _ = writeln!(
+                o,
+                "| svc-handler ÷ baseline | | | {} | {} | | |",
+                ratio(bulk.services as f64 / bulk.secs, b.services as f64 / secs),
+                ratio(
+                    bulk.writes / bulk.services as f64,
+                    b.writes / b.services as f64
+                ),
+            );
+        }
+    }
+}
+
+/// svc-handler's writes per service by operation, CPU, bytes and memory.
+fn throughput_by_operation(o: &mut String, r: &Results) {
+    if let Some(b) = &r.bulk {
+        let ops: Vec<String> = b
+            .writes_by_op
+            .iter()
+            .map(|(op, n)| format!("{op} {:.2}", n / b.services as f64))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nsvc-handler's writes per service by operation: {}. During the bulk apply the daemon used {:.1} CPU \
+             seconds and read {} from Consul ({} per service); its peak RSS so far: {}.",
+            ops.join(", "),
+            b.cpu,
+            bytes(b.bytes),
+            bytes(b.bytes / b.services as f64),
+            b.peak_rss.map(|x| bytes(x as f64)).unwrap_or("–".into())
+        );
+    }
+}
+
+/// 4. One full resync of services already in sync.
+fn steady_state(o: &mut String, r: &Results, sizes: &Sizes) {
+    if let Some(s) = &r.steady {
+        let _ = writeln!(
+            o,
+            "\n## 4. Steady state: one full resync of {} services in sync\n",
+            s.services
+        );
+        let _ = writeln!(
+            o,
+            "{} simple services (defaults and resolver) were written {} at a time and applied by a first daemon \
+             ({:.1} s, {:.0} services/s), which was then stopped. The resync is a fresh daemon's startup sync \
+             (`--resync-interval 1h`): it re-checks every service exactly as a periodic resync does (reads only \
+             for a service in sync; no session, no lock), and turns `/readyz` ready when done. The figures are \
+             the new process's counters from its start to ready, so they include its start-up. CPU seconds come from \
+             /proc/<pid>/stat (user + system, in clock ticks), since `process_cpu_seconds_total` counts whole \
+             seconds only.\n",
+            s.services, sizes.put_concurrency, s.setup_secs, s.services as f64 / s.setup_secs
+        );
+        let _ = writeln!(o, "| figure | value | target |");
+        let _ = writeln!(o, "|---|---:|---|");
+        let _ = writeln!(o, "| wall time, start to ready | {:.1} s | |", s.sync_secs);
+        let by: Vec<String> = s
+            .writes_by_op
+            .iter()
+            .map(|(op, n)| format!("{op} {n:.0}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "| Consul writes | {:.0}{} | 0 |",
+            s.writes,
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            }
+        );
+        let _ = writeln!(o, "| daemon CPU seconds | {:.2} s | < 2 s |", s.cpu);
+        let _ = writeln!(
+            o,
+            "| bytes read from Consul (all operations) | {} ({} per service) | |",
+            bytes(s.bytes),
+            bytes(s.bytes / s.services as f64)
+        );
+        let _ = writeln!(
+            o,
+            "| peak RSS (VmHWM) | {} | < 64 MiB |",
+            s.peak_rss.map(|x| bytes(x as f64)).unwrap_or("–".into())
+        );
+        let _ = writeln!(
+            o,
+            "| reconciles: unchanged / applied | {:.0} / {:.0} | |",
+            s.unchanged, s.applied
+        );
+    }
+}
+
+/// 5. What the watches cost per change and per service.
+fn watch_cost(o: &mut String, r: &Results, sizes: &Sizes) {
+    let _ = writeln!(o, "\n## 5. Watch cost\n");
+    let _ = writeln!(
+        o,
+        "Bytes the watch of `<prefix>/desired/` fetched (`svc_handler_consul_response_bytes_total{{op=\"kv.list\"}}`) \
+         and its wake-ups (`svc_handler_watch_wakeups_total`); the drift watches' config-entry listings \
+         (`op=\"config.list\"`) for comparison, and the daemon's CPU time (all of it, not only the watch's).\n"
+    );
+    let _ = writeln!(
+        o,
+        "| when | per | kv.list bytes | wake-ups | config.list bytes | daemon CPU |"
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|");
+    if let Some(s) = &r.steady {
+        let n = s.changes as f64;
+        let _ = writeln!(
+            o,
+            "| {} single changes, {} ms apart, {} services present | applied change | {} | {:.2} | {} | {:.0} ms |",
+            s.changes,
+            sizes.steady_gap.as_millis(),
+            s.services,
+            bytes(s.list_bytes / n),
+            s.wakeups / n,
+            bytes(s.config_list_bytes / n),
+            1000.0 * s.change_cpu / n
+        );
+    }
+    if let Some(b) = &r.bulk {
+        for (what, p) in [("first", b.early), ("all", b.end)] {
+            if let Some((n, lb, cb, w, cpu)) = p {
+                let k = n.max(1) as f64;
+                let _ = writeln!(
+                    o,
+                    "| bulk apply, {what} {n} of {} services | applied service | {} | {:.2} | {} | {:.1} ms |",
+                    b.services,
+                    bytes(lb / k),
+                    w / k,
+                    bytes(cb / k),
+                    1000.0 * cpu / k
+                );
+            }
+        }
+    }
+}
+
+/// 6. What the baseline is.
+fn baseline(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "\n## 6. Baseline\n");
+    let _ = writeln!(
+        o,
+        "`consul watch -type=keyprefix -prefix <prefix>/desired/ bench/consul-watch-handler`: the handler \
+         (bash + jq 1.6 + the consul CLI) finds the base.json keys whose ModifyIndex changed since its last \
+         run (a state file) and runs `consul config write` for the service-defaults, the service-resolver, the \
+         service-router when present, and a plain read-modify-write of the terminating gateway. It validates \
+         nothing, marks nothing, reads nothing back, never deletes, and retries nothing. jq is in this project's \
+         machine image but not in a minimal Debian install (`apt-get install jq`); the bench skips the baseline \
+         when jq is missing.{}\n",
+        r.baseline
+            .as_ref()
+            .and_then(|b| b.skipped.as_ref())
+            .map(|w| format!(" **Skipped in this run: {w}.**"))
+            .unwrap_or_default()
+    );
+}
+
+/// The sizes' variables, and the time each part took.
+fn sizes_and_parts(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "\n## Sizes and how to change them\n");
+    let _ = writeln!(
+        o,
+        "`cargo bench --bench bench` runs the full sizes; `cargo test --all-targets` runs the bench in test mode \
+         (tiny sizes, every part, no file written). Environment variables override the sizes:\n"
+    );
+    let _ = writeln!(o, "| variable | meaning | full | test mode |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    for (v, what, full, test) in VARIABLES {
+        let _ = writeln!(o, "| `{v}` | {what} | {full} | {test} |");
+    }
+    let _ = writeln!(o, "\nTime per part in this run:\n");
+    let _ = writeln!(o, "| part | seconds |");
+    let _ = writeln!(o, "|---|---:|");
+    for (p, d) in &r.parts {
+        let _ = writeln!(o, "| {p} | {:.1} |", d.as_secs_f64());
+    }
+}
+
+// ---------------------------------------------------------------- formatting
+
+fn ms(d: Duration) -> String {
+    let m = d.as_secs_f64() * 1000.0;
+    if m < 10.0 {
+        format!("{m:.1} ms")
+    } else if m < 10_000.0 {
+        format!("{m:.0} ms")
+    } else {
+        format!("{:.1} s", m / 1000.0)
+    }
+}
+
+fn bytes(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
