@@ -704,97 +704,18 @@ async fn invalid_input_table() {
         "a".repeat(600 * 1024)
     );
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("syntax", b"{\"defaults\": ".to_vec(), "line 1"),
-        ("not-object", b"[1,2]".to_vec(), "object"),
-        ("empty", b"".to_vec(), "empty"),
-        ("unknown-top", br#"{"default": {}}"#.to_vec(), "default"),
-        (
-            "defaults-string",
-            br#"{"defaults": "http"}"#.to_vec(),
-            "$.defaults",
-        ),
-        ("router-array", br#"{"router": []}"#.to_vec(), "$.router"),
-        ("router-number", br#"{"router": 3}"#.to_vec(), "$.router"),
-        (
-            "kind-set",
-            br#"{"defaults": {"Kind": "service-defaults"}}"#.to_vec(),
-            "Kind",
-        ),
-        (
-            "name-set",
-            br#"{"resolver": {"Name": "other"}}"#.to_vec(),
-            "Name",
-        ),
-        (
-            "meta-set",
-            br#"{"router": {"Meta": {"a": "b"}}}"#.to_vec(),
-            "Meta",
-        ),
-        (
-            "namespace-set",
-            br#"{"defaults": {"Namespace": "x"}}"#.to_vec(),
-            "Namespace",
-        ),
-        (
-            "partition-set",
-            br#"{"defaults": {"partition": "x"}}"#.to_vec(),
-            "partition",
-        ),
-        ("adopt-string", br#"{"adopt": "yes"}"#.to_vec(), "$.adopt"),
-        (
-            "bad-protocol",
-            br#"{"defaults": {"Protocol": "udp"}}"#.to_vec(),
-            "Protocol",
-        ),
-        (
-            "bad-timeout",
-            br#"{"resolver": {"ConnectTimeout": "soon"}}"#.to_vec(),
-            "ConnectTimeout",
-        ),
-        (
-            "subsets-array",
-            br#"{"resolver": {"Subsets": []}}"#.to_vec(),
-            "Subsets",
-        ),
-        (
-            "routes-object",
-            br#"{"router": {"Routes": {}}}"#.to_vec(),
-            "Routes",
-        ),
-        (
-            "tgw-no-gateway",
-            br#"{"terminating_gateway": {"SNI": "x"}}"#.to_vec(),
-            "Gateway",
-        ),
-        (
-            "tgw-bad-name",
-            br#"{"terminating_gateway": {"Gateway": "bad name!"}}"#.to_vec(),
-            "Gateway",
-        ),
-        (
-            "tgw-unknown",
-            br#"{"terminating_gateway": {"Gateway": "g", "Port": 1}}"#.to_vec(),
-            "Port",
-        ),
-        (
-            "duplicate-key",
-            br#"{"adopt": true, "adopt": false}"#.to_vec(),
-            "duplicate",
-        ),
-        (
-            "non-utf8",
-            b"{\"defaults\": {\"Protocol\": \"\xff\"}}".to_vec(),
-            "UTF-8",
-        ),
-        ("too-big", huge.into_bytes(), "512"),
-        ("too-deep", deep.into_bytes(), "deep"),
-        (
-            "bogus-field",
-            br#"{"defaults": {"Bogus": 1}}"#.to_vec(),
-            "Bogus",
-        ),
-    ];
+    // The shared table (every body the parser refuses), plus what only a
+    // reconcile shows: a field Consul refuses, a body Consul cannot store.
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = support::invalid::bodies()
+        .into_iter()
+        .map(|i| (i.name, i.body, i.names))
+        .collect();
+    cases.push(("too-big", huge.into_bytes(), "512"));
+    cases.push((
+        "bogus-field",
+        br#"{"defaults": {"Bogus": 1}}"#.to_vec(),
+        "Bogus",
+    ));
     assert!(cases.len() >= 20);
     for (name, body, needle) in &cases {
         let id = w.id(name);
