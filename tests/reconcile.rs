@@ -703,7 +703,6 @@ async fn invalid_input_table() {
         r#"{{"defaults": {{"Protocol": "http", "X": "{}"}}}}"#,
         "a".repeat(600 * 1024)
     );
-    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     // The shared table (every body the parser refuses), plus what only a
     // reconcile shows: a field Consul refuses, a body Consul cannot store.
     let mut cases: Vec<(&str, Vec<u8>, &str)> = support::invalid::bodies()
