@@ -1,11 +1,13 @@
 //! The `svc-handler` command line: parse, build the pieces, hand over.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use svc_handler::cli::{Cli, Command, LogFormat, RunArgs};
-use svc_handler::daemon::{default_holder, Daemon, DaemonConfig};
+use svc_handler::consul::{Client, Settings};
+use svc_handler::daemon::{default_holder, Daemon, DaemonConfig, Faults};
 use svc_handler::keys::Layout;
 use svc_handler::lock::SessionConfig;
 use tokio::signal::unix::{signal, SignalKind};
@@ -79,6 +81,33 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode, String> {
+    let (settings, cfg) = daemon_config(cli, args)?;
+    let holder = cfg.holder.clone();
+    let daemon = Daemon::new(settings, cfg).map_err(|e| e.to_string())?;
+    if args.once {
+        return run_once(&daemon).await;
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|e| format!("--metrics-listen {}: {e}", args.metrics_listen))?;
+    tracing::info!(
+        metrics = %args.metrics_listen,
+        consul = daemon.client().address(),
+        instance = %holder,
+        "svc-handler starting"
+    );
+    let shutdown = shutdown_signal(daemon.client().clone())?;
+    daemon
+        .run(Some(listener), shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Consul settings and the daemon's configuration from the flags (and
+/// the fault-injection variables, read here once).
+fn daemon_config(cli: &Cli, args: &RunArgs) -> Result<(Settings, DaemonConfig), String> {
     let mut settings = cli.consul.settings().map_err(|e| e.to_string())?;
     settings.request_timeout = args.consul_timeout;
     let layout = Layout::new(&cli.prefix).map_err(|e| format!("--prefix: {e}"))?;
@@ -102,42 +131,37 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode, String> {
     cfg.watch_wait = args.watch_wait.min(svc_handler::consul::MAX_BLOCKING_WAIT);
     cfg.prune = args.prune();
     cfg.shutdown_timeout = args.shutdown_timeout;
-    let daemon = Daemon::new(settings, cfg).map_err(|e| e.to_string())?;
+    cfg.faults = Faults::from_env();
+    Ok((settings, cfg))
+}
 
-    if args.once {
-        let summary = daemon.run_once().await.map_err(|e| e.to_string())?;
-        tracing::info!(?summary, "run --once done");
-        println!(
-            "applied {}, unchanged {}, deleted {}, failed {}, held elsewhere {}, invalid keys {}",
-            summary.applied,
-            summary.unchanged,
-            summary.deleted,
-            summary.failed,
-            summary.held_elsewhere,
-            summary.invalid_keys
-        );
-        return Ok(if summary.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
-    }
-
-    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
-        .await
-        .map_err(|e| format!("--metrics-listen {}: {e}", args.metrics_listen))?;
-    tracing::info!(
-        metrics = %args.metrics_listen,
-        consul = daemon.client().address(),
-        instance = %holder,
-        "svc-handler starting"
+/// `run --once`: exits 1 when any service ends in error or a key is invalid.
+async fn run_once(daemon: &Daemon) -> Result<ExitCode, String> {
+    let summary = daemon.run_once().await.map_err(|e| e.to_string())?;
+    tracing::info!(?summary, "run --once done");
+    println!(
+        "applied {}, unchanged {}, deleted {}, failed {}, held elsewhere {}, invalid keys {}",
+        summary.applied,
+        summary.unchanged,
+        summary.deleted,
+        summary.failed,
+        summary.held_elsewhere,
+        summary.invalid_keys
     );
+    Ok(if summary.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
 
+/// Completes on SIGTERM or SIGINT (a second one exits at once, code 130);
+/// SIGHUP re-reads the token file.
+fn shutdown_signal(client: Client) -> Result<impl Future<Output = ()> + Send, String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let client = daemon.client().clone();
-    let shutdown = async move {
+    Ok(async move {
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -157,10 +181,5 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode, String> {
             eprintln!("svc-handler: second signal: exiting now");
             std::process::exit(130);
         });
-    };
-    daemon
-        .run(Some(listener), shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    })
 }

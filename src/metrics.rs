@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::consul::RequestObserver;
@@ -42,7 +42,7 @@ pub struct Metrics {
     pub watch_errors: IntCounter,
     pub watch_index: IntGauge,
     pub watch_last_success: Gauge,
-    pub services: IntGaugeVecWrapper,
+    pub services: IntGaugeVec,
     pub consul_requests: IntCounterVec,
     pub consul_request_duration: HistogramVec,
     pub consul_response_bytes: IntCounterVec,
@@ -51,47 +51,127 @@ pub struct Metrics {
 }
 
 /// `svc_handler_services{status}`.
-pub type IntGaugeVecWrapper = prometheus::IntGaugeVec;
+pub type IntGaugeVecWrapper = IntGaugeVec;
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
-}
+/// A metric's name and help text.
+struct Def(&'static str, &'static str);
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
-}
+const RECONCILE_TOTAL: Def = Def("svc_handler_reconcile_total", "Reconciles by result.");
+const RECONCILE_DURATION: Def = Def(
+    "svc_handler_reconcile_duration_seconds",
+    "Time of one reconcile, lock to unlock, by result.",
+);
+const APPLY_LATENCY: Def = Def(
+    "svc_handler_apply_latency_seconds",
+    "Time from a new base.json generation seen to its observed.json written.",
+);
+const OBJECT_WRITES: Def = Def(
+    "svc_handler_object_writes_total",
+    "Config-entry writes by kind and result (ok, error, cas_retry).",
+);
+const VERIFY_FAILURES: Def = Def(
+    "svc_handler_verify_failures_total",
+    "Read-backs that did not match what was written, by kind.",
+);
+const DRIFT_CORRECTIONS: Def = Def(
+    "svc_handler_drift_corrections_total",
+    "Entries rewritten because they drifted from their record, by kind.",
+);
+const LOCK_ACQUISITIONS: Def = Def(
+    "svc_handler_lock_acquisitions_total",
+    "Per-service lock attempts by result (acquired, held_elsewhere, error).",
+);
+const SESSION_RENEW_FAILURES: Def = Def(
+    "svc_handler_session_renew_failures_total",
+    "Session renewals that failed.",
+);
+const QUEUE_DEPTH: Def = Def("svc_handler_queue_depth", "Services waiting in the queue.");
+const QUEUE_WAIT: Def = Def(
+    "svc_handler_queue_wait_seconds",
+    "Time a service waited in the queue before a worker took it.",
+);
+const WORKERS_BUSY: Def = Def("svc_handler_workers_busy", "Workers reconciling now.");
+const RETRIES: Def = Def("svc_handler_retries_total", "Retried Consul operations.");
+const WATCH_WAKEUPS: Def = Def(
+    "svc_handler_watch_wakeups_total",
+    "Blocking queries of the watch that returned.",
+);
+const WATCH_ERRORS: Def = Def(
+    "svc_handler_watch_errors_total",
+    "Blocking queries of the watch that failed.",
+);
+const WATCH_INDEX: Def = Def(
+    "svc_handler_watch_index",
+    "The X-Consul-Index the watch waits past.",
+);
+const WATCH_LAST_SUCCESS: Def = Def(
+    "svc_handler_watch_last_success_timestamp_seconds",
+    "Unix time of the watch's last successful blocking query.",
+);
+const SERVICES: Def = Def("svc_handler_services", "Services by observed status.");
+const CONSUL_REQUESTS: Def = Def(
+    "svc_handler_consul_requests_total",
+    "Consul HTTP requests by operation and status code.",
+);
+const CONSUL_REQUEST_DURATION: Def = Def(
+    "svc_handler_consul_request_duration_seconds",
+    "Consul HTTP request time by operation.",
+);
+const CONSUL_RESPONSE_BYTES: Def = Def(
+    "svc_handler_consul_response_bytes_total",
+    "Bytes of Consul answers' bodies by operation (a watch's cost).",
+);
+const BUILD_INFO: Def = Def(
+    "svc_handler_build_info",
+    "Always 1; the version as a label.",
+);
+const READY: Def = Def(
+    "svc_handler_ready",
+    "1 once the first full sync is done and Consul answers.",
+);
 
-fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-        .expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
-}
+/// Builds metrics and registers each one in its registry.
+struct Builder(Registry);
 
-fn histogram_vec(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: &[f64],
-) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )
-    .expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
-}
+impl Builder {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
 
-fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+    fn counter(&self, d: Def) -> IntCounter {
+        self.register(IntCounter::new(d.0, d.1).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, d: Def, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(d.0, d.1), labels).expect("valid metric"))
+    }
+
+    fn int_gauge(&self, d: Def) -> IntGauge {
+        self.register(IntGauge::new(d.0, d.1).expect("valid metric"))
+    }
+
+    fn int_gauge_vec(&self, d: Def, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(d.0, d.1), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, d: Def) -> Gauge {
+        self.register(Gauge::new(d.0, d.1).expect("valid metric"))
+    }
+
+    fn gauge_vec(&self, d: Def, labels: &[&str]) -> GaugeVec {
+        self.register(GaugeVec::new(Opts::new(d.0, d.1), labels).expect("valid metric"))
+    }
+
+    fn histogram(&self, d: Def, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(d.0, d.1).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn histogram_vec(&self, d: Def, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+        let opts = HistogramOpts::new(d.0, d.1).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
 }
 
 /// Reconcile results, as in `svc_handler_reconcile_total{result}`.
@@ -115,172 +195,68 @@ pub const KINDS: &[&str] = &[
 
 impl Metrics {
     pub fn new() -> Self {
-        let r = Registry::new();
+        let b = Builder(Registry::new());
         let m = Metrics {
-            reconcile_total: counter_vec(
-                &r,
-                "svc_handler_reconcile_total",
-                "Reconciles by result.",
-                &["result"],
-            ),
-            reconcile_duration: histogram_vec(
-                &r,
-                "svc_handler_reconcile_duration_seconds",
-                "Time of one reconcile, lock to unlock, by result.",
-                &["result"],
-                DURATION_BUCKETS,
-            ),
-            apply_latency: histogram(
-                &r,
-                "svc_handler_apply_latency_seconds",
-                "Time from a new base.json generation seen to its observed.json written.",
-                DURATION_BUCKETS,
-            ),
-            object_writes: counter_vec(
-                &r,
-                "svc_handler_object_writes_total",
-                "Config-entry writes by kind and result (ok, error, cas_retry).",
-                &["kind", "result"],
-            ),
-            verify_failures: counter_vec(
-                &r,
-                "svc_handler_verify_failures_total",
-                "Read-backs that did not match what was written, by kind.",
-                &["kind"],
-            ),
-            drift_corrections: counter_vec(
-                &r,
-                "svc_handler_drift_corrections_total",
-                "Entries rewritten because they drifted from their record, by kind.",
-                &["kind"],
-            ),
-            lock_acquisitions: counter_vec(
-                &r,
-                "svc_handler_lock_acquisitions_total",
-                "Per-service lock attempts by result (acquired, held_elsewhere, error).",
-                &["result"],
-            ),
-            session_renew_failures: counter(
-                &r,
-                "svc_handler_session_renew_failures_total",
-                "Session renewals that failed.",
-            ),
-            queue_depth: int_gauge(
-                &r,
-                "svc_handler_queue_depth",
-                "Services waiting in the queue.",
-            ),
-            queue_wait: histogram(
-                &r,
-                "svc_handler_queue_wait_seconds",
-                "Time a service waited in the queue before a worker took it.",
-                DURATION_BUCKETS,
-            ),
-            workers_busy: int_gauge(&r, "svc_handler_workers_busy", "Workers reconciling now."),
-            retries: counter(
-                &r,
-                "svc_handler_retries_total",
-                "Retried Consul operations.",
-            ),
-            watch_wakeups: counter(
-                &r,
-                "svc_handler_watch_wakeups_total",
-                "Blocking queries of the watch that returned.",
-            ),
-            watch_errors: counter(
-                &r,
-                "svc_handler_watch_errors_total",
-                "Blocking queries of the watch that failed.",
-            ),
-            watch_index: int_gauge(
-                &r,
-                "svc_handler_watch_index",
-                "The X-Consul-Index the watch waits past.",
-            ),
-            watch_last_success: {
-                let g = Gauge::new(
-                    "svc_handler_watch_last_success_timestamp_seconds",
-                    "Unix time of the watch's last successful blocking query.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            services: {
-                let g = prometheus::IntGaugeVec::new(
-                    Opts::new("svc_handler_services", "Services by observed status."),
-                    &["status"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            consul_requests: counter_vec(
-                &r,
-                "svc_handler_consul_requests_total",
-                "Consul HTTP requests by operation and status code.",
-                &["op", "code"],
-            ),
-            consul_request_duration: histogram_vec(
-                &r,
-                "svc_handler_consul_request_duration_seconds",
-                "Consul HTTP request time by operation.",
+            reconcile_total: b.counter_vec(RECONCILE_TOTAL, &["result"]),
+            reconcile_duration: b.histogram_vec(RECONCILE_DURATION, &["result"], DURATION_BUCKETS),
+            apply_latency: b.histogram(APPLY_LATENCY, DURATION_BUCKETS),
+            object_writes: b.counter_vec(OBJECT_WRITES, &["kind", "result"]),
+            verify_failures: b.counter_vec(VERIFY_FAILURES, &["kind"]),
+            drift_corrections: b.counter_vec(DRIFT_CORRECTIONS, &["kind"]),
+            lock_acquisitions: b.counter_vec(LOCK_ACQUISITIONS, &["result"]),
+            session_renew_failures: b.counter(SESSION_RENEW_FAILURES),
+            queue_depth: b.int_gauge(QUEUE_DEPTH),
+            queue_wait: b.histogram(QUEUE_WAIT, DURATION_BUCKETS),
+            workers_busy: b.int_gauge(WORKERS_BUSY),
+            retries: b.counter(RETRIES),
+            watch_wakeups: b.counter(WATCH_WAKEUPS),
+            watch_errors: b.counter(WATCH_ERRORS),
+            watch_index: b.int_gauge(WATCH_INDEX),
+            watch_last_success: b.gauge(WATCH_LAST_SUCCESS),
+            services: b.int_gauge_vec(SERVICES, &["status"]),
+            consul_requests: b.counter_vec(CONSUL_REQUESTS, &["op", "code"]),
+            consul_request_duration: b.histogram_vec(
+                CONSUL_REQUEST_DURATION,
                 &["op"],
                 REQUEST_BUCKETS,
             ),
-            consul_response_bytes: counter_vec(
-                &r,
-                "svc_handler_consul_response_bytes_total",
-                "Bytes of Consul answers' bodies by operation (a watch's cost).",
-                &["op"],
-            ),
-            build_info: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "svc_handler_build_info",
-                        "Always 1; the version as a label.",
-                    ),
-                    &["version"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            ready: int_gauge(
-                &r,
-                "svc_handler_ready",
-                "1 once the first full sync is done and Consul answers.",
-            ),
-            registry: r,
+            consul_response_bytes: b.counter_vec(CONSUL_RESPONSE_BYTES, &["op"]),
+            build_info: b.gauge_vec(BUILD_INFO, &["version"]),
+            ready: b.int_gauge(READY),
+            registry: b.0,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
-        // Make every labelled series exist at 0, so dashboards and `rate()`
-        // see them before the first event.
-        for res in RESULTS {
-            m.reconcile_total.with_label_values(&[res]);
-            m.reconcile_duration.with_label_values(&[res]);
-        }
-        for kind in KINDS {
-            for res in ["ok", "error", "cas_retry"] {
-                m.object_writes.with_label_values(&[kind, res]);
-            }
-            m.verify_failures.with_label_values(&[kind]);
-            m.drift_corrections.with_label_values(&[kind]);
-        }
-        for res in ["acquired", "held_elsewhere", "error"] {
-            m.lock_acquisitions.with_label_values(&[res]);
-        }
-        for st in STATUSES {
-            m.services.with_label_values(&[st]);
-        }
+        m.zero_series();
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = m.registry.register(Box::new(pc));
         }
         m
+    }
+
+    /// Makes every labelled series exist at 0, so dashboards and `rate()`
+    /// see them before the first event.
+    fn zero_series(&self) {
+        for res in RESULTS {
+            self.reconcile_total.with_label_values(&[res]);
+            self.reconcile_duration.with_label_values(&[res]);
+        }
+        for kind in KINDS {
+            for res in ["ok", "error", "cas_retry"] {
+                self.object_writes.with_label_values(&[kind, res]);
+            }
+            self.verify_failures.with_label_values(&[kind]);
+            self.drift_corrections.with_label_values(&[kind]);
+        }
+        for res in ["acquired", "held_elsewhere", "error"] {
+            self.lock_acquisitions.with_label_values(&[res]);
+        }
+        for st in STATUSES {
+            self.services.with_label_values(&[st]);
+        }
     }
 
     /// The text exposition format of every metric.

@@ -538,3 +538,42 @@ async fn run_once_applies_everything_and_says_when_something_failed() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn an_empty_prefix_is_ready_at_once_and_services_are_counted_by_status() {
+    let f = Fixture::new("counts", shared());
+    let d = f.start("counts", &[], &[]);
+    d.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(d.metric("svc_handler_ready").await, 1.0);
+    assert!(d.log_text().contains("first full sync done"));
+
+    let (good, bad) = (f.id("good"), f.id("bad"));
+    assert!(
+        f.put_and_wait(
+            &good,
+            br#"{"defaults": {"Protocol": "http"}}"#,
+            Duration::from_secs(20)
+        )
+        .await
+    );
+    f.client
+        .kv_put(&f.layout.base_key(&bad), br#"{"adopt": "yes"}"#)
+        .await
+        .unwrap();
+    let series = |status: &str| format!("svc_handler_services{{status=\"{status}\"}}");
+    let counted = eventually(Duration::from_secs(20), || async {
+        d.metric(&series("applied")).await == 1.0 && d.metric(&series("invalid")).await == 1.0
+    })
+    .await;
+    assert!(counted, "{:?}", d.metrics().await);
+
+    // A deleted service is forgotten.
+    f.client.kv_delete(&f.layout.base_key(&good)).await.unwrap();
+    let forgotten = eventually(Duration::from_secs(20), || async {
+        d.metric(&series("applied")).await == 0.0
+    })
+    .await;
+    assert!(forgotten, "{:?}", d.metrics().await);
+    assert_eq!(d.metric(&series("invalid")).await, 1.0);
+    assert_eq!(d.readyz().await, Some(200), "still ready");
+}

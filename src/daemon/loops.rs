@@ -1,0 +1,166 @@
+//! The daemon's background loops, each turning what it sees into events for
+//! the coordinator: the blocking-query watch of the desired prefix, the drift
+//! watches of the config-entry kinds, the periodic resync; and the systemd
+//! watchdog pings.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch as signal};
+use tokio::time::Instant;
+
+use super::coordinator::Event;
+use super::faults::FAULT_FREEZE_WATCH_ENV;
+use super::{notify, Daemon};
+use crate::consul::QueryOptions;
+use crate::entries::EntryKind;
+use crate::http::Health;
+use crate::watch::{BlockingLoop, Snapshot};
+
+/// Where the loops send their events.
+pub(super) type Events = mpsc::UnboundedSender<Event>;
+/// Turns `true` when the loops must stop.
+pub(super) type Stop = signal::Receiver<bool>;
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Daemon {
+    /// The blocking-query loop on the desired prefix.
+    pub(super) async fn watch_desired(self: Arc<Self>, events: Events, mut stop: Stop) {
+        let prefix = self.cfg.layout.desired_prefix();
+        let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::ZERO);
+        let mut outage_since: Option<Instant> = None;
+        loop {
+            self.health.beat();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = lp.ready() => {}
+            }
+            let opts = lp.options(QueryOptions::consistent(), self.cfg.watch_wait);
+            let result = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = self.client.kv_list(&prefix, &opts) => r,
+            };
+            self.health.beat();
+            match result {
+                Ok((pairs, meta)) => {
+                    let previous = lp.answered(&meta);
+                    self.metrics.watch_wakeups.inc();
+                    self.metrics.watch_last_success.set(unix_now());
+                    if let Some(since) = outage_since.take() {
+                        tracing::info!(after = ?since.elapsed(), "Consul answers again; watching");
+                    }
+                    let index = lp.index();
+                    if index == 0 {
+                        tracing::info!(
+                            previous,
+                            returned = meta.index,
+                            "the watch index went backwards; re-reading"
+                        );
+                    }
+                    self.metrics.watch_index.set(index as i64);
+                    if index != previous || previous == 0 {
+                        let snap = Snapshot::from_pairs(&self.cfg.layout, &pairs);
+                        if events.send(Event::Listing(snap)).is_err() {
+                            return;
+                        }
+                    }
+                    if self.cfg.faults.freeze_watch {
+                        tracing::warn!("{FAULT_FREEZE_WATCH_ENV} is set: the watch loop freezes now (fault tests only)");
+                        std::future::pending::<()>().await;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.watch_errors.inc();
+                    let delay = lp.failed();
+                    if outage_since.is_none() {
+                        outage_since = Some(Instant::now());
+                        tracing::error!(error = %e, retry_in = ?delay, "watch failed; Consul unreachable or erroring");
+                    } else {
+                        tracing::debug!(error = %e, retry_in = ?delay, "watch still failing");
+                    }
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A blocking list of one config-entry kind, for the coordinator to find
+    /// owned entries that no longer match their records.
+    pub(super) async fn watch_entries(
+        self: Arc<Self>,
+        kind: EntryKind,
+        events: Events,
+        mut stop: Stop,
+    ) {
+        // Every config write wakes this watch, which re-lists the whole
+        // kind: paced by size and at most 4 listings a second, so a bulk
+        // apply does not make it quadratic. Drift is not urgent.
+        let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = lp.ready() => {}
+            }
+            let opts = lp.options(QueryOptions::default(), self.cfg.watch_wait);
+            let result = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = self.client.config_list(kind.as_str(), &opts) => r,
+            };
+            match result {
+                Ok((entries, meta)) => {
+                    if lp.answered(&meta) == 0 {
+                        continue; // the startup sync checks everything anyway
+                    }
+                    if events.send(Event::Entries(kind, entries)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let delay = lp.failed();
+                    tracing::debug!(kind = kind.as_str(), error = %e, retry_in = ?delay, "config-entry watch failed");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends a resync event every `every`, the first one `every` from now.
+pub(super) async fn resync(every: Duration, events: Events, mut stop: Stop) {
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => { let _ = events.send(Event::Resync); }
+        }
+    }
+}
+
+/// Pings the systemd watchdog every `every`, only while the loops are
+/// healthy.
+pub(super) async fn watchdog(every: Duration, health: Arc<Health>, mut stop: Stop) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {
+                match health.healthy() {
+                    Ok(()) => notify(&[sd_notify::NotifyState::Watchdog]),
+                    Err(e) => tracing::error!(reason = %e, "unhealthy: not pinging the systemd watchdog"),
+                }
+            }
+        }
+    }
+}
