@@ -5,6 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::keys::{self, ServiceId, DEFAULT};
+use crate::kind::Kind;
 use crate::spec::{self, TgwLinkSpec};
 
 /// Meta key naming the tool that manages an entry.
@@ -19,8 +20,6 @@ pub const META_EXTERNAL_SOURCE: &str = "external-source";
 /// Longest rendering of a value in a [`Mismatch`].
 const SHORT_MAX_CHARS: usize = 80;
 
-pub use crate::kind::Kind as EntryKind;
-
 /// svc-handler's ownership mark for the service whose base.json is `base_key`.
 pub fn ownership_meta(base_key: &str) -> Value {
     json!({ META_MANAGED_BY: MANAGED_BY_VALUE, META_KEY: base_key })
@@ -30,7 +29,7 @@ pub fn ownership_meta(base_key: &str) -> Value {
 /// `Partition`/`Namespace` only when they are not `default` (Consul OSS refuses them).
 /// For a terminating gateway, which several services share, use [`upsert_link`].
 pub fn build_entry(
-    kind: EntryKind,
+    kind: Kind,
     id: &ServiceId,
     body: Option<&Map<String, Value>>,
     base_key: &str,
@@ -404,7 +403,7 @@ pub fn upsert_link(
     let new_link = link_object(id, link);
     let Some(existing) = gateway.and_then(Value::as_object) else {
         return Some(json!({
-            "Kind": EntryKind::TerminatingGateway.as_str(),
+            "Kind": Kind::TerminatingGateway.as_str(),
             "Name": gateway_name,
             "Services": [new_link],
             "Meta": ownership_meta(base_key),
@@ -520,7 +519,7 @@ mod tests {
 
     #[test]
     fn kinds() {
-        let names: Vec<_> = EntryKind::ALL.iter().map(|k| k.as_str()).collect();
+        let names: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -530,7 +529,7 @@ mod tests {
                 "terminating-gateway"
             ]
         );
-        for k in EntryKind::ALL {
+        for k in Kind::ALL {
             assert_eq!(k.to_string(), k.as_str());
         }
     }
@@ -538,7 +537,7 @@ mod tests {
     #[test]
     fn build_entry_default_scope() {
         let b = body(json!({"Protocol": "http"}));
-        let e = build_entry(EntryKind::ServiceDefaults, &web(), Some(&b), BASE_KEY);
+        let e = build_entry(Kind::ServiceDefaults, &web(), Some(&b), BASE_KEY);
         assert_eq!(
             e,
             json!({
@@ -548,7 +547,7 @@ mod tests {
                 "Meta": {"managed-by": "svc-handler", "svc-handler-key": BASE_KEY},
             })
         );
-        let e = build_entry(EntryKind::ServiceResolver, &web(), None, BASE_KEY);
+        let e = build_entry(Kind::ServiceResolver, &web(), None, BASE_KEY);
         assert_eq!(
             e,
             json!({"Kind": "service-resolver", "Name": "web", "Meta": ownership_meta(BASE_KEY)})
@@ -557,16 +556,11 @@ mod tests {
 
     #[test]
     fn build_entry_other_scope() {
-        let e = build_entry(
-            EntryKind::ServiceRouter,
-            &id("p1", "team", "api"),
-            None,
-            "k",
-        );
+        let e = build_entry(Kind::ServiceRouter, &id("p1", "team", "api"), None, "k");
         assert_eq!(e["Partition"], "p1");
         assert_eq!(e["Namespace"], "team");
         let e = build_entry(
-            EntryKind::ServiceRouter,
+            Kind::ServiceRouter,
             &id("default", "team", "api"),
             None,
             "k",
@@ -580,7 +574,7 @@ mod tests {
         let with_meta =
             |meta: Value| json!({"Kind": "service-defaults", "Name": "web", "Meta": meta});
         assert_eq!(ownership(None, BASE_KEY), Ownership::Absent);
-        let built = build_entry(EntryKind::ServiceDefaults, &web(), None, BASE_KEY);
+        let built = build_entry(Kind::ServiceDefaults, &web(), None, BASE_KEY);
         assert_eq!(ownership(Some(&built), BASE_KEY), Ownership::Ours);
         assert_eq!(
             ownership(
@@ -659,7 +653,7 @@ mod tests {
     #[test]
     fn consul_187_defaults_read_back_equals_built() {
         let b = body(json!({"Protocol": "http"}));
-        let built = build_entry(EntryKind::ServiceDefaults, &web(), Some(&b), BASE_KEY);
+        let built = build_entry(Kind::ServiceDefaults, &web(), Some(&b), BASE_KEY);
         let read = json!({
             "Kind": "service-defaults",
             "Name": "web",
@@ -677,7 +671,7 @@ mod tests {
     #[test]
     fn durations_compare_by_value() {
         let b = body(json!({"ConnectTimeout": "5000ms"}));
-        let built = build_entry(EntryKind::ServiceResolver, &web(), Some(&b), BASE_KEY);
+        let built = build_entry(Kind::ServiceResolver, &web(), Some(&b), BASE_KEY);
         let read = json!({
             "Kind": "service-resolver", "Name": "web", "ConnectTimeout": "5s",
             "Meta": ownership_meta(BASE_KEY), "CreateIndex": 11, "ModifyIndex": 12
@@ -763,7 +757,7 @@ mod tests {
 
     #[test]
     fn extra_field_is_drift() {
-        let built = build_entry(EntryKind::ServiceDefaults, &web(), None, BASE_KEY);
+        let built = build_entry(Kind::ServiceDefaults, &web(), None, BASE_KEY);
         let mut read = built.clone();
         read["Protocol"] = json!("grpc");
         assert!(!entries_equal(&built, &read));
@@ -1044,7 +1038,7 @@ mod tests {
             "terminating_gateway": {"Gateway": "egress", "SNI": "api.example.com"}}"#;
         let parsed = spec::parse(text).unwrap();
         let resolver = build_entry(
-            EntryKind::ServiceResolver,
+            Kind::ServiceResolver,
             &web(),
             parsed.resolver.as_ref(),
             BASE_KEY,
@@ -1057,7 +1051,7 @@ mod tests {
         });
         assert!(entries_equal(&resolver, &read));
         let router = build_entry(
-            EntryKind::ServiceRouter,
+            Kind::ServiceRouter,
             &web(),
             parsed.router.as_ref(),
             BASE_KEY,

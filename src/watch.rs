@@ -10,8 +10,9 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::time::Instant;
 
 use crate::consul::{ConfigEntry, KvPair, QueryMeta, QueryOptions};
-use crate::entries::{self, EntryKind};
+use crate::entries;
 use crate::keys::{DesiredKey, Layout, ServiceId};
+use crate::kind::Kind;
 use crate::records::Record;
 
 /// The index to wait on after an answer carrying `returned`, per Consul's
@@ -36,7 +37,7 @@ pub struct Snapshot {
     /// Keys that do not fit the layout: key → (reason, ModifyIndex).
     pub invalid: BTreeMap<String, (String, u64)>,
     /// The records found, readable ones only.
-    pub records: HashMap<(ServiceId, EntryKind), Record>,
+    pub records: HashMap<(ServiceId, Kind), Record>,
 }
 
 impl Snapshot {
@@ -127,7 +128,7 @@ pub fn diff(previous: Option<&Snapshot>, next: &Snapshot) -> Changes {
 
 /// The ModifyIndex each service's objects had when this instance last
 /// applied them: newer than the records the watch has seen, for a moment.
-pub type Applied = HashMap<(ServiceId, EntryKind), u64>;
+pub type Applied = HashMap<(ServiceId, Kind), u64>;
 
 /// Services whose owned entries of `kind` no longer match their records:
 /// a different ModifyIndex, or the entry gone. For terminating gateways, a
@@ -137,7 +138,7 @@ pub type Applied = HashMap<(ServiceId, EntryKind), u64>;
 /// even if the listing of records does not show it yet.
 pub fn drifted(
     snapshot: &Snapshot,
-    kind: EntryKind,
+    kind: Kind,
     entries: &[ConfigEntry],
     applied: &Applied,
 ) -> Vec<ServiceId> {
@@ -165,7 +166,7 @@ pub fn drifted(
         // namespace is checked by the periodic resync.
         let name = match (kind, rec) {
             (_, Some(r)) => r.name.as_str(),
-            (EntryKind::TerminatingGateway, None) => continue,
+            (Kind::TerminatingGateway, None) => continue,
             (_, None) => id.name.as_str(),
         };
         let known = rec.map(|r| r.modify_index).max(applied_index);
@@ -174,7 +175,7 @@ pub fn drifted(
             Some(e) if Some(e.modify_index()) == known => false,
             // A gateway changes whenever any service's link does: compare
             // this service's link with its record.
-            Some(gw) if kind == EntryKind::TerminatingGateway => {
+            Some(gw) if kind == Kind::TerminatingGateway => {
                 match (rec, entries::find_link(&gw.0, id)) {
                     (Some(r), Some(link)) => !entries::links_equal(link, &r.object),
                     _ => true,
@@ -476,7 +477,7 @@ mod tests {
         };
         assert!(drifted(
             &snap,
-            EntryKind::ServiceDefaults,
+            Kind::ServiceDefaults,
             &[same("web", 40), same("api", 41)],
             &none
         )
@@ -484,25 +485,25 @@ mod tests {
         assert_eq!(
             drifted(
                 &snap,
-                EntryKind::ServiceDefaults,
+                Kind::ServiceDefaults,
                 &[same("web", 44), same("api", 41)],
                 &none
             ),
             vec![id("web")]
         );
         assert_eq!(
-            drifted(&snap, EntryKind::ServiceDefaults, &[same("web", 40)], &none),
+            drifted(&snap, Kind::ServiceDefaults, &[same("web", 40)], &none),
             vec![id("api")],
             "deleted behind our back"
         );
-        assert!(drifted(&snap, EntryKind::ServiceRouter, &[], &none).is_empty());
+        assert!(drifted(&snap, Kind::ServiceRouter, &[], &none).is_empty());
         // Just applied by this instance, before the listing shows the record.
         let mut applied = Applied::new();
-        applied.insert((id("web"), EntryKind::ServiceDefaults), 44);
+        applied.insert((id("web"), Kind::ServiceDefaults), 44);
         assert_eq!(
             drifted(
                 &snap,
-                EntryKind::ServiceDefaults,
+                Kind::ServiceDefaults,
                 &[same("web", 44), same("api", 41)],
                 &applied
             ),
@@ -517,13 +518,13 @@ mod tests {
         // of what it applied tells.
         let snap = Snapshot::from_pairs(&l, &[pair(&format!("{D}/web/base.json"), 5, b"{}")]);
         let mut applied = Applied::new();
-        applied.insert((id("web"), EntryKind::ServiceDefaults), 40);
+        applied.insert((id("web"), Kind::ServiceDefaults), 40);
         let entry = |idx: u64| {
             ConfigEntry(json!({"Kind": "service-defaults", "Name": "web", "ModifyIndex": idx}))
         };
-        assert!(drifted(&snap, EntryKind::ServiceDefaults, &[entry(40)], &applied).is_empty());
+        assert!(drifted(&snap, Kind::ServiceDefaults, &[entry(40)], &applied).is_empty());
         assert_eq!(
-            drifted(&snap, EntryKind::ServiceDefaults, &[entry(47)], &applied),
+            drifted(&snap, Kind::ServiceDefaults, &[entry(47)], &applied),
             vec![id("web")]
         );
     }
@@ -556,31 +557,15 @@ mod tests {
         };
         // Another service's link changed the gateway's index: not our drift.
         let other = gw(json!([{"Name": "web", "SNI": "a"}, {"Name": "db"}]), 99);
-        assert!(drifted(
-            &snap,
-            EntryKind::TerminatingGateway,
-            &[other],
-            &Applied::new()
-        )
-        .is_empty());
+        assert!(drifted(&snap, Kind::TerminatingGateway, &[other], &Applied::new()).is_empty());
         let changed = gw(json!([{"Name": "web", "SNI": "b"}]), 100);
         assert_eq!(
-            drifted(
-                &snap,
-                EntryKind::TerminatingGateway,
-                &[changed],
-                &Applied::new()
-            ),
+            drifted(&snap, Kind::TerminatingGateway, &[changed], &Applied::new()),
             vec![id("web")]
         );
         let removed = gw(json!([{"Name": "db"}]), 101);
         assert_eq!(
-            drifted(
-                &snap,
-                EntryKind::TerminatingGateway,
-                &[removed],
-                &Applied::new()
-            ),
+            drifted(&snap, Kind::TerminatingGateway, &[removed], &Applied::new()),
             vec![id("web")]
         );
     }

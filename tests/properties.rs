@@ -11,8 +11,9 @@ mod invalid;
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use svc_handler::entries::{self, EntryKind};
+use svc_handler::entries;
 use svc_handler::keys::{Layout, ServiceId};
+use svc_handler::kind::Kind;
 use svc_handler::spec;
 
 /// Every body of the shared invalid table is refused, and the message names
@@ -133,7 +134,7 @@ proptest! {
         let layout = Layout::new("svc-handler").unwrap();
         let id = ServiceId::new("default", "default", "web").unwrap();
         let key = layout.base_key(&id);
-        let desired = entries::build_entry(EntryKind::ServiceDefaults, &id, parsed.defaults.as_ref(), &key);
+        let desired = entries::build_entry(Kind::ServiceDefaults, &id, parsed.defaults.as_ref(), &key);
         let mut read_back = desired.clone();
         let obj = read_back.as_object_mut().unwrap();
         obj.insert("CreateIndex".into(), json!(index));

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use super::worker::Action;
 use crate::consul::ConfigEntry;
-use crate::entries::EntryKind;
 use crate::keys::ServiceId;
+use crate::kind::Kind;
 use crate::metrics::STATUSES;
 use crate::reconcile::{Outcome, Report};
 use crate::records::Status;
@@ -23,7 +23,7 @@ pub enum Event {
     /// A listing of the desired prefix.
     Listing(Snapshot),
     /// A listing of every config entry of one kind (the drift watches).
-    Entries(EntryKind, Vec<ConfigEntry>),
+    Entries(Kind, Vec<ConfigEntry>),
     /// The periodic resync is due.
     Resync,
     /// A worker finished one service, and what it did with it in the queue.
@@ -135,7 +135,7 @@ impl Coordinator {
         self.previous = Some(snap);
     }
 
-    fn on_entries(&mut self, kind: EntryKind, entries: &[ConfigEntry], out: &mut Vec<Command>) {
+    fn on_entries(&mut self, kind: Kind, entries: &[ConfigEntry], out: &mut Vec<Command>) {
         let Some(snap) = &self.previous else { return };
         let drifted = watch::drifted(snap, kind, entries, &self.applied);
         for id in drifted {
@@ -198,10 +198,10 @@ impl Coordinator {
         let id = &report.id;
         if let Some(objects) = &report.objects {
             for (kind, r) in [
-                (EntryKind::ServiceDefaults, &objects.defaults),
-                (EntryKind::ServiceResolver, &objects.resolver),
-                (EntryKind::ServiceRouter, &objects.router),
-                (EntryKind::TerminatingGateway, &objects.terminating_gateway),
+                (Kind::ServiceDefaults, &objects.defaults),
+                (Kind::ServiceResolver, &objects.resolver),
+                (Kind::ServiceRouter, &objects.router),
+                (Kind::TerminatingGateway, &objects.terminating_gateway),
             ] {
                 match r {
                     Some(r) => self.applied.insert((id.clone(), kind), r.modify_index),
@@ -280,7 +280,7 @@ mod tests {
     fn failed(name: &str, status: Status, action: Action) -> Event {
         let outcome = Outcome::Failed {
             status,
-            step: "defaults".into(),
+            step: crate::kind::Step::Defaults,
             message: "m".into(),
         };
         Event::Done(report(name, outcome, Some(1)), action)
@@ -449,7 +449,7 @@ mod tests {
         let entry = |name: &str, index: u64| {
             ConfigEntry(json!({"Kind": "service-defaults", "Name": name, "ModifyIndex": index}))
         };
-        let drift = |entries| Event::Entries(EntryKind::ServiceDefaults, entries);
+        let drift = |entries| Event::Entries(Kind::ServiceDefaults, entries);
         let out = c.on(
             drift(vec![entry("web", 40), entry("api", 41)]),
             Instant::now(),
@@ -526,7 +526,7 @@ mod tests {
         c.on(failed("c", Status::Invalid, Action::Done), Instant::now());
         c.on(failed("d", Status::Conflict, Action::Done), Instant::now());
         let lost = Outcome::LockLost {
-            step: "router".into(),
+            step: crate::kind::Step::Router,
             message: "m".into(),
         };
         let out = c.on(

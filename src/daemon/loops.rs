@@ -13,8 +13,8 @@ use super::coordinator::Event;
 use super::faults::FAULT_FREEZE_WATCH_ENV;
 use super::{notify, Daemon};
 use crate::consul::QueryOptions;
-use crate::entries::EntryKind;
 use crate::http::Health;
+use crate::kind::Kind;
 use crate::watch::{BlockingLoop, Snapshot};
 
 /// Where the loops send their events.
@@ -95,12 +95,7 @@ impl Daemon {
 
     /// A blocking list of one config-entry kind, for the coordinator to find
     /// owned entries that no longer match their records.
-    pub(super) async fn watch_entries(
-        self: Arc<Self>,
-        kind: EntryKind,
-        events: Events,
-        mut stop: Stop,
-    ) {
+    pub(super) async fn watch_entries(self: Arc<Self>, kind: Kind, events: Events, mut stop: Stop) {
         // Every config write wakes this watch, which re-lists the whole
         // kind: paced by size and at most 4 listings a second, so a bulk
         // apply does not make it quadratic. Drift is not urgent.

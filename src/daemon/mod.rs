@@ -17,9 +17,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::consul::{Client, ConsulError, QueryOptions, Settings};
-use crate::entries::EntryKind;
 use crate::http::{Health, Observer};
 use crate::keys::{Layout, ServiceId};
+use crate::kind::Kind;
 use crate::lock::SessionConfig;
 use crate::metrics::Metrics;
 use crate::queue::{Backoff, Queue};
@@ -265,7 +265,7 @@ impl Daemon {
             tasks.spawn(crate::http::serve(listener, m, h, stopped));
         }
         tasks.spawn(Arc::clone(self).watch_desired(events.clone(), stop.clone()));
-        for kind in EntryKind::ALL {
+        for kind in Kind::ALL {
             let watch = Arc::clone(self).watch_entries(kind, events.clone(), stop.clone());
             tasks.spawn(watch);
         }
@@ -395,7 +395,7 @@ mod tests {
         }
         assert!(s.success());
         s.count(&Outcome::LockLost {
-            step: "router".into(),
+            step: crate::kind::Step::Router,
             message: "m".into(),
         });
         let want = OnceSummary {

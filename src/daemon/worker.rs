@@ -198,7 +198,7 @@ mod tests {
     fn failed(status: Status) -> Outcome {
         Outcome::Failed {
             status,
-            step: "defaults".into(),
+            step: crate::kind::Step::Defaults,
             message: "m".into(),
         }
     }
@@ -231,7 +231,7 @@ mod tests {
             Action::RetryWithBackoff
         );
         let lost = Outcome::LockLost {
-            step: "router".into(),
+            step: crate::kind::Step::Router,
             message: "m".into(),
         };
         assert_eq!(action(&lost, 0.0), Action::RetryWithBackoff);
