@@ -459,63 +459,58 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
             generation,
         ));
     }
-    let tgw = record(Kind::TerminatingGateway);
-    let gateway_record = match &spec.terminating_gateway {
-        Some(link) => {
-            let gw = cur.gateways.get(&link.gateway);
-            let c = link_change(t, link, spec.adopt, gw, tgw, generation);
-            let current_record = gw
-                .and_then(|g| entries::find_link(g, t.id).map(|l| (g, l)))
-                .map(|(g, l)| {
-                    let name = &link.gateway;
-                    Record::link(
-                        t.id,
-                        t.base_key,
-                        name,
-                        generation,
-                        l.clone(),
-                        Some(g),
-                        String::new(),
-                    )
-                });
-            let same = matches!((tgw, &current_record), (Some(r), Some(f)) if r.same_as(f));
-            let op = if c.action.writes() || !same {
-                RecordOp::Write
-            } else {
-                RecordOp::Keep
-            };
-            changes.push(c);
-            let stale = stale_gateways(tgw, Some(&link.gateway));
-            changes.extend(
-                stale
-                    .iter()
-                    .map(|g| unlink_change(t, g, cur.gateways.get(g))),
-            );
-            if stale.is_empty() {
-                op
-            } else {
-                RecordOp::Write
-            }
-        }
-        None => {
-            let stale = stale_gateways(tgw, None);
-            changes.extend(
-                stale
-                    .iter()
-                    .map(|g| unlink_change(t, g, cur.gateways.get(g))),
-            );
-            if tgw.is_some() {
-                RecordOp::Delete
-            } else {
-                RecordOp::Keep
-            }
-        }
-    };
+    let gateway_record = plan_gateway(t, spec, generation, cur, &mut changes);
     Plan {
         generation: Some(generation),
         changes,
         gateway_record,
         forget: false,
+    }
+}
+
+/// The link into the gateway `spec` names (or none), then the links out of
+/// the gateways it leaves; returns what happens to `tgw.json`.
+fn plan_gateway(
+    t: &Target<'_>,
+    spec: &Spec,
+    generation: u64,
+    cur: &Current,
+    changes: &mut Vec<Change>,
+) -> RecordOp {
+    let tgw = cur.records.get(&Kind::TerminatingGateway);
+    let unlink = |g: &String| unlink_change(t, g, cur.gateways.get(g));
+    let Some(link) = &spec.terminating_gateway else {
+        changes.extend(stale_gateways(tgw, None).iter().map(unlink));
+        return if tgw.is_some() {
+            RecordOp::Delete
+        } else {
+            RecordOp::Keep
+        };
+    };
+    let gw = cur.gateways.get(&link.gateway);
+    let c = link_change(t, link, spec.adopt, gw, tgw, generation);
+    let as_found = gw.and_then(|g| {
+        let found = entries::find_link(g, t.id)?.clone();
+        let name = &link.gateway;
+        Some(Record::link(
+            t.id,
+            t.base_key,
+            name,
+            generation,
+            found,
+            Some(g),
+            String::new(),
+        ))
+    });
+    let same = matches!((tgw, &as_found), (Some(r), Some(f)) if r.same_as(f));
+    let writes = c.action.writes();
+    changes.push(c);
+    let stale = stale_gateways(tgw, Some(&link.gateway));
+    changes.extend(stale.iter().map(unlink));
+    if writes || !same || !stale.is_empty() {
+        RecordOp::Write
+    } else {
+        RecordOp::Keep
     }
 }
 

@@ -140,19 +140,45 @@ struct Row {
 }
 
 fn rows() -> Vec<Row> {
-    let router = json!({"Routes": [{"Match": {"HTTP": {"PathPrefix": "/a"}}}]});
-    let with_router = json!({"defaults": {"Protocol": "http"}, "router": router});
-    let with_gw = |g: &str| json!({"defaults": {"Protocol": "http"}, "terminating_gateway": {"Gateway": g, "SNI": "x"}});
-    let gw_a_linked = gateway("a", &[link("x")], 20);
-    let gw_b_linked = gateway("b", &[link("x")], 21);
-    let row = |name, spec, state, shape, writes_config, noop| Row {
+    let mut all = entry_rows();
+    all.extend(gateway_rows());
+    all.extend(gone_rows());
+    for row in &mut all {
+        row.state.0.generation = row.spec.as_ref().map(|_| GEN);
+    }
+    all
+}
+
+fn row(
+    name: &'static str,
+    spec: Option<Value>,
+    state: State,
+    shape: &'static [&'static str],
+    writes_config: bool,
+    noop: bool,
+) -> Row {
+    Row {
         name,
         spec,
         state,
         shape,
         writes_config,
         noop,
-    };
+    }
+}
+
+fn router() -> Value {
+    json!({"Routes": [{"Match": {"HTTP": {"PathPrefix": "/a"}}}]})
+}
+
+fn with_gw(g: &str) -> Value {
+    json!({"defaults": {"Protocol": "http"}, "terminating_gateway": {"Gateway": g, "SNI": "x"}})
+}
+
+#[rustfmt::skip]
+fn entry_rows() -> Vec<Row> {
+    let router = router();
+    let with_router = json!({"defaults": {"Protocol": "http"}, "router": router});
     vec![
         row("all absent", Some(HTTP()), State::default(),
             &["service-router:web:none", "service-defaults:web:create", "service-resolver:web:create"], true, false),
@@ -199,6 +225,14 @@ fn rows() -> Vec<Row> {
                 .entry(Kind::ServiceDefaults, ours(Kind::ServiceDefaults, json!({"Protocol": "http"}), 10))
                 .entry(Kind::ServiceResolver, ours(Kind::ServiceResolver, json!({}), 10)),
             &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
+    ]
+}
+
+#[rustfmt::skip]
+fn gateway_rows() -> Vec<Row> {
+    let gw_a_linked = gateway("a", &[link("x")], 20);
+    let gw_b_linked = gateway("b", &[link("x")], 21);
+    vec![
         row("first link, gateway absent", Some(with_gw("a")), base_state(),
             &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:link"], true, false),
         row("link in place", Some(with_gw("a")), base_state().gw(gw_a_linked.clone()).link_record(&gw_a_linked, None, GEN),
@@ -223,6 +257,14 @@ fn rows() -> Vec<Row> {
             &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:link"], true, false),
         row("link removed from base.json", Some(HTTP()), base_state().gw(gw_a_linked.clone()).link_record(&gw_a_linked, None, GEN),
             &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:unlink"], true, false),
+    ]
+}
+
+#[rustfmt::skip]
+fn gone_rows() -> Vec<Row> {
+    let router = router();
+    let gw_a_linked = gateway("a", &[link("x")], 20);
+    vec![
         row("gone, pruned", None,
             base_state().in_place(Kind::ServiceRouter, router.clone()).gw(gw_a_linked.clone()).link_record(&gw_a_linked, None, GEN),
             &["terminating-gateway:a:unlink", "service-router:web:delete", "service-resolver:web:delete", "service-defaults:web:delete"], true, false),
@@ -231,12 +273,6 @@ fn rows() -> Vec<Row> {
             &["service-router:web:none", "service-resolver:web:none", "service-defaults:web:delete"], true, false),
         row("gone, nothing left", None, State::default(), &[], false, true),
     ]
-    .into_iter()
-    .map(|mut row: Row| {
-        row.state.0.generation = row.spec.as_ref().map(|_| GEN);
-        row
-    })
-    .collect()
 }
 
 #[test]
