@@ -195,6 +195,10 @@ impl<'a> Run<'a> {
             self.cas(change.clone(), spec, step).await?;
             return Ok(None);
         };
+        if let Some(b) = &change.blocked {
+            // Nothing of a blocked link is written, its intent included.
+            return Err(Fail::conflict(step, b));
+        }
         if let Some(intent) = &change.intent {
             // Recorded before the link is written, so that a crash between
             // the two leaves a link svc-handler knows is its own.
