@@ -284,19 +284,19 @@ enum End {
     Refused,
 }
 
-async fn run_case(c: Case) -> End {
-    let w = world();
-    let n = names();
+/// Sets up the state of `c` for `n`, and base.json. Returns the router's
+/// state as it could be set up.
+async fn set_up(c: &Case, n: &Names) -> Pre {
     // Pre-state: the defaults go first (a router needs an http protocol).
     set_up_entry(
-        &n,
+        n,
         Kind::ServiceDefaults,
         c.defaults,
         json!({"Protocol": "http"}),
     )
     .await;
     set_up_entry(
-        &n,
+        n,
         Kind::ServiceResolver,
         c.resolver,
         json!({"ConnectTimeout": "3s"}),
@@ -307,14 +307,18 @@ async fn run_case(c: Case) -> End {
         _ => Pre::Absent,
     };
     let old_router = json!({"Routes": [{"Match": {"HTTP": {"PathPrefix": "/old"}}}]});
-    set_up_entry(&n, Kind::ServiceRouter, router_pre, old_router).await;
-    set_up_links(&n, c.link).await;
+    set_up_entry(n, Kind::ServiceRouter, router_pre, old_router).await;
+    set_up_links(n, c.link).await;
+    let spec = spec_of(c, n);
+    let bytes = serde_json::to_vec(&spec).unwrap();
+    world().client.kv_put(&n.base_key, &bytes).await.unwrap();
+    router_pre
+}
 
-    let spec = spec_of(&c, &n);
-    w.client
-        .kv_put(&n.base_key, &serde_json::to_vec(&spec).unwrap())
-        .await
-        .unwrap();
+async fn run_case(c: Case) -> End {
+    let w = world();
+    let n = names();
+    let router_pre = set_up(&c, &n).await;
     let session = Session::create(&w.client, &w.rec.config().session, None)
         .await
         .unwrap();
@@ -401,4 +405,83 @@ fn most_random_states_apply() {
     }
     let applied = ends.iter().filter(|e| **e == End::Applied).count();
     assert!(applied * 2 >= ends.len(), "{ends:?}");
+}
+
+/// `svc-handler diff SERVICE`, as a user runs it: its exit code.
+fn diff_exit(id: &ServiceId) -> i32 {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_svc-handler"))
+        .args(["diff", &id.name, "--prefix", world().layout.prefix()])
+        .args(["--http-addr", &shared().url()])
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("CONSUL_HTTP_ADDR")
+        .output()
+        .expect("run svc-handler diff");
+    let code = out.status.code().expect("diff exits");
+    assert!(code == 0 || code == 1, "diff: {out:?}");
+    code
+}
+
+/// Config-entry writes (and deletes) made so far by `rec`.
+fn writes(rec: &Reconciler) -> u64 {
+    let m = rec.metrics();
+    Kind::ALL
+        .iter()
+        .map(|k| m.object_writes.with_label_values(&[k.as_str(), "ok"]).get())
+        .sum()
+}
+
+/// `svc-handler diff` exits 0 exactly when a reconcile then makes no config
+/// write: over states of every kind, a crash in the middle of a gateway move
+/// included, each followed by a second round once the first has converged.
+#[test]
+fn diff_exits_0_exactly_when_a_reconcile_writes_nothing() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut cases: Vec<Case> = (0..14)
+        .map(|_| case().new_tree(&mut runner).unwrap().current())
+        .collect();
+    let moving = Case {
+        protocol: "http",
+        timeout: None,
+        router: false,
+        gateway: Some(false),
+        adopt: false,
+        defaults: Pre::OursUnrecorded,
+        resolver: Pre::OursUnrecorded,
+        router_pre: Pre::Absent,
+        link: PreLink::MovingAToB,
+    };
+    cases.push(moving);
+    // A reconciler of its own: its write counter sees only this test.
+    let w = world();
+    let cfg = ReconcilerConfig::new(w.layout.clone(), "diff-test");
+    let rec = Reconciler::new(w.client.clone(), cfg, Arc::new(Metrics::new()));
+    let mut seen = (0, 0);
+    for c in cases {
+        runtime().block_on(async {
+            let n = names();
+            set_up(&c, &n).await;
+            for round in 0..2 {
+                let code = diff_exit(&n.id);
+                let before = writes(&rec);
+                let session = Session::create(&world().client, &world().rec.config().session, None)
+                    .await
+                    .unwrap();
+                rec.reconcile(&n.id, true, &session).await;
+                session.destroy().await.unwrap();
+                let wrote = writes(&rec) - before;
+                assert_eq!(
+                    code == 0,
+                    wrote == 0,
+                    "{c:?} round {round}: diff {code}, {wrote} writes"
+                );
+                if code == 0 {
+                    seen.0 += 1
+                } else {
+                    seen.1 += 1
+                }
+            }
+        });
+    }
+    // Both answers were seen, the move's half-done state among the writes.
+    assert!(seen.0 > 0 && seen.1 > 0, "{seen:?}");
 }
