@@ -217,6 +217,11 @@ pub struct WaitArgs {
     /// Give up (exit 2) after this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Exit 1 at the first `error`, even one the daemon will retry (by
+    /// default `wait` waits on while the daemon retries, and exits 1 only on
+    /// a final outcome: invalid, conflict, an error it will not retry).
+    #[arg(long)]
+    pub fail_fast: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

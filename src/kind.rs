@@ -89,6 +89,8 @@ pub enum Step {
     Read,
     /// Parsing and validating base.json.
     Parse,
+    /// Consul's cross-entry rules checked before the first write.
+    Preflight,
     /// The key of base.json does not fit the layout.
     Key,
     Defaults,
@@ -103,10 +105,11 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a reconcile meets them.
-    pub const ALL: [Step; 10] = [
+    pub const ALL: [Step; 11] = [
         Step::Lock,
         Step::Read,
         Step::Parse,
+        Step::Preflight,
         Step::Key,
         Step::Defaults,
         Step::Resolver,
@@ -121,6 +124,7 @@ impl Step {
             Step::Lock => "lock",
             Step::Read => "read",
             Step::Parse => "parse",
+            Step::Preflight => "preflight",
             Step::Key => "key",
             Step::Defaults => "defaults",
             Step::Resolver => "resolver",

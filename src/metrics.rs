@@ -32,6 +32,8 @@ pub struct Metrics {
     pub object_writes: IntCounterVec,
     pub verify_failures: IntCounterVec,
     pub drift_corrections: IntCounterVec,
+    pub rewrites_suppressed: IntCounterVec,
+    pub final_refusals: IntCounterVec,
     pub lock_acquisitions: IntCounterVec,
     pub session_renew_failures: IntCounter,
     pub queue_depth: IntGauge,
@@ -76,6 +78,14 @@ const VERIFY_FAILURES: Def = Def(
 const DRIFT_CORRECTIONS: Def = Def(
     "svc_handler_drift_corrections_total",
     "Entries rewritten because they drifted from their record, by kind.",
+);
+const REWRITES_SUPPRESSED: Def = Def(
+    "svc_handler_rewrites_suppressed_total",
+    "Writes not made because nothing changed (what = entry: as svc-handler left it for this generation; observed: the same outcome).",
+);
+const FINAL_REFUSALS: Def = Def(
+    "svc_handler_final_refusals_total",
+    "Entries Consul refused on validation, by step: final for their generation, not retried.",
 );
 const LOCK_ACQUISITIONS: Def = Def(
     "svc_handler_lock_acquisitions_total",
@@ -203,6 +213,8 @@ impl Metrics {
             object_writes: b.counter_vec(OBJECT_WRITES, &["kind", "result"]),
             verify_failures: b.counter_vec(VERIFY_FAILURES, &["kind"]),
             drift_corrections: b.counter_vec(DRIFT_CORRECTIONS, &["kind"]),
+            rewrites_suppressed: b.counter_vec(REWRITES_SUPPRESSED, &["what"]),
+            final_refusals: b.counter_vec(FINAL_REFUSALS, &["step"]),
             lock_acquisitions: b.counter_vec(LOCK_ACQUISITIONS, &["result"]),
             session_renew_failures: b.counter(SESSION_RENEW_FAILURES),
             queue_depth: b.int_gauge(QUEUE_DEPTH),
@@ -253,6 +265,9 @@ impl Metrics {
         }
         for res in ["acquired", "held_elsewhere", "error"] {
             self.lock_acquisitions.with_label_values(&[res]);
+        }
+        for what in ["entry", "observed"] {
+            self.rewrites_suppressed.with_label_values(&[what]);
         }
         for st in STATUSES {
             self.services.with_label_values(&[st]);

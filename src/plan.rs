@@ -149,6 +149,13 @@ pub struct Change {
     pub intent: Option<Record>,
     /// Why an existing entry is left in place (not owned, so not deleted).
     pub note: Option<String>,
+    /// The entry is as svc-handler left it after its own write for this
+    /// generation, though it differs from the desired entry: not written
+    /// again (the write budget) until base.json or the entry changes.
+    pub suppressed: bool,
+    /// Consul stored it differently from what was written: the reconcile
+    /// ends with this message, without writing.
+    pub stuck: Option<String>,
 }
 
 impl Change {
@@ -164,7 +171,26 @@ impl Change {
             record: RecordOp::Keep,
             intent: None,
             note: None,
+            suppressed: false,
+            stuck: None,
         }
+    }
+
+    /// Applies the write budget: an entry untouched since svc-handler's own
+    /// write for this generation is not written again.
+    fn budget(&mut self, mine: Option<&Record>, untouched: bool) {
+        let Some(r) = mine.filter(|_| untouched && self.action.writes()) else {
+            return;
+        };
+        self.action = Action::None;
+        self.desired = self.current.clone();
+        self.suppressed = true;
+        self.stuck = r.differs.as_ref().map(|m| {
+            format!(
+                "{}: Consul stored it differently from what was written (read-back differs at {m}); it is not written again until base.json or the entry changes",
+                self.what()
+            )
+        });
     }
 
     /// `kind/name`, as messages name an entry.
@@ -211,6 +237,7 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         !self.writes_config()
             && self.blocked().is_none()
+            && self.changes.iter().all(|c| c.stuck.is_none())
             && !self.forget
             && self.gateway_record == RecordOp::Keep
             && self.changes.iter().all(|c| c.record == RecordOp::Keep)
@@ -250,6 +277,43 @@ impl Plan {
                 o.status == Status::Applied && o.generation == g && o.objects == self.objects(t)
             }),
         }
+    }
+}
+
+impl Plan {
+    /// Where a reconcile would stop without writing a config entry first:
+    /// the status and message of a blocked change (`conflict`) or of an
+    /// entry Consul stored differently (`error`, not retried).
+    pub fn stops_at(&self) -> Option<(Status, String)> {
+        for c in &self.changes {
+            if let Some(b) = &c.blocked {
+                return Some((Status::Conflict, b.to_string()));
+            }
+            if let Some(m) = &c.stuck {
+                return Some((Status::Error, m.clone()));
+            }
+            if c.action.writes() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// When observed.json already tells the final outcome this plan would
+    /// reach again (nothing it depends on changed), that status: a reconcile
+    /// would only repeat it. A refusal by Consul (`invalid`) is final for
+    /// its generation; a `conflict` or a stored-differently `error` while
+    /// the plan still stops at the same change with the same words.
+    pub fn settled(&self, observed: Option<&Observed>) -> Option<Status> {
+        let o = observed?;
+        if Some(o.generation) != self.generation || o.retry || o.status == Status::Applied {
+            return None;
+        }
+        if o.status == Status::Invalid {
+            return (!self.is_noop()).then_some(Status::Invalid);
+        }
+        let (status, message) = self.stops_at()?;
+        (o.status == status && o.message.as_deref() == Some(message.as_str())).then_some(status)
     }
 }
 
@@ -315,10 +379,18 @@ pub fn entry_change(
         Some(e) if entries::entries_equal(&desired, e) => Action::None,
         Some(_) => Action::Update,
     };
+    c.desired = Some(desired);
+    let mine = record.filter(|r| r.generation == generation);
+    let untouched = match (mine, current) {
+        (Some(r), Some(e)) => unchanged_since(r, e, e),
+        _ => false,
+    };
+    c.budget(mine, untouched);
     c.drift = c.action.writes() && record.is_some_and(|r| r.generation == generation);
     c.record = match (c.action.writes(), current) {
         (false, Some(e)) => {
-            let fresh = Record::entry(kind, t.id, t.base_key, generation, e, String::new());
+            let mut fresh = Record::entry(kind, t.id, t.base_key, generation, e, String::new());
+            fresh.differs = mine.filter(|_| untouched).and_then(|r| r.differs.clone());
             if record.is_some_and(|r| r.same_as(&fresh)) {
                 RecordOp::Keep
             } else {
@@ -327,8 +399,15 @@ pub fn entry_change(
         }
         _ => RecordOp::Write,
     };
-    c.desired = Some(desired);
     c
+}
+
+/// True when `entry` (whose comparable part is `object`: the whole entry,
+/// or a link) is as svc-handler read it back after its own write recorded
+/// in `r`: same ModifyIndex, or the same canonical form.
+fn unchanged_since(r: &Record, entry: &Value, object: &Value) -> bool {
+    records::index(entry, "ModifyIndex") == r.modify_index
+        || entries::canonical(object) == entries::canonical(&r.object)
 }
 
 /// The removal of one of the service's own entries (a router gone from
@@ -382,6 +461,13 @@ pub fn link_change(
         c.action = Action::Link;
         c.desired = Some(new);
     }
+    let mine = record.filter(|r| r.generation == generation && r.name == name);
+    let found = gateway.and_then(|g| entries::find_link(g, t.id).map(|l| (g, l)));
+    let untouched = match (mine, found) {
+        (Some(r), Some((g, l))) => unchanged_since(r, g, l),
+        _ => false,
+    };
+    c.budget(mine, untouched);
     let moving = record.is_none_or(|r| r.name != name);
     c.drift = c.action.writes() && !moving && record.is_some_and(|r| r.generation == generation);
     if c.action.writes() && moving {
@@ -492,7 +578,7 @@ fn plan_gateway(
     let as_found = gw.and_then(|g| {
         let found = entries::find_link(g, t.id)?.clone();
         let name = &link.gateway;
-        Some(Record::link(
+        let mut r = Record::link(
             t.id,
             t.base_key,
             name,
@@ -500,7 +586,9 @@ fn plan_gateway(
             found,
             Some(g),
             String::new(),
-        ))
+        );
+        r.differs = tgw.filter(|_| c.suppressed).and_then(|t| t.differs.clone());
+        Some(r)
     });
     let same = matches!((tgw, &as_found), (Some(r), Some(f)) if r.same_as(f));
     let writes = c.action.writes();

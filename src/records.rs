@@ -66,6 +66,11 @@ pub struct Record {
     /// For a link being moved: the gateway it is leaving, until it is out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_gateway: Option<String>,
+    /// When Consul stored the entry differently from what was written: where
+    /// the read-back differs. The entry is not written again for this
+    /// generation unless someone else changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub differs: Option<String>,
 }
 
 impl Record {
@@ -93,6 +98,7 @@ impl Record {
             base_key: base_key.to_string(),
             service: None,
             previous_gateway: None,
+            differs: None,
         }
     }
 
@@ -123,6 +129,7 @@ impl Record {
             base_key: base_key.to_string(),
             service: Some(id.name.clone()),
             previous_gateway: None,
+            differs: None,
         }
     }
 
@@ -197,6 +204,34 @@ pub struct Observed {
     pub holder: String,
     /// The base.json key this outcome is for.
     pub base_key: String,
+    /// The daemon will try this generation again by itself (a transient
+    /// `error`); false for an outcome that stays until base.json or Consul
+    /// changes.
+    #[serde(default)]
+    pub retry: bool,
+}
+
+impl Observed {
+    /// True when both tell the same outcome: status, generation, step,
+    /// message, objects and whether it is retried (not when, by whom, or how
+    /// long it took).
+    pub fn same_outcome(&self, other: &Observed) -> bool {
+        (
+            self.status,
+            self.generation,
+            self.step,
+            &self.message,
+            &self.objects,
+            self.retry,
+        ) == (
+            other.status,
+            other.generation,
+            other.step,
+            &other.message,
+            &other.objects,
+            other.retry,
+        )
+    }
 }
 
 /// Now, as RFC 3339 with milliseconds (UTC).
@@ -221,6 +256,7 @@ mod tests {
             duration_ms: 3,
             holder: "node-1:42".into(),
             base_key: "svc-handler/desired/default/default/web/base.json".into(),
+            retry: false,
         };
         let v = serde_json::to_value(&o).unwrap();
         for f in [
@@ -261,6 +297,7 @@ mod tests {
             base_key: "k".into(),
             service: None,
             previous_gateway: None,
+            differs: None,
         };
         let mut later = r.clone();
         later.verified_at = now_rfc3339();

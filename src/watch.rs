@@ -366,6 +366,7 @@ mod tests {
             base_key: String::new(),
             service: None,
             previous_gateway: None,
+            differs: None,
         })
         .unwrap()
     }

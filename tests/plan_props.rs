@@ -368,12 +368,13 @@ async fn run_case(c: Case) -> End {
             End::Conflict
         }
         Outcome::Failed {
-            status: Status::Error,
+            status: Status::Invalid,
             message,
             ..
         } if message.contains("protocol") => {
             // An unmarked router svc-handler may not delete keeps the
-            // protocol http: Consul refuses tcp. The user's to resolve.
+            // protocol http: Consul refuses tcp, final for the generation.
+            // The user's to resolve.
             assert!(matches!(router_pre, Pre::Unmarked), "{c:?}: {message}");
             End::Refused
         }

@@ -360,7 +360,7 @@ async fn unchanged_spec_writes_nothing_for_every_field_kind() {
 }
 
 #[tokio::test]
-async fn router_on_tcp_is_an_error_until_the_protocol_is_fixed() {
+async fn router_on_tcp_is_refused_until_the_protocol_is_fixed() {
     let w = world("tcp-router");
     let id = w.id("api");
     let mut spec = full_spec("unused");
@@ -372,15 +372,19 @@ async fn router_on_tcp_is_an_error_until_the_protocol_is_fixed() {
         status,
         step,
         message,
+        ..
     } = &r.outcome
     else {
         panic!("{r:?}")
     };
-    assert_eq!(*status, Status::Error);
+    // Consul's refusal is final for the generation: not retried.
+    assert_eq!(*status, Status::Invalid);
+    assert!(matches!(r.outcome, Outcome::Failed { retry: false, .. }));
     assert_eq!(step.as_str(), "router");
     assert!(message.contains("protocol"), "Consul's words: {message}");
     let obs = w.observed(&id).await.unwrap();
-    assert_eq!(obs.status, Status::Error);
+    assert_eq!(obs.status, Status::Invalid);
+    assert!(!obs.retry);
     assert_eq!(obs.step.map(|s| s.as_str()), Some("router"));
     assert_eq!(obs.generation, generation);
     assert!(obs.message.unwrap().contains("protocol"));
@@ -477,6 +481,7 @@ async fn unowned_entry_is_a_conflict_until_adopted() {
         status,
         step,
         message,
+        ..
     } = &r.outcome
     else {
         panic!("{r:?}")

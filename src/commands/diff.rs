@@ -87,15 +87,22 @@ fn pretty(v: Option<&Value>) -> String {
 
 /// What a reconcile of `id` toward `spec` would change, as the reconcile
 /// itself decides it ([`crate::plan::plan`]), entry by entry in the order it
-/// would make them.
-pub async fn plan(ctx: &Ctx, id: &ServiceId, spec: &Spec) -> Result<Plan, ConsulError> {
+/// would make them. `from_file`: `spec` is not base.json as stored but a
+/// document that would become a new generation once written.
+pub async fn plan(
+    ctx: &Ctx,
+    id: &ServiceId,
+    spec: &Spec,
+    from_file: bool,
+) -> Result<Plan, ConsulError> {
     let (current, _) = read_current(&ctx.client, &ctx.layout, id, Some(spec)).await?;
     let base_key = ctx.layout.base_key(id);
     let t = Target {
         id,
         base_key: &base_key,
     };
-    let generation = current.generation.unwrap_or(0);
+    let stored = current.generation.unwrap_or(0);
+    let generation = if from_file { stored + 1 } else { stored };
     Ok(plan::plan(
         &t,
         &Desired::Spec { spec, generation },
@@ -166,7 +173,7 @@ async fn run_inner(ctx: &Ctx, args: &DiffArgs) -> Exit {
             (spec, key)
         }
     };
-    let plan = plan(ctx, &id, &spec).await?;
+    let plan = plan(ctx, &id, &spec, args.file.is_some()).await?;
     let diffs: Vec<EntryDiff> = plan.changes.iter().map(EntryDiff::of).collect();
     // Exactly when a reconcile would write a config entry (it stops at a
     // blocked change, whose note is shown).

@@ -296,6 +296,7 @@ mod tests {
             duration_ms: 1,
             holder: "h".into(),
             base_key: "k".into(),
+            retry: false,
         }
     }
 

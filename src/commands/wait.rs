@@ -28,9 +28,17 @@ pub enum WaitEnd {
     },
 }
 
-/// What observed.json says about `generation`: `None` while it is older.
-pub fn judge(generation: u64, observed: &Observed) -> Option<bool> {
-    (observed.generation >= generation).then_some(observed.status == Status::Applied)
+/// What observed.json says about `generation`: `None` while it is older, or
+/// (unless `fail_fast`) while it is an `error` the daemon will retry.
+pub fn judge(generation: u64, observed: &Observed, fail_fast: bool) -> Option<bool> {
+    if observed.generation < generation {
+        return None;
+    }
+    match observed.status {
+        Status::Applied => Some(true),
+        Status::Error if observed.retry && !fail_fast => None,
+        _ => Some(false),
+    }
 }
 
 /// Waits until observed.json answers for the current base.json generation
@@ -39,6 +47,7 @@ pub async fn wait_applied(
     ctx: &Ctx,
     id: &ServiceId,
     timeout: Duration,
+    fail_fast: bool,
 ) -> Result<WaitEnd, Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
     let base_key = ctx.layout.base_key(id);
@@ -71,7 +80,7 @@ pub async fn wait_applied(
         };
         generation = base.modify_index;
         if let Some(o) = &last {
-            match judge(generation, o) {
+            match judge(generation, o, fail_fast) {
                 Some(true) => {
                     return Ok(WaitEnd::Applied {
                         generation,
@@ -92,7 +101,7 @@ pub async fn wait_applied(
             Ok(Some((pair, meta))) => {
                 index = next_index(index, meta.index);
                 delays = retry_delays();
-                last = match pair {
+                let next = match pair {
                     None => None,
                     Some(p) => match serde_json::from_slice::<Observed>(&p.value) {
                         Ok(o) => Some(o),
@@ -102,6 +111,8 @@ pub async fn wait_applied(
                         }
                     },
                 };
+                show_retry(id, last.as_ref(), next.as_ref());
+                last = next;
             }
             Err(e) if e.is_retryable() => {
                 tracing::debug!(error = %e, "retrying");
@@ -111,6 +122,17 @@ pub async fn wait_applied(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Says on standard error, once per new message, that the daemon is retrying.
+fn show_retry(id: &ServiceId, before: Option<&Observed>, now: Option<&Observed>) {
+    let Some(o) = now.filter(|o| o.status == Status::Error && o.retry) else {
+        return;
+    };
+    if before.is_some_and(|b| b.message == o.message && b.generation == o.generation) {
+        return;
+    }
+    eprintln!("{id}: the daemon retries: {}", describe(o));
 }
 
 /// The result of `wait`, as `--output json` prints it.
@@ -139,7 +161,7 @@ pub fn describe(o: &Observed) -> String {
 
 pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
     let id = ctx.service(&args.service)?;
-    let end = wait_applied(ctx, &id, args.timeout).await?;
+    let end = wait_applied(ctx, &id, args.timeout, args.fail_fast).await?;
     let (result, generation, observed) = match &end {
         WaitEnd::Applied {
             generation,
@@ -213,16 +235,33 @@ mod tests {
             duration_ms: 1,
             holder: "h".into(),
             base_key: "k".into(),
+            retry: false,
         }
     }
 
     #[test]
     fn judged_against_the_generation() {
-        assert_eq!(judge(10, &observed(Status::Applied, 9)), None);
-        assert_eq!(judge(10, &observed(Status::Applied, 10)), Some(true));
-        assert_eq!(judge(10, &observed(Status::Applied, 11)), Some(true));
-        assert_eq!(judge(10, &observed(Status::Conflict, 9)), None);
-        assert_eq!(judge(10, &observed(Status::Invalid, 10)), Some(false));
+        assert_eq!(judge(10, &observed(Status::Applied, 9), false), None);
+        assert_eq!(judge(10, &observed(Status::Applied, 10), false), Some(true));
+        assert_eq!(judge(10, &observed(Status::Applied, 11), false), Some(true));
+        assert_eq!(judge(10, &observed(Status::Conflict, 9), false), None);
+        assert_eq!(
+            judge(10, &observed(Status::Invalid, 10), false),
+            Some(false)
+        );
+        let mut retried = observed(Status::Error, 10);
+        retried.retry = true;
+        assert_eq!(
+            judge(10, &retried, false),
+            None,
+            "the daemon still works on it"
+        );
+        assert_eq!(judge(10, &retried, true), Some(false), "--fail-fast");
+        assert_eq!(
+            judge(10, &observed(Status::Error, 10), false),
+            Some(false),
+            "final"
+        );
     }
 
     #[test]

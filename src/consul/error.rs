@@ -8,10 +8,12 @@ const MAX_BODY_CHARS: usize = 512;
 /// What a failed request means for the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Consul could not decode what was sent: the user's input is wrong.
+    /// Consul answered 400 to a config entry (it could not decode it, or a
+    /// field is wrong): the user's input is wrong.
     InvalidInput,
-    /// Consul refused the entry on validation (answered 500): the same
-    /// request will be refused again until the input changes.
+    /// Consul refused a config entry on validation (answered 500 without
+    /// naming a transient trouble): the same request will be refused again
+    /// until the input changes.
     Refused,
     /// Trying again later may succeed: transport errors, timeouts, 429, 5xx.
     Retryable,
@@ -20,9 +22,30 @@ pub enum ErrorClass {
     Failed,
 }
 
-/// Words in the body of a 500 by which Consul 1.8 refuses an entry on
-/// validation.
-const REFUSALS: [&str; 1] = ["discovery chain"];
+/// Words in the body of a 500 that name a transient trouble of the cluster
+/// or of an RPC (Consul's `structs.ErrNoLeader`, `ErrLeadershipLost`, raft and
+/// RPC transport errors, rate limits), not a refusal of the entry.
+const TRANSIENT: [&str; 10] = [
+    "No cluster leader",
+    "leadership lost",
+    "Not ready to serve consistent reads",
+    "rpc error",
+    "raft",
+    "i/o timeout",
+    "connection refused",
+    "EOF",
+    "timed out",
+    "rate limit",
+];
+
+/// A write of a config entry, whose 400 and 500 answers judge the entry.
+fn is_entry_write(op: &str) -> bool {
+    matches!(op, "config.put" | "config.cas")
+}
+
+fn is_transient(body: &str) -> bool {
+    TRANSIENT.iter().any(|t| body.contains(t))
+}
 
 /// An error from one Consul HTTP API operation. `op` names the operation
 /// (`kv.get`, `config.put`, ...). No variant ever carries the ACL token.
@@ -78,15 +101,18 @@ impl ConsulError {
     /// What kind of failure this is, for whoever decides what happens next.
     pub fn class(&self) -> ErrorClass {
         match self {
-            ConsulError::Status { status, body, .. } => match *status {
+            ConsulError::Status { op, status, body } => match *status {
+                400 if is_entry_write(op) => ErrorClass::InvalidInput,
                 400 if body.contains("Request decoding failed")
                     || body.contains("invalid config key") =>
                 {
                     ErrorClass::InvalidInput
                 }
-                // Consul 1.8 answers 500 to config entries it refuses on
-                // validation; asking again gives the same answer.
-                500 if REFUSALS.iter().any(|r| body.contains(r)) => ErrorClass::Refused,
+                // Consul answers 500 to a config entry its Validate() or the
+                // discovery-chain compiler refuses; asking again gives the
+                // same answer. A 500 that names a cluster or transport
+                // trouble is transient.
+                500 if is_entry_write(op) && !is_transient(body) => ErrorClass::Refused,
                 429 => ErrorClass::Retryable,
                 s if s >= 500 && s != 501 => ErrorClass::Retryable,
                 _ => ErrorClass::Failed,
@@ -187,6 +213,40 @@ mod tests {
         };
         assert!(!cas.is_retryable());
         assert!(cas.is_cas_conflict());
+    }
+
+    #[test]
+    fn classes_of_config_entry_writes() {
+        let e = |op, code, body| ConsulError::status_from_body(op, code, body).class();
+        let bad = r#"Request decoding failed: 1 error(s) decoding: invalid config key "Bogus""#;
+        assert_eq!(e("config.put", 400, bad), ErrorClass::InvalidInput);
+        assert_eq!(
+            e("config.cas", 400, "Invalid protocol"),
+            ErrorClass::InvalidInput
+        );
+        let chain = r#"discovery chain "api" uses inconsistent protocols"#;
+        assert_eq!(e("config.cas", 500, chain), ErrorClass::Refused);
+        let failover = r#"Bad Failover["v2"]: not a valid subset"#;
+        assert_eq!(e("config.cas", 500, failover), ErrorClass::Refused);
+        assert_eq!(
+            e("config.cas", 500, "No cluster leader"),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            e("config.cas", 500, "rpc error making call: EOF"),
+            ErrorClass::Retryable
+        );
+        assert_eq!(e("config.get", 500, "anything"), ErrorClass::Retryable);
+        assert_eq!(
+            e(
+                "config.get",
+                400,
+                "Namespaces are a Consul Enterprise feature"
+            ),
+            ErrorClass::Failed
+        );
+        assert_eq!(e("config.cas", 503, "x"), ErrorClass::Retryable);
+        assert_eq!(e("kv.put", 500, "x"), ErrorClass::Retryable);
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl Coordinator {
                     }
                 }
             }
-            Outcome::Failed { status, .. } => {
+            Outcome::Failed { status, .. } | Outcome::Settled { status } => {
                 self.statuses.insert(id.clone(), *status);
             }
             Outcome::LockLost { .. } => {
@@ -282,6 +282,7 @@ mod tests {
             status,
             step: crate::kind::Step::Defaults,
             message: "m".into(),
+            retry: status == Status::Error,
         };
         Event::Done(report(name, outcome, Some(1)), action)
     }

@@ -104,7 +104,9 @@ impl OnceSummary {
             Outcome::Applied { changed: false, .. } | Outcome::UpToDate => self.unchanged += 1,
             Outcome::Deleted { .. } | Outcome::Absent => self.deleted += 1,
             Outcome::HeldElsewhere { .. } => self.held_elsewhere += 1,
-            Outcome::Failed { .. } | Outcome::LockLost { .. } => self.failed += 1,
+            Outcome::Failed { .. } | Outcome::LockLost { .. } | Outcome::Settled { .. } => {
+                self.failed += 1
+            }
         }
     }
 }

@@ -17,7 +17,6 @@ use crate::lock::{Session, SessionConfig};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::reconcile::{Outcome, Reconciler, Report};
-use crate::records::Status;
 
 /// What becomes of a service after a reconcile, as kube-runtime's `Action`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -43,11 +42,7 @@ const HELD_ELSEWHERE_SPREAD: Duration = Duration::from_millis(1000);
 /// services held elsewhere.
 pub fn action(outcome: &Outcome, jitter: f64) -> Action {
     match outcome {
-        Outcome::Failed {
-            status: Status::Error,
-            ..
-        }
-        | Outcome::LockLost { .. } => Action::RetryWithBackoff,
+        Outcome::Failed { retry: true, .. } | Outcome::LockLost { .. } => Action::RetryWithBackoff,
         // Not a spin: come back in about a second. The holder may be
         // applying an older generation; then this one still gets applied.
         Outcome::HeldElsewhere { .. } => Action::RequeueAfter(
@@ -56,6 +51,7 @@ pub fn action(outcome: &Outcome, jitter: f64) -> Action {
         Outcome::Applied { .. }
         | Outcome::UpToDate
         | Outcome::Failed { .. }
+        | Outcome::Settled { .. }
         | Outcome::Deleted { .. }
         | Outcome::Absent => Action::Done,
     }
@@ -194,12 +190,14 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::Status;
 
     fn failed(status: Status) -> Outcome {
         Outcome::Failed {
             status,
             step: crate::kind::Step::Defaults,
             message: "m".into(),
+            retry: status == Status::Error,
         }
     }
 
@@ -219,6 +217,15 @@ mod tests {
             Outcome::Absent,
             failed(Status::Invalid),
             failed(Status::Conflict),
+            Outcome::Settled {
+                status: Status::Invalid,
+            },
+            Outcome::Failed {
+                status: Status::Error,
+                step: crate::kind::Step::Resolver,
+                message: "Consul stored it differently".into(),
+                retry: false,
+            },
         ] {
             assert_eq!(action(&outcome, 0.5), Action::Done, "{outcome:?}");
         }

@@ -83,6 +83,21 @@ impl State {
     }
 }
 
+/// The records of `s` moved to the generation before.
+fn older(mut s: State) -> State {
+    s.0.records
+        .values_mut()
+        .for_each(|r| r.generation = GEN - 1);
+    s
+}
+
+/// The record of `kind` says Consul stored it differently.
+fn differs(mut s: State, kind: Kind) -> State {
+    s.0.records.get_mut(&kind).unwrap().differs =
+        Some("Protocol: expected \"grpc\", found \"http\"".into());
+    s
+}
+
 /// defaults + resolver in place for `{"defaults": {"Protocol": "http"}}`.
 fn base_state() -> State {
     State::default()
@@ -184,8 +199,15 @@ fn entry_rows() -> Vec<Row> {
             &["service-router:web:none", "service-defaults:web:create", "service-resolver:web:create"], true, false),
         row("all equal", Some(HTTP()), base_state(),
             &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
-        row("defaults different", Some(json!({"defaults": {"Protocol": "grpc"}})), base_state(),
+        row("defaults different (a new generation)", Some(json!({"defaults": {"Protocol": "grpc"}})), older(base_state()),
             &["service-router:web:none", "service-defaults:web:update", "service-resolver:web:none"], true, false),
+        row("as written for this generation, Consul shows it otherwise", Some(json!({"defaults": {"Protocol": "grpc"}})), base_state(),
+            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
+        row("stored differently for this generation", Some(json!({"defaults": {"Protocol": "grpc"}})), differs(base_state(), Kind::ServiceDefaults),
+            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
+        row("changed by someone after our write for this generation", Some(HTTP()),
+            base_state().entry(Kind::ServiceResolver, ours(Kind::ServiceResolver, json!({"ConnectTimeout": "9s"}), 12)),
+            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:update"], true, false),
         row("equal, records of an older generation", Some(HTTP()),
             State::default()
                 .entry(Kind::ServiceDefaults, ours(Kind::ServiceDefaults, json!({"Protocol": "http"}), 10))
@@ -243,8 +265,11 @@ fn gateway_rows() -> Vec<Row> {
             base_state().gw(gw_a_linked.clone()),
             &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none"], false, false),
         row("link changed", Some(with_gw("a")),
-            base_state().gw(gateway("a", &[link("old")], 20)).link_record(&gateway("a", &[link("old")], 20), None, GEN),
+            base_state().gw(gateway("a", &[link("old")], 20)).link_record(&gateway("a", &[link("old")], 20), None, GEN - 1),
             &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:link"], true, false),
+        row("link as written for this generation", Some(with_gw("a")),
+            base_state().gw(gateway("a", &[link("old")], 20)).link_record(&gateway("a", &[link("old")], 20), None, GEN),
+            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none"], false, true),
         row("gateway moved", Some(with_gw("b")), base_state().gw(gw_a_linked.clone()).link_record(&gw_a_linked, None, GEN),
             &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:link", "terminating-gateway:a:unlink"], true, false),
         row("crash in the middle of a move", Some(with_gw("b")),
@@ -401,6 +426,7 @@ fn in_sync_needs_a_noop_plan_and_observed_applied_for_this_generation() {
         duration_ms: 0,
         holder: String::new(),
         base_key: KEY.into(),
+        retry: false,
     };
     let objects = p.objects(&t);
     assert_eq!(objects.defaults.as_ref().unwrap().modify_index, 10);
@@ -421,6 +447,50 @@ fn in_sync_needs_a_noop_plan_and_observed_applied_for_this_generation() {
     assert!(gone.in_sync(&t, None));
     let kept = plan_with(None, &base_state(), false);
     assert!(kept.changes.is_empty() && kept.forget && !kept.in_sync(&t, None));
+}
+
+#[test]
+fn the_write_budget_suppresses_and_reports_what_consul_stored_differently() {
+    let spec = Some(json!({"defaults": {"Protocol": "grpc"}}));
+    let p = plan_of(spec.clone(), &base_state());
+    assert!(
+        p.changes[1].suppressed && p.changes[1].stuck.is_none(),
+        "{p:#?}"
+    );
+    assert_eq!(p.stops_at(), None);
+    let p = plan_of(spec.clone(), &differs(base_state(), Kind::ServiceDefaults));
+    let (status, message) = p.stops_at().expect("stops at the defaults");
+    assert_eq!(status, Status::Error);
+    assert!(
+        message.starts_with("service-defaults/web: Consul stored it differently"),
+        "{message}"
+    );
+    assert!(message.contains("Protocol: expected"), "{message}");
+    // observed.json telling the same is settled; another message is not.
+    let mut o = Observed {
+        status: Status::Error,
+        generation: GEN,
+        message: Some(message.clone()),
+        step: None,
+        objects: Objects::default(),
+        updated_at: String::new(),
+        duration_ms: 0,
+        holder: String::new(),
+        base_key: KEY.into(),
+        retry: false,
+    };
+    assert_eq!(p.settled(Some(&o)), Some(Status::Error));
+    o.retry = true;
+    assert_eq!(p.settled(Some(&o)), None, "a transient error is retried");
+    o.retry = false;
+    o.message = Some("other".into());
+    assert_eq!(p.settled(Some(&o)), None);
+    // A refusal by Consul is final for its generation, whatever the plan.
+    o.status = Status::Invalid;
+    let writes = plan_of(spec, &older(base_state()));
+    assert_eq!(writes.settled(Some(&o)), Some(Status::Invalid));
+    o.generation = GEN - 1;
+    assert_eq!(writes.settled(Some(&o)), None, "a new generation is tried");
 }
 
 #[test]

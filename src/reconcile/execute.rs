@@ -123,31 +123,31 @@ impl<'a> Run<'a> {
                 format!("{}: absent after the write", change.what()),
             ));
         };
-        if let Err(m) = entries::verify(desired, &actual) {
-            self.rec.count_verify_failure(change.kind);
-            let what = change.what();
-            return Err(Fail::error(
-                step,
-                format!("{what}: read-back differs at {m}"),
-            ));
-        }
         let kind = change.kind;
-        *self.objects.slot(kind) = Some(plan::object_ref(
-            &self.target(),
-            kind,
-            &change.name,
-            &actual,
-        ));
-        let record = Record::entry(
-            kind,
-            self.id,
-            &self.base_key,
-            self.generation,
-            &actual,
-            now_rfc3339(),
-        );
+        let t = self.target();
+        *self.objects.slot(kind) = Some(plan::object_ref(&t, kind, &change.name, &actual));
+        let (gen, now) = (self.generation, now_rfc3339());
+        let mut record = Record::entry(kind, self.id, &self.base_key, gen, &actual, now);
+        let differs = entries::verify(desired, &actual)
+            .err()
+            .map(|m| m.to_string());
+        if differs.is_some() {
+            // Recorded, so that this generation does not write it again
+            // unless someone else changes it.
+            self.rec.count_verify_failure(kind);
+            record.differs = differs.clone();
+        } else if change.suppressed {
+            record.differs = self
+                .fence
+                .records
+                .get(&kind)
+                .and_then(|r| r.differs.clone());
+        }
         self.fence.queue_record(step, record).await;
-        Ok(())
+        match differs {
+            Some(m) => Err(stored_differently(&change, &m, step)),
+            None => Ok(()),
+        }
     }
 
     /// One of the service's own entries removed (when svc-handler owns it),
@@ -212,22 +212,14 @@ impl<'a> Run<'a> {
                 format!("{}: absent after the write", change.what()),
             ));
         };
-        if let Err(m) = entries::verify_link(&actual, self.id, link) {
-            self.rec.count_verify_failure(Kind::TerminatingGateway);
-            let what = change.what();
-            return Err(Fail::error(
-                step,
-                format!("{what}: read-back of the link differs at {m}"),
-            ));
-        }
         let t = self.target();
-        self.objects.terminating_gateway =
-            Some(plan::object_ref(&t, change.kind, &change.name, &actual));
+        let kind = Kind::TerminatingGateway;
+        self.objects.terminating_gateway = Some(plan::object_ref(&t, kind, &change.name, &actual));
         let found = entries::find_link(&actual, self.id)
             .cloned()
             .unwrap_or(Value::Null);
         let (gen, now) = (self.generation, now_rfc3339());
-        Ok(Some(Record::link(
+        let mut record = Record::link(
             self.id,
             &self.base_key,
             &change.name,
@@ -235,7 +227,21 @@ impl<'a> Run<'a> {
             found,
             Some(&actual),
             now,
-        )))
+        );
+        if let Err(m) = entries::verify_link(&actual, self.id, link) {
+            self.rec.count_verify_failure(kind);
+            record.differs = Some(m.to_string());
+            self.fence.queue_record(step, record).await;
+            return Err(stored_differently(&change, &m.to_string(), step));
+        }
+        if change.suppressed {
+            record.differs = self
+                .fence
+                .records
+                .get(&kind)
+                .and_then(|r| r.differs.clone());
+        }
+        Ok(Some(record))
     }
 
     /// Writes `change` with check-and-set on the index of the entry it was
@@ -258,6 +264,12 @@ impl<'a> Run<'a> {
         loop {
             if let Some(b) = &change.blocked {
                 return Err(Fail::conflict(step, b));
+            }
+            if let Some(m) = &change.stuck {
+                return Err(Fail::final_error(step, m.clone()));
+            }
+            if change.suppressed {
+                self.rec.count_suppressed("entry");
             }
             let Some(new) = change.desired.as_ref().filter(|_| change.action.writes()) else {
                 let current = change.current.clone();
@@ -304,6 +316,17 @@ impl<'a> Run<'a> {
             .map(|(e, _)| e.map(ConfigEntry::into_value))
             .map_err(|e| Fail::consul(step, &e))
     }
+}
+
+/// The failure of a write Consul stored differently from what was written:
+/// final for the generation (the record says so, and the entry is not
+/// written again unless someone else changes it).
+fn stored_differently(change: &Change, mismatch: &str, step: Step) -> Fail {
+    let what = change.what();
+    Fail::final_error(
+        step,
+        format!("{what}: Consul stored it differently from what was written (read-back differs at {mismatch}); it is not written again until base.json or the entry changes"),
+    )
 }
 
 /// True when `kind` is to be removed: base.json is gone, or it no longer

@@ -171,21 +171,32 @@ impl Reconciler {
             id,
             base_key: &base_key,
         };
-        let spec = match &base {
-            Some(bytes) => Some(spec::parse(bytes).ok()?),
-            None => None,
-        };
-        let desired = desired(spec.as_ref(), &current, prune);
-        let plan = plan::plan(&t, &desired, &current);
-        if !plan.in_sync(&t, current.observed.as_ref()) {
-            return None;
-        }
-        let outcome = match plan.generation {
-            Some(_) => Outcome::UpToDate,
-            None => Outcome::Absent,
-        };
+        let observed = current.observed.as_ref();
+        let outcome = match base.as_deref().map(spec::parse) {
+            None => {
+                let plan = plan::plan(&t, &Desired::Gone { prune }, &current);
+                plan.in_sync(&t, observed).then_some(Outcome::Absent)
+            }
+            Some(Err(_)) => observed
+                .filter(|o| {
+                    (o.status, o.step, Some(o.generation))
+                        == (Status::Invalid, Some(Step::Parse), current.generation)
+                })
+                .map(|_| Outcome::Settled {
+                    status: Status::Invalid,
+                }),
+            Some(Ok(spec)) => {
+                let plan = plan::plan(&t, &desired(Some(&spec), &current, prune), &current);
+                if plan.in_sync(&t, observed) {
+                    Some(Outcome::UpToDate)
+                } else {
+                    plan.settled(observed)
+                        .map(|status| Outcome::Settled { status })
+                }
+            }
+        }?;
         let _enter = span.enter();
-        Some(self.finish(id, outcome, plan.generation, started))
+        Some(self.finish(id, outcome, current.generation, started))
     }
 
     /// One span per reconcile, carrying the service key and (once read) the
@@ -235,6 +246,7 @@ impl Reconciler {
             status: Status::Error,
             step: Step::Lock,
             message,
+            retry: true,
         };
         self.finish(id, outcome, None, started)
     }
@@ -337,7 +349,9 @@ impl Reconciler {
             }
             Ok(spec) => self.apply(&mut run, &spec, &current).await,
         };
-        self.commit(&mut run, result, generation, started).await
+        let previous = current.observed.as_ref();
+        self.commit(&mut run, result, generation, started, previous)
+            .await
     }
 
     /// Plans and executes the changes toward `spec`.
@@ -362,10 +376,11 @@ impl Reconciler {
         result: Result<(), Fail>,
         generation: Option<u64>,
         started: Instant,
+        previous: Option<&Observed>,
     ) -> Finished {
         let (observed, outcome, objects) = match result {
             Ok(()) => (
-                self.observed(run, Status::Applied, None, None, started),
+                self.observed(run, Status::Applied, None, None, started, false),
                 Outcome::Applied {
                     changed: run.changed,
                     drifted: run.drifted.clone(),
@@ -374,21 +389,26 @@ impl Reconciler {
             ),
             Err(f) if f.lock_lost => return Finished::failed(f, generation),
             Err(f) => {
-                let observed = self.observed(
-                    run,
-                    f.status,
-                    Some(f.message.clone()),
-                    Some(f.step),
-                    started,
-                );
+                if f.is_refusal() {
+                    let step = f.step.as_str();
+                    self.metrics.final_refusals.with_label_values(&[step]).inc();
+                }
+                let (status, message) = (f.status, Some(f.message.clone()));
+                let observed = self.observed(run, status, message, Some(f.step), started, f.retry);
                 (observed, f.into_outcome(), None)
             }
         };
         self.hook_before_fenced_write(Step::Observed, run.fence.session)
             .await;
-        let value = serde_json::to_vec(&observed).expect("observed serializes");
-        let key = self.layout().observed_key(run.id);
-        let extra = vec![TxnKvOp::Set { key, value }, run.fence.unlock_op()];
+        let mut extra = vec![run.fence.unlock_op()];
+        if previous.is_some_and(|p| p.same_outcome(&observed)) {
+            // The same outcome as observed.json tells already: not rewritten.
+            self.count_suppressed("observed");
+        } else {
+            let value = serde_json::to_vec(&observed).expect("observed serializes");
+            let key = self.layout().observed_key(run.id);
+            extra.insert(0, TxnKvOp::Set { key, value });
+        }
         match run.fence.flush(Step::Observed, extra).await {
             Ok(()) => Finished {
                 outcome,
@@ -457,8 +477,10 @@ impl Reconciler {
         message: Option<String>,
         step: Option<Step>,
         started: Instant,
+        retry: bool,
     ) -> Observed {
         Observed {
+            retry,
             status,
             generation: run.generation,
             message,
@@ -481,6 +503,13 @@ impl Reconciler {
         self.metrics
             .object_writes
             .with_label_values(&[kind.as_str(), result])
+            .inc();
+    }
+
+    pub(crate) fn count_suppressed(&self, what: &str) {
+        self.metrics
+            .rewrites_suppressed
+            .with_label_values(&[what])
             .inc();
     }
 
@@ -569,6 +598,7 @@ impl Reconciler {
             duration_ms: 0,
             holder: self.cfg.holder.clone(),
             base_key: key.to_string(),
+            retry: false,
         };
         let bytes = serde_json::to_vec(&observed).expect("observed serializes");
         self.client.kv_put(&observed_key, &bytes).await?;
@@ -597,6 +627,7 @@ fn log_outcome(id: &ServiceId, outcome: &Outcome, generation: Option<u64>, durat
             status,
             step,
             message,
+            ..
         } => {
             tracing::warn!(service = %id, generation, %status, %step, message, "reconcile failed")
         }

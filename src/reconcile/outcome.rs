@@ -15,12 +15,19 @@ pub enum Outcome {
     /// Everything in base.json is in Consul; `changed` when anything was written
     /// to Consul's config entries.
     Applied { changed: bool, drifted: Vec<Kind> },
-    /// Ended with `status` at `step`; observed.json says so.
+    /// Ended with `status` at `step`; observed.json says so. `retry`: the
+    /// failure is transient and the daemon tries again with backoff; else it
+    /// stays until base.json (or the entry, or its owner) changes.
     Failed {
         status: Status,
         step: Step,
         message: String,
+        retry: bool,
     },
+    /// Nothing done: observed.json already tells this generation's final
+    /// outcome (`invalid`, `conflict`, or an `error` that is not retried) and
+    /// nothing it depends on changed.
+    Settled { status: Status },
     /// Already in place (the plan writes nothing and observed.json says
     /// applied): nothing written, no lock taken.
     UpToDate,
@@ -40,7 +47,9 @@ impl Outcome {
     pub fn result_label(&self) -> &'static str {
         match self {
             Outcome::Applied { changed: true, .. } => "applied",
-            Outcome::Applied { changed: false, .. } | Outcome::UpToDate => "unchanged",
+            Outcome::Applied { changed: false, .. }
+            | Outcome::UpToDate
+            | Outcome::Settled { .. } => "unchanged",
             Outcome::Failed { status, .. } => status.as_str(),
             Outcome::HeldElsewhere { .. } => "held_elsewhere",
             Outcome::Deleted { .. } | Outcome::Absent => "deleted",
@@ -50,7 +59,10 @@ impl Outcome {
 
     /// True for the outcomes `--once` exits non-zero on.
     pub fn is_failure(&self) -> bool {
-        matches!(self, Outcome::Failed { .. } | Outcome::LockLost { .. })
+        matches!(
+            self,
+            Outcome::Failed { .. } | Outcome::LockLost { .. } | Outcome::Settled { .. }
+        )
     }
 }
 
@@ -73,6 +85,8 @@ pub(crate) struct Fail {
     pub step: Step,
     pub message: String,
     pub lock_lost: bool,
+    /// Transient: worth trying again.
+    pub retry: bool,
 }
 
 impl Fail {
@@ -82,6 +96,16 @@ impl Fail {
             step,
             message: message.into(),
             lock_lost: false,
+            retry: status == Status::Error,
+        }
+    }
+
+    /// An error that trying again cannot mend (Consul stored an entry
+    /// differently from what was written).
+    pub fn final_error(step: Step, message: impl Into<String>) -> Self {
+        Fail {
+            retry: false,
+            ..Fail::error(step, message)
         }
     }
 
@@ -94,14 +118,21 @@ impl Fail {
         Fail::new(Status::Conflict, step, blocked.to_string())
     }
 
-    /// A Consul error: a body Consul could not decode is the user's input
-    /// (`invalid`); anything else is an `error` with Consul's own words.
+    /// A Consul error: an entry Consul refused (a 400, or a validation
+    /// 500) is the user's input, `invalid` with Consul's own words, final for
+    /// the generation; anything else is an `error`, retried when transient.
     pub fn consul(step: Step, e: &ConsulError) -> Self {
-        let status = match e.class() {
-            ErrorClass::InvalidInput => Status::Invalid,
-            _ => Status::Error,
-        };
-        Fail::new(status, step, e.to_string())
+        match e.class() {
+            ErrorClass::InvalidInput | ErrorClass::Refused => {
+                Fail::new(Status::Invalid, step, e.to_string())
+            }
+            _ => Fail::new(Status::Error, step, e.to_string()),
+        }
+    }
+
+    /// True when Consul refused what was written (final for the generation).
+    pub fn is_refusal(&self) -> bool {
+        self.status == Status::Invalid && !matches!(self.step, Step::Parse | Step::Preflight)
     }
 
     pub fn lock_lost(step: Step, message: impl Into<String>) -> Self {
@@ -123,6 +154,7 @@ impl Fail {
                 status: self.status,
                 step: self.step,
                 message: self.message,
+                retry: self.retry,
             }
         }
     }
