@@ -1044,6 +1044,230 @@ mod tests {
         assert!(e.message.contains("\"Protocol\""), "{e}");
     }
 
+    fn err_at(text: &str, version: &str) -> SpecError {
+        let options = ParseOptions {
+            consul_version: version.parse().unwrap(),
+        };
+        parse_with(text.as_bytes(), &options).expect_err(text)
+    }
+
+    #[test]
+    fn spellings_are_refused_at_every_depth() {
+        let cases = [
+            (
+                r#"{"defaults":{"mesh_gateway":{}}}"#,
+                "$.defaults.mesh_gateway",
+                "MeshGateway",
+            ),
+            (
+                r#"{"defaults":{"MeshGateway":{"mode":"local"}}}"#,
+                "$.defaults.MeshGateway.mode",
+                "Mode",
+            ),
+            (
+                r#"{"router":{"Routes":[{"Match":{"HTTP":{"path_prefix":"/"}}}]}}"#,
+                "$.router.Routes[0].Match.HTTP.path_prefix",
+                "PathPrefix",
+            ),
+            (
+                r#"{"router":{"Routes":[{"Match":{"HTTP":{"pathPrefix":"/"}}}]}}"#,
+                "$.router.Routes[0].Match.HTTP.pathPrefix",
+                "PathPrefix",
+            ),
+            (
+                r#"{"router":{"Routes":[{"match":{}}]}}"#,
+                "$.router.Routes[0].match",
+                "Match",
+            ),
+            (
+                r#"{"resolver":{"Redirect":{"service_subset":"v1"}}}"#,
+                "$.resolver.Redirect.service_subset",
+                "ServiceSubset",
+            ),
+            (
+                r#"{"defaults":{"EXTERNALSNI":"x"}}"#,
+                "$.defaults.EXTERNALSNI",
+                "ExternalSNI",
+            ),
+        ];
+        for (text, path, name) in cases {
+            let e = err(text);
+            assert_eq!(e.path, path, "{text}");
+            assert_eq!(
+                e.message,
+                format!("write \"{name}\" (Consul stores it so)"),
+                "{text}"
+            );
+        }
+        let e = err(r#"{"defaults":{"MeshGateway":{"mode":"local"}}}"#);
+        assert_eq!(
+            e.to_string(),
+            "$.defaults.MeshGateway.mode: write \"Mode\" (Consul stores it so)"
+        );
+    }
+
+    #[test]
+    fn free_map_keys_are_data_but_their_values_are_checked() {
+        ok(r#"{"resolver":{"Subsets":{"v1":{"Filter":"x"},"filter":{},"Only_Passing":{}}}}"#);
+        ok(r#"{"resolver":{"Failover":{"*":{"Datacenters":["dc2"]}}}}"#);
+        ok(
+            r#"{"router":{"Routes":[{"Destination":{"RequestHeaders":{"Add":{"x-any_Case":"1"}}}}]}}"#,
+        );
+        let e = err(r#"{"resolver":{"Subsets":{"v1":{"filter":"x"}}}}"#);
+        assert_eq!(e.path, "$.resolver.Subsets.v1.filter");
+        assert!(e.message.contains("write \"Filter\""), "{e}");
+        let e = err(r#"{"resolver":{"Subsets":{"v1":{"Filtr":"x"}}}}"#);
+        assert!(e.message.contains("did you mean \"Filter\"?"), "{e}");
+        let e =
+            err(r#"{"router":{"Routes":[{"Destination":{"RequestHeaders":{"Add":{"x":1}}}}]}}"#);
+        assert_eq!(
+            e.to_string(),
+            "$.router.Routes[0].Destination.RequestHeaders.Add.x: expected a string, found a number"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_with_a_did_you_mean() {
+        let e = err(r#"{"defaults":{"Protocl":"http"}}"#);
+        assert_eq!(e.path, "$.defaults.Protocl");
+        assert!(
+            e.message
+                .starts_with("unknown field \"Protocl\" (did you mean \"Protocol\"?); the fields here are Protocol,"),
+            "{e}"
+        );
+        let e = err(r#"{"defaults":{"Bogus":1}}"#);
+        assert!(e.message.starts_with("unknown field \"Bogus\"; "), "{e}");
+        let e = err(r#"{"router":{"Routes":[{"Destination":{"Servce":"a"}}]}}"#);
+        assert_eq!(e.path, "$.router.Routes[0].Destination.Servce");
+        assert!(e.message.contains("did you mean \"Service\"?"), "{e}");
+    }
+
+    #[test]
+    fn fields_newer_than_the_target_are_refused() {
+        let e = err_at(
+            r#"{"resolver":{"LoadBalancer":{"Policy":"random"}}}"#,
+            "1.8.7",
+        );
+        assert_eq!(
+            e.to_string(),
+            "$.resolver.LoadBalancer: needs Consul 1.9.0 or newer; the target is 1.8.7"
+        );
+        assert!(parse_with(
+            br#"{"resolver":{"LoadBalancer":{"Policy":"random"}}}"#,
+            &ParseOptions {
+                consul_version: "v1.9.0".parse().unwrap()
+            }
+        )
+        .is_ok());
+        let e = err_at(r#"{"defaults":{"Mode":"transparent"}}"#, "1.9.17");
+        assert!(e.message.contains("needs Consul 1.10.0"), "{e}");
+        let e = err_at(
+            r#"{"resolver":{"Failover":{"*":{"Targets":[{"Peer":"p"}]}}}}"#,
+            "1.13.9",
+        );
+        assert_eq!(e.path, "$.resolver.Failover[\"*\"].Targets");
+        let e = err_at(
+            r#"{"router":{"Routes":[{"Destination":{"RetryOn":["reset"]}}]}}"#,
+            "1.12.0",
+        );
+        assert_eq!(e.path, "$.router.Routes[0].Destination.RetryOn");
+        let e = err_at(r#"{"resolver":{"load_balancer":{}}}"#, "1.8.7");
+        assert!(e.message.contains("write \"LoadBalancer\""), "{e}");
+        assert!(e.message.contains("needs Consul 1.9.0 or newer"), "{e}");
+        // The default target is the newest the table knows.
+        ok(r#"{"defaults":{"MutualTLSMode":"strict","Destination":{"Addresses":["a"],"Port":1}}}"#);
+        // The fields an unknown-field message lists are those of the target.
+        let e = err_at(r#"{"defaults":{"X":1}}"#, "1.8.7");
+        assert!(
+            e.message
+                .ends_with("Protocol, MeshGateway, Expose, ExternalSNI"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn types_are_checked() {
+        for (text, path, found) in [
+            (
+                r#"{"defaults":{"MeshGateway":"local"}}"#,
+                "$.defaults.MeshGateway",
+                "expected an object, found a string",
+            ),
+            (
+                r#"{"defaults":{"Expose":{"Checks":"yes"}}}"#,
+                "$.defaults.Expose.Checks",
+                "expected true or false, found a string",
+            ),
+            (
+                r#"{"defaults":{"Expose":{"Paths":[{"ListenerPort":1.5}]}}}"#,
+                "$.defaults.Expose.Paths[0].ListenerPort",
+                "expected a whole number, found a number",
+            ),
+            (
+                r#"{"resolver":{"Failover":{"*":{"Datacenters":"dc2"}}}}"#,
+                "$.resolver.Failover[\"*\"].Datacenters",
+                "expected an array, found a string",
+            ),
+            (
+                r#"{"resolver":{"Failover":{"*":{"Datacenters":[null]}}}}"#,
+                "$.resolver.Failover[\"*\"].Datacenters[0]",
+                "expected a string, found null",
+            ),
+            (
+                r#"{"resolver":{"LoadBalancer":{"HashPolicies":[{"CookieConfig":{"TTL":"x"}}]}}}"#,
+                "$.resolver.LoadBalancer.HashPolicies[0].CookieConfig.TTL",
+                "expected a duration",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.path, path, "{text}");
+            assert!(e.message.starts_with(found), "{text}: {e}");
+        }
+        ok(r#"{"defaults":{"MeshGateway":null,"Expose":{"Paths":[{"ListenerPort":21500.0}]}}}"#);
+    }
+
+    #[test]
+    fn check_all_reports_every_error() {
+        let text = r#"{
+            "defaults": {"Protocl": "http", "MeshGateway": {"mode": "local"}, "Kind": "x"},
+            "resolver": {"ConnectTimeout": 5, "LoadBalancer": {}},
+            "router": {"Routes": [{"Match": {"HTTP": {"Methods": ["get"]}}}, 3]},
+            "terminating_gateway": {"Gatway": "g"},
+            "adopt": "yes",
+            "extra": 1
+        }"#;
+        let options = ParseOptions {
+            consul_version: "1.8.7".parse().unwrap(),
+        };
+        let errors = check_all(text.as_bytes(), &options);
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "$",
+                "$.defaults.Kind",
+                "$.defaults.MeshGateway.mode",
+                "$.defaults.Protocl",
+                "$.resolver.ConnectTimeout",
+                "$.resolver.LoadBalancer",
+                "$.router.Routes[0].Match.HTTP.Methods[0]",
+                "$.router.Routes[1]",
+                "$.terminating_gateway",
+                "$.terminating_gateway",
+                "$.adopt",
+            ],
+            "{errors:#?}"
+        );
+        // parse_with reports the first of them.
+        assert_eq!(
+            parse_with(text.as_bytes(), &options).unwrap_err(),
+            errors[0]
+        );
+        assert!(check_all(br#"{"defaults":{}}"#, &options).is_empty());
+        // A syntax error stops the reading.
+        assert_eq!(check_all(b"{\"adopt\": tru}", &options).len(), 1);
+    }
+
     #[test]
     fn unknown_top_level_key() {
         let e = err(r#"{"defaults":{},"default":{}}"#);
