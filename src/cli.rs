@@ -187,6 +187,10 @@ pub struct ValidateArgs {
     /// base.json files to check; `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// The Consul version the entries are for (`1.8.7`, `v1.15.2+ent`): fields it does
+    /// not know are refused. Default: the newest version svc-handler knows.
+    #[arg(long, value_name = "VERSION")]
+    pub consul_version: Option<crate::spec::Version>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

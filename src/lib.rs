@@ -9,6 +9,7 @@ pub mod commands;
 pub mod consul;
 pub mod daemon;
 pub mod entries;
+pub mod fields;
 pub mod http;
 pub mod keys;
 pub mod kind;

@@ -10,7 +10,10 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::fields::{self, Body, Field, Ty};
 use crate::keys;
+
+pub use crate::fields::Version;
 
 /// The largest base.json accepted, in bytes.
 pub const MAX_BASE_JSON_BYTES: usize = 512 * 1024;
@@ -113,10 +116,49 @@ impl Spec {
     }
 }
 
-/// Parses and validates a base.json.
+/// How to check a base.json.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// The Consul version the entries are for: newer fields are refused.
+    pub consul_version: Version,
+}
+
+impl Default for ParseOptions {
+    /// The newest Consul version the field table knows.
+    fn default() -> ParseOptions {
+        ParseOptions {
+            consul_version: fields::NEWEST,
+        }
+    }
+}
+
+/// Parses and validates a base.json for the newest Consul version the field table knows.
 pub fn parse(bytes: &[u8]) -> Result<Spec, SpecError> {
+    parse_with(bytes, &ParseOptions::default())
+}
+
+/// Parses and validates a base.json; the error is the first problem found.
+pub fn parse_with(bytes: &[u8], options: &ParseOptions) -> Result<Spec, SpecError> {
     let doc = read_document(bytes)?;
-    validate(&doc)
+    let mut errors = Vec::new();
+    check_document(&doc, options.consul_version, &mut errors);
+    match errors.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(build(&doc)),
+    }
+}
+
+/// Every problem of a base.json (none: it is valid). A problem in the text itself (size,
+/// encoding, syntax, duplicate keys, nesting) stops the reading: it is then the only one.
+pub fn check_all(bytes: &[u8], options: &ParseOptions) -> Vec<SpecError> {
+    match read_document(bytes) {
+        Err(e) => vec![e],
+        Ok(doc) => {
+            let mut errors = Vec::new();
+            check_document(&doc, options.consul_version, &mut errors);
+            errors
+        }
+    }
 }
 
 /// The spec as compact JSON with a stable key order; parsing it gives the same spec back.
@@ -417,14 +459,16 @@ fn did_you_mean(key: &str, allowed: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn validate(doc: &Value) -> Result<Spec, SpecError> {
+/// Every problem of a document, in document order within each section.
+fn check_document(doc: &Value, target: Version, errors: &mut Vec<SpecError>) {
     let Value::Object(top) = doc else {
-        return Err(expected("$", "a JSON object", doc));
+        errors.push(expected("$", "a JSON object", doc));
+        return;
     };
-    if let Some(unknown) = top.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
-        let mut allowed = TOP_LEVEL_KEYS;
-        allowed.sort_unstable();
-        return Err(SpecError::at(
+    let mut allowed = TOP_LEVEL_KEYS;
+    allowed.sort_unstable();
+    for unknown in top.keys().filter(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
+        errors.push(SpecError::at(
             "$",
             format!(
                 "unknown key {}{}; the allowed keys are {}",
@@ -434,25 +478,47 @@ fn validate(doc: &Value) -> Result<Spec, SpecError> {
             ),
         ));
     }
-    let defaults = body(top.get("defaults"), "$.defaults", check_defaults)?;
-    let resolver = body(top.get("resolver"), "$.resolver", check_resolver)?;
-    let router = body(top.get("router"), "$.router", check_router)?;
-    let terminating_gateway = match top.get("terminating_gateway") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(tgw_link(v, "$.terminating_gateway")?),
-    };
-    let adopt = match top.get("adopt") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(expected("$.adopt", "true or false", v)),
-    };
-    Ok(Spec {
-        defaults,
-        resolver,
-        router,
-        terminating_gateway,
-        adopt,
-    })
+    for (key, body) in BODY_KEYS {
+        check_body(top.get(key), &format!("$.{key}"), body, target, errors);
+    }
+    match top.get("terminating_gateway") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            let path = "$.terminating_gateway";
+            errors.extend(tgw_unknown_keys(map, path));
+            if let Err(e) = tgw_link(map, path) {
+                errors.push(e);
+            }
+        }
+        Some(v) => errors.push(expected("$.terminating_gateway", "an object or null", v)),
+    }
+    match top.get("adopt") {
+        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+        Some(v) => errors.push(expected("$.adopt", "true or false", v)),
+    }
+}
+
+/// The top-level keys that hold a config entry body, and which body.
+const BODY_KEYS: [(&str, Body); 3] = [
+    ("defaults", Body::ServiceDefaults),
+    ("resolver", Body::ServiceResolver),
+    ("router", Body::ServiceRouter),
+];
+
+/// The spec of a document [`check_document`] found no problem in.
+fn build(doc: &Value) -> Spec {
+    let top = doc.as_object();
+    let get = |key: &str| top.and_then(|t| t.get(key));
+    let body = |key: &str| get(key).and_then(Value::as_object).cloned();
+    Spec {
+        defaults: body("defaults"),
+        resolver: body("resolver"),
+        router: body("router"),
+        terminating_gateway: get("terminating_gateway")
+            .and_then(Value::as_object)
+            .and_then(|m| tgw_link(m, "$.terminating_gateway").ok()),
+        adopt: matches!(get("adopt"), Some(Value::Bool(true))),
+    }
 }
 
 /// Fields of an entry that svc-handler sets (after folding case and `_`).
@@ -460,209 +526,215 @@ const SET_BY_SVC_HANDLER: [&str; 5] = ["kind", "name", "partition", "namespace",
 /// Fields of an entry that Consul sets.
 const SET_BY_CONSUL: [&str; 2] = ["createindex", "modifyindex"];
 
-/// `connect_timeout` → `ConnectTimeout`.
-fn camel_case(key: &str) -> String {
-    key.split(['_', '-'])
-        .map(|part| {
-            let mut chars = part.chars();
-            chars.next().map_or_else(String::new, |c| {
-                c.to_ascii_uppercase().to_string() + chars.as_str()
-            })
-        })
-        .collect()
-}
-
-/// A config entry body: an object or null, without the fields others set, in CamelCase.
-fn body(
+/// A config entry body: an object or null, without the fields others set, every field
+/// known to the target Consul and spelled as Consul stores it.
+fn check_body(
     v: Option<&Value>,
     path: &str,
-    check: fn(&Map<String, Value>, &str) -> Result<(), SpecError>,
-) -> Result<Option<Map<String, Value>>, SpecError> {
+    body: Body,
+    target: Version,
+    errors: &mut Vec<SpecError>,
+) {
     let map = match v {
-        None | Some(Value::Null) => return Ok(None),
+        None | Some(Value::Null) => return,
         Some(Value::Object(m)) => m,
-        Some(other) => return Err(expected(path, "an object or null", other)),
+        Some(other) => return errors.push(expected(path, "an object or null", other)),
     };
-    for key in map.keys() {
-        let folded = key.replace(['_', '-'], "").to_ascii_lowercase();
+    for (key, value) in map {
+        let folded = fields::fold(key);
         let at = child_path(path, key);
         if SET_BY_SVC_HANDLER.contains(&folded.as_str()) {
-            return Err(SpecError::at(
+            errors.push(SpecError::at(
                 &at,
                 format!(
                     "{} is set by svc-handler (from the key path and its ownership mark); remove it",
                     keys::quote(key)
                 ),
             ));
-        }
-        if SET_BY_CONSUL.contains(&folded.as_str()) {
-            return Err(SpecError::at(
+        } else if SET_BY_CONSUL.contains(&folded.as_str()) {
+            errors.push(SpecError::at(
                 &at,
                 format!("{} is set by Consul; remove it", keys::quote(key)),
             ));
-        }
-        if !key.starts_with(|c: char| c.is_ascii_uppercase()) {
-            return Err(SpecError::at(
-                &at,
-                format!(
-                    "field names are CamelCase, as `consul config read` prints them: write \"{}\" instead of {}",
-                    camel_case(key),
-                    keys::quote(key)
-                ),
-            ));
+        } else {
+            check_key(body.fields(), key, value, &at, target, errors);
         }
     }
-    check(map, path)?;
-    Ok(Some(map.clone()))
 }
 
-/// The present, non-null value of `key`.
-fn field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    map.get(key).filter(|v| !v.is_null())
-}
-
-fn check_defaults(map: &Map<String, Value>, path: &str) -> Result<(), SpecError> {
-    if let Some(v) = field(map, "Protocol") {
-        let at = child_path(path, "Protocol");
-        let Value::String(p) = v else {
-            return Err(expected(&at, "a string", v));
-        };
-        if !p.is_empty() && !PROTOCOLS.contains(&p.as_str()) {
-            let lower = p.to_ascii_lowercase();
-            let hint = if PROTOCOLS.contains(&lower.as_str()) {
-                format!(" (Consul stores it in lower case: write \"{lower}\")")
-            } else {
-                String::new()
-            };
-            return Err(SpecError::at(
-                &at,
-                format!(
-                    "expected one of {}, found {}{hint}",
-                    PROTOCOLS.join(", "),
-                    keys::quote(p)
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_duration(map: &Map<String, Value>, key: &str, path: &str) -> Result<(), SpecError> {
-    let Some(v) = field(map, key) else {
-        return Ok(());
+/// One key of a struct: a field of the table, spelled exactly, known to `target`.
+fn check_key(
+    fields: &[Field],
+    key: &str,
+    value: &Value,
+    at: &str,
+    target: Version,
+    errors: &mut Vec<SpecError>,
+) {
+    let Some(field) = fields::lookup(fields, key) else {
+        return errors.push(misnamed(fields, key, at, target));
     };
-    let at = child_path(path, key);
+    if field.since > target {
+        return errors.push(SpecError::at(at, too_new(field, target)));
+    }
+    if !value.is_null() {
+        check_value(&field.ty, value, at, target, errors);
+    }
+}
+
+fn too_new(field: &Field, target: Version) -> String {
+    format!(
+        "needs Consul {} or newer; the target is {target}",
+        field.since
+    )
+}
+
+/// Why `key` is not a field here: another spelling of one, or unknown.
+fn misnamed(fields: &[Field], key: &str, at: &str, target: Version) -> SpecError {
+    if let Some(field) = fields::respelled(fields, key) {
+        let newer = if field.since > target {
+            format!("; it {}", too_new(field, target))
+        } else {
+            String::new()
+        };
+        return SpecError::at(
+            at,
+            format!(
+                "write {} (Consul stores it so){newer}",
+                keys::quote(field.name)
+            ),
+        );
+    }
+    let hint = fields::did_you_mean(fields, key)
+        .map(|f| format!(" (did you mean {}?)", keys::quote(f.name)))
+        .unwrap_or_default();
+    let known: Vec<&str> = fields
+        .iter()
+        .filter(|f| f.since <= target)
+        .map(|f| f.name)
+        .collect();
+    SpecError::at(
+        at,
+        format!(
+            "unknown field {}{hint}; the fields here are {}",
+            keys::quote(key),
+            known.join(", ")
+        ),
+    )
+}
+
+/// A value against its type in the table.
+fn check_value(ty: &Ty, value: &Value, at: &str, target: Version, errors: &mut Vec<SpecError>) {
+    let wrong = |what: &str| expected(at, what, value);
+    let problem = match (ty, value) {
+        (Ty::Str, Value::String(_))
+        | (Ty::Bool, Value::Bool(_))
+        | (Ty::Num, Value::Number(_))
+        | (Ty::Any, _) => None,
+        (Ty::Str, _) => Some(wrong("a string")),
+        (Ty::Bool, _) => Some(wrong("true or false")),
+        (Ty::Num, _) => Some(wrong("a number")),
+        (Ty::Int, Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => None,
+        (Ty::Int, _) => Some(wrong("a whole number")),
+        (Ty::Duration, _) => check_duration(value, at).err(),
+        (Ty::Protocol, _) => check_protocol(value, at).err(),
+        (Ty::Method, _) => check_method(value, at).err(),
+        (Ty::List(item), Value::Array(items)) => {
+            for (i, v) in items.iter().enumerate() {
+                check_value(item, v, &format!("{at}[{i}]"), target, errors);
+            }
+            None
+        }
+        (Ty::List(_), _) => Some(wrong("an array")),
+        (Ty::Struct(fields), Value::Object(map)) => {
+            for (key, v) in map {
+                check_key(fields, key, v, &child_path(at, key), target, errors);
+            }
+            None
+        }
+        (Ty::FreeMap(item), Value::Object(map)) => {
+            for (key, v) in map {
+                check_value(item, v, &child_path(at, key), target, errors);
+            }
+            None
+        }
+        (Ty::Struct(_) | Ty::FreeMap(_), _) => Some(wrong("an object")),
+    };
+    errors.extend(problem);
+}
+
+fn check_protocol(v: &Value, at: &str) -> Result<(), SpecError> {
+    let Value::String(p) = v else {
+        return Err(expected(at, "a string", v));
+    };
+    if p.is_empty() || PROTOCOLS.contains(&p.as_str()) {
+        return Ok(());
+    }
+    let lower = p.to_ascii_lowercase();
+    let hint = if PROTOCOLS.contains(&lower.as_str()) {
+        format!(" (Consul stores it in lower case: write \"{lower}\")")
+    } else {
+        String::new()
+    };
+    Err(SpecError::at(
+        at,
+        format!(
+            "expected one of {}, found {}{hint}",
+            PROTOCOLS.join(", "),
+            keys::quote(p)
+        ),
+    ))
+}
+
+fn check_duration(v: &Value, at: &str) -> Result<(), SpecError> {
     match v {
         Value::String(s) if parse_go_duration(s).is_some() => Ok(()),
         Value::String(s) => Err(SpecError::at(
-            &at,
+            at,
             format!(
                 "expected a duration such as \"5s\", \"500ms\" or \"1m30s\", found {}",
                 keys::quote(s)
             ),
         )),
-        other => Err(expected(&at, "a duration string such as \"5s\"", other)),
+        other => Err(expected(at, "a duration string such as \"5s\"", other)),
     }
 }
 
-/// `key`, when present and not null, must be an object; returns it.
-fn object_field<'a>(
-    map: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'a Map<String, Value>>, SpecError> {
-    match field(map, key) {
-        None => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(other) => Err(expected(&child_path(path, key), "an object", other)),
-    }
-}
-
-/// `key`, when present and not null, must be an object whose values are objects.
-fn object_of_objects(map: &Map<String, Value>, key: &str, path: &str) -> Result<(), SpecError> {
-    let Some(inner) = object_field(map, key, path)? else {
-        return Ok(());
-    };
-    let path = child_path(path, key);
-    for (name, v) in inner {
-        if !v.is_object() {
-            return Err(expected(&child_path(&path, name), "an object", v));
-        }
-    }
-    Ok(())
-}
-
-fn check_resolver(map: &Map<String, Value>, path: &str) -> Result<(), SpecError> {
-    check_duration(map, "ConnectTimeout", path)?;
-    object_of_objects(map, "Subsets", path)?;
-    object_of_objects(map, "Failover", path)?;
-    object_field(map, "Redirect", path)?;
-    Ok(())
-}
-
-fn check_router(map: &Map<String, Value>, path: &str) -> Result<(), SpecError> {
-    let routes = match field(map, "Routes") {
-        None => return Ok(()),
-        Some(Value::Array(routes)) => routes,
-        Some(other) => return Err(expected(&child_path(path, "Routes"), "an array", other)),
-    };
-    for (i, route) in routes.iter().enumerate() {
-        let at = format!("{}[{i}]", child_path(path, "Routes"));
-        let Value::Object(route) = route else {
-            return Err(expected(&at, "an object", route));
-        };
-        if let Some(dest) = object_field(route, "Destination", &at)? {
-            check_duration(dest, "RequestTimeout", &child_path(&at, "Destination"))?;
-        }
-        let Some(m) = object_field(route, "Match", &at)? else {
-            continue;
-        };
-        let at = child_path(&at, "Match");
-        let Some(http) = object_field(m, "HTTP", &at)? else {
-            continue;
-        };
-        let at = child_path(&at, "HTTP");
-        let methods = match field(http, "Methods") {
-            None => continue,
-            Some(Value::Array(a)) => a,
-            Some(other) => return Err(expected(&child_path(&at, "Methods"), "an array", other)),
-        };
-        for (j, method) in methods.iter().enumerate() {
-            let at = format!("{}[{j}]", child_path(&at, "Methods"));
-            match method {
-                Value::String(s) if *s == s.to_ascii_uppercase() => {}
-                Value::String(s) => {
-                    return Err(SpecError::at(
-                        &at,
-                        format!(
-                            "HTTP methods are upper case as Consul stores them: write \"{}\" instead of {}",
-                            s.to_ascii_uppercase(),
-                            keys::quote(s)
-                        ),
-                    ))
-                }
-                other => return Err(expected(&at, "a string", other)),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn tgw_link(v: &Value, path: &str) -> Result<TgwLinkSpec, SpecError> {
-    let Value::Object(map) = v else {
-        return Err(expected(path, "an object or null", v));
-    };
-    if let Some(unknown) = map.keys().find(|k| !TGW_FIELDS.contains(&k.as_str())) {
-        return Err(SpecError::at(
-            path,
+fn check_method(v: &Value, at: &str) -> Result<(), SpecError> {
+    match v {
+        Value::String(s) if *s == s.to_ascii_uppercase() => Ok(()),
+        Value::String(s) => Err(SpecError::at(
+            at,
             format!(
-                "unknown key {}{}; the allowed keys are {}",
-                keys::quote(unknown),
-                did_you_mean(unknown, &TGW_FIELDS),
-                TGW_FIELDS.join(", ")
+                "HTTP methods are upper case as Consul stores them: write \"{}\" instead of {}",
+                s.to_ascii_uppercase(),
+                keys::quote(s)
             ),
-        ));
+        )),
+        other => Err(expected(at, "a string", other)),
     }
+}
+
+/// An error for each key of a terminating-gateway link that is not one of [`TGW_FIELDS`].
+fn tgw_unknown_keys(map: &Map<String, Value>, path: &str) -> Vec<SpecError> {
+    map.keys()
+        .filter(|k| !TGW_FIELDS.contains(&k.as_str()))
+        .map(|unknown| {
+            SpecError::at(
+                path,
+                format!(
+                    "unknown key {}{}; the allowed keys are {}",
+                    keys::quote(unknown),
+                    did_you_mean(unknown, &TGW_FIELDS),
+                    TGW_FIELDS.join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The link, from its known keys.
+fn tgw_link(map: &Map<String, Value>, path: &str) -> Result<TgwLinkSpec, SpecError> {
     let optional = |key: &str| -> Result<Option<String>, SpecError> {
         match map.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -972,6 +1044,230 @@ mod tests {
         assert!(e.message.contains("\"Protocol\""), "{e}");
     }
 
+    fn err_at(text: &str, version: &str) -> SpecError {
+        let options = ParseOptions {
+            consul_version: version.parse().unwrap(),
+        };
+        parse_with(text.as_bytes(), &options).expect_err(text)
+    }
+
+    #[test]
+    fn spellings_are_refused_at_every_depth() {
+        let cases = [
+            (
+                r#"{"defaults":{"mesh_gateway":{}}}"#,
+                "$.defaults.mesh_gateway",
+                "MeshGateway",
+            ),
+            (
+                r#"{"defaults":{"MeshGateway":{"mode":"local"}}}"#,
+                "$.defaults.MeshGateway.mode",
+                "Mode",
+            ),
+            (
+                r#"{"router":{"Routes":[{"Match":{"HTTP":{"path_prefix":"/"}}}]}}"#,
+                "$.router.Routes[0].Match.HTTP.path_prefix",
+                "PathPrefix",
+            ),
+            (
+                r#"{"router":{"Routes":[{"Match":{"HTTP":{"pathPrefix":"/"}}}]}}"#,
+                "$.router.Routes[0].Match.HTTP.pathPrefix",
+                "PathPrefix",
+            ),
+            (
+                r#"{"router":{"Routes":[{"match":{}}]}}"#,
+                "$.router.Routes[0].match",
+                "Match",
+            ),
+            (
+                r#"{"resolver":{"Redirect":{"service_subset":"v1"}}}"#,
+                "$.resolver.Redirect.service_subset",
+                "ServiceSubset",
+            ),
+            (
+                r#"{"defaults":{"EXTERNALSNI":"x"}}"#,
+                "$.defaults.EXTERNALSNI",
+                "ExternalSNI",
+            ),
+        ];
+        for (text, path, name) in cases {
+            let e = err(text);
+            assert_eq!(e.path, path, "{text}");
+            assert_eq!(
+                e.message,
+                format!("write \"{name}\" (Consul stores it so)"),
+                "{text}"
+            );
+        }
+        let e = err(r#"{"defaults":{"MeshGateway":{"mode":"local"}}}"#);
+        assert_eq!(
+            e.to_string(),
+            "$.defaults.MeshGateway.mode: write \"Mode\" (Consul stores it so)"
+        );
+    }
+
+    #[test]
+    fn free_map_keys_are_data_but_their_values_are_checked() {
+        ok(r#"{"resolver":{"Subsets":{"v1":{"Filter":"x"},"filter":{},"Only_Passing":{}}}}"#);
+        ok(r#"{"resolver":{"Failover":{"*":{"Datacenters":["dc2"]}}}}"#);
+        ok(
+            r#"{"router":{"Routes":[{"Destination":{"RequestHeaders":{"Add":{"x-any_Case":"1"}}}}]}}"#,
+        );
+        let e = err(r#"{"resolver":{"Subsets":{"v1":{"filter":"x"}}}}"#);
+        assert_eq!(e.path, "$.resolver.Subsets.v1.filter");
+        assert!(e.message.contains("write \"Filter\""), "{e}");
+        let e = err(r#"{"resolver":{"Subsets":{"v1":{"Filtr":"x"}}}}"#);
+        assert!(e.message.contains("did you mean \"Filter\"?"), "{e}");
+        let e =
+            err(r#"{"router":{"Routes":[{"Destination":{"RequestHeaders":{"Add":{"x":1}}}}]}}"#);
+        assert_eq!(
+            e.to_string(),
+            "$.router.Routes[0].Destination.RequestHeaders.Add.x: expected a string, found a number"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_with_a_did_you_mean() {
+        let e = err(r#"{"defaults":{"Protocl":"http"}}"#);
+        assert_eq!(e.path, "$.defaults.Protocl");
+        assert!(
+            e.message
+                .starts_with("unknown field \"Protocl\" (did you mean \"Protocol\"?); the fields here are Protocol,"),
+            "{e}"
+        );
+        let e = err(r#"{"defaults":{"Bogus":1}}"#);
+        assert!(e.message.starts_with("unknown field \"Bogus\"; "), "{e}");
+        let e = err(r#"{"router":{"Routes":[{"Destination":{"Servce":"a"}}]}}"#);
+        assert_eq!(e.path, "$.router.Routes[0].Destination.Servce");
+        assert!(e.message.contains("did you mean \"Service\"?"), "{e}");
+    }
+
+    #[test]
+    fn fields_newer_than_the_target_are_refused() {
+        let e = err_at(
+            r#"{"resolver":{"LoadBalancer":{"Policy":"random"}}}"#,
+            "1.8.7",
+        );
+        assert_eq!(
+            e.to_string(),
+            "$.resolver.LoadBalancer: needs Consul 1.9.0 or newer; the target is 1.8.7"
+        );
+        assert!(parse_with(
+            br#"{"resolver":{"LoadBalancer":{"Policy":"random"}}}"#,
+            &ParseOptions {
+                consul_version: "v1.9.0".parse().unwrap()
+            }
+        )
+        .is_ok());
+        let e = err_at(r#"{"defaults":{"Mode":"transparent"}}"#, "1.9.17");
+        assert!(e.message.contains("needs Consul 1.10.0"), "{e}");
+        let e = err_at(
+            r#"{"resolver":{"Failover":{"*":{"Targets":[{"Peer":"p"}]}}}}"#,
+            "1.13.9",
+        );
+        assert_eq!(e.path, "$.resolver.Failover[\"*\"].Targets");
+        let e = err_at(
+            r#"{"router":{"Routes":[{"Destination":{"RetryOn":["reset"]}}]}}"#,
+            "1.12.0",
+        );
+        assert_eq!(e.path, "$.router.Routes[0].Destination.RetryOn");
+        let e = err_at(r#"{"resolver":{"load_balancer":{}}}"#, "1.8.7");
+        assert!(e.message.contains("write \"LoadBalancer\""), "{e}");
+        assert!(e.message.contains("needs Consul 1.9.0 or newer"), "{e}");
+        // The default target is the newest the table knows.
+        ok(r#"{"defaults":{"MutualTLSMode":"strict","Destination":{"Addresses":["a"],"Port":1}}}"#);
+        // The fields an unknown-field message lists are those of the target.
+        let e = err_at(r#"{"defaults":{"X":1}}"#, "1.8.7");
+        assert!(
+            e.message
+                .ends_with("Protocol, MeshGateway, Expose, ExternalSNI"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn types_are_checked() {
+        for (text, path, found) in [
+            (
+                r#"{"defaults":{"MeshGateway":"local"}}"#,
+                "$.defaults.MeshGateway",
+                "expected an object, found a string",
+            ),
+            (
+                r#"{"defaults":{"Expose":{"Checks":"yes"}}}"#,
+                "$.defaults.Expose.Checks",
+                "expected true or false, found a string",
+            ),
+            (
+                r#"{"defaults":{"Expose":{"Paths":[{"ListenerPort":1.5}]}}}"#,
+                "$.defaults.Expose.Paths[0].ListenerPort",
+                "expected a whole number, found a number",
+            ),
+            (
+                r#"{"resolver":{"Failover":{"*":{"Datacenters":"dc2"}}}}"#,
+                "$.resolver.Failover[\"*\"].Datacenters",
+                "expected an array, found a string",
+            ),
+            (
+                r#"{"resolver":{"Failover":{"*":{"Datacenters":[null]}}}}"#,
+                "$.resolver.Failover[\"*\"].Datacenters[0]",
+                "expected a string, found null",
+            ),
+            (
+                r#"{"resolver":{"LoadBalancer":{"HashPolicies":[{"CookieConfig":{"TTL":"x"}}]}}}"#,
+                "$.resolver.LoadBalancer.HashPolicies[0].CookieConfig.TTL",
+                "expected a duration",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.path, path, "{text}");
+            assert!(e.message.starts_with(found), "{text}: {e}");
+        }
+        ok(r#"{"defaults":{"MeshGateway":null,"Expose":{"Paths":[{"ListenerPort":21500.0}]}}}"#);
+    }
+
+    #[test]
+    fn check_all_reports_every_error() {
+        let text = r#"{
+            "defaults": {"Protocl": "http", "MeshGateway": {"mode": "local"}, "Kind": "x"},
+            "resolver": {"ConnectTimeout": 5, "LoadBalancer": {}},
+            "router": {"Routes": [{"Match": {"HTTP": {"Methods": ["get"]}}}, 3]},
+            "terminating_gateway": {"Gatway": "g"},
+            "adopt": "yes",
+            "extra": 1
+        }"#;
+        let options = ParseOptions {
+            consul_version: "1.8.7".parse().unwrap(),
+        };
+        let errors = check_all(text.as_bytes(), &options);
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "$",
+                "$.defaults.Kind",
+                "$.defaults.MeshGateway.mode",
+                "$.defaults.Protocl",
+                "$.resolver.ConnectTimeout",
+                "$.resolver.LoadBalancer",
+                "$.router.Routes[0].Match.HTTP.Methods[0]",
+                "$.router.Routes[1]",
+                "$.terminating_gateway",
+                "$.terminating_gateway",
+                "$.adopt",
+            ],
+            "{errors:#?}"
+        );
+        // parse_with reports the first of them.
+        assert_eq!(
+            parse_with(text.as_bytes(), &options).unwrap_err(),
+            errors[0]
+        );
+        assert!(check_all(br#"{"defaults":{}}"#, &options).is_empty());
+        // A syntax error stops the reading.
+        assert_eq!(check_all(b"{\"adopt\": tru}", &options).len(), 1);
+    }
+
     #[test]
     fn unknown_top_level_key() {
         let e = err(r#"{"defaults":{},"default":{}}"#);
@@ -1113,7 +1409,7 @@ mod tests {
 
     /// A valid document of exactly `len` bytes.
     fn sized(len: usize) -> Vec<u8> {
-        let head = br#"{"defaults":{"Pad":""#;
+        let head = br#"{"defaults":{"ExternalSNI":""#;
         let tail = br#""}}"#;
         let mut v = head.to_vec();
         v.resize(len - tail.len(), b'x');
@@ -1132,10 +1428,11 @@ mod tests {
         assert!(e.message.contains("524288"), "{e}");
     }
 
-    /// `{"defaults":{"X":[[…]]}}` with `arrays` nested arrays: `arrays + 2` levels.
+    /// `{"defaults":{"EnvoyExtensions":[{"Arguments":{"X":[[…]]}}]}}` with `arrays` nested
+    /// arrays (Arguments is free-form): `arrays + 5` levels.
     fn nested(arrays: usize) -> String {
         format!(
-            r#"{{"defaults":{{"X":{}{}}}}}"#,
+            r#"{{"defaults":{{"EnvoyExtensions":[{{"Arguments":{{"X":{}{}}}}}]}}}}"#,
             "[".repeat(arrays),
             "]".repeat(arrays)
         )
@@ -1143,10 +1440,15 @@ mod tests {
 
     #[test]
     fn depth_limit() {
-        assert!(parse(nested(MAX_DEPTH - 2).as_bytes()).is_ok());
-        let e = err(&nested(MAX_DEPTH - 1));
+        assert!(parse(nested(MAX_DEPTH - 5).as_bytes()).is_ok());
+        let e = err(&nested(MAX_DEPTH - 4));
         assert!(e.message.contains("deeper than 64 levels"), "{e}");
-        assert!(e.path.starts_with("$.defaults.X[0]"), "{}", e.path);
+        assert!(
+            e.path
+                .starts_with("$.defaults.EnvoyExtensions[0].Arguments.X[0]"),
+            "{}",
+            e.path
+        );
         assert!(e.line.is_some());
     }
 
@@ -1176,7 +1478,7 @@ mod tests {
             "{}",
             r#"{"adopt":true,"router":null}"#,
             r#"{ "resolver" : { "Subsets": {"b": {"Filter":"x"}, "a": {}} , "ConnectTimeout" : "5000ms" },
-                "defaults": {"Protocol": "grpc", "Extra": [1, 2.5, -3, "\u00e9\n", null, true]},
+                "defaults": {"Protocol": "grpc", "EnvoyExtensions": [{"Arguments": {"Extra": [1, 2.5, -3, "\u00e9\n", null, true]}}]},
                 "terminating_gateway": {"SNI": "", "Gateway": "g", "CAFile": "/x"} }"#,
         ];
         for text in texts {
@@ -1189,7 +1491,10 @@ mod tests {
         }
         let canon = to_canonical_json(&ok(texts[3]));
         let canon = String::from_utf8(canon).unwrap();
-        assert!(canon.starts_with(r#"{"defaults":{"Extra":"#), "{canon}");
+        assert!(
+            canon.starts_with(r#"{"defaults":{"EnvoyExtensions":"#),
+            "{canon}"
+        );
         assert!(
             canon.contains(r#""Subsets":{"a":{},"b":{"Filter":"x"}}"#),
             "{canon}"

@@ -533,6 +533,44 @@ fn validate_exit_codes_and_places() {
 }
 
 #[test]
+fn validate_reports_every_error_for_a_target_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    std::fs::write(
+        &file,
+        r#"{"defaults": {"MeshGateway": {"mode": "local"}, "Protocl": "http"},
+            "resolver": {"LoadBalancer": {"Policy": "random"}}}"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let r = run_bare(&["validate", "--consul-version", "1.8.7", f]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{f}: $.defaults.MeshGateway.mode: write \"Mode\" (Consul stores it so)"),
+            format!("{f}: $.defaults.Protocl: unknown field \"Protocl\" (did you mean \"Protocol\"?); the fields here are Protocol, MeshGateway, Expose, ExternalSNI"),
+            format!("{f}: $.resolver.LoadBalancer: needs Consul 1.9.0 or newer; the target is 1.8.7"),
+        ],
+        "{r:?}"
+    );
+    let r = run_bare(&["validate", "-o", "json", "--consul-version", "v1.8.7", f]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let v = r.json();
+    assert_eq!(v[0]["errors"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v[0]["error"], v[0]["errors"][0]);
+    assert_eq!(v[0]["errors"][2]["path"], "$.resolver.LoadBalancer");
+    // The default target is the newest: only the spellings are wrong.
+    let r = run_bare(&["validate", "-o", "json", f]);
+    assert_eq!(v[0]["valid"], false);
+    assert_eq!(r.json()[0]["errors"].as_array().unwrap().len(), 2, "{r:?}");
+    let r = run_bare(&["validate", "--consul-version", "one.eight", f]);
+    assert_eq!(r.code, 2, "usage error: {r:?}");
+    assert!(r.stderr.contains("invalid Consul version"), "{r:?}");
+}
+
+#[test]
 fn schema_completions_and_offline_errors() {
     let r = run_bare(&["schema"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -719,5 +757,12 @@ fn schema_agrees_with_validate() {
                 .unwrap_or_else(|e| panic!("{}: not JSON: {e}", case.name));
             assert!(!v.is_valid(&doc), "the schema accepts {}", case.name);
         }
+    }
+    // The schema is for the newest Consul: fields newer than an older target
+    // pass it; only `validate --consul-version` refuses them.
+    for case in invalid::gated() {
+        let doc: Value = serde_json::from_str(case.body).unwrap();
+        let newest = svc_handler::spec::parse(case.body.as_bytes());
+        assert_eq!(v.is_valid(&doc), newest.is_ok(), "{}", case.name);
     }
 }

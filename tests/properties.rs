@@ -34,6 +34,31 @@ fn the_parser_refuses_every_invalid_body_naming_the_problem() {
     }
 }
 
+/// Every body of the version-gated table is refused for its target and
+/// accepted for the newest Consul.
+#[test]
+fn the_parser_refuses_fields_newer_than_the_target() {
+    for case in invalid::gated() {
+        let options = spec::ParseOptions {
+            consul_version: case.version.parse().expect(case.version),
+        };
+        let e = spec::parse_with(case.body.as_bytes(), &options)
+            .expect_err(case.name)
+            .to_string();
+        assert!(
+            e.contains(case.names),
+            "{}: {e:?} should name {:?}",
+            case.name,
+            case.names
+        );
+        let errors = spec::check_all(case.body.as_bytes(), &options);
+        assert_eq!(errors.len(), 1, "{}: {errors:?}", case.name);
+        if !case.name.contains("snake") {
+            spec::parse(case.body.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        }
+    }
+}
+
 fn leaf() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Null),

@@ -21,7 +21,9 @@ use crate::cli::{Cli, Command};
 use crate::consul::{Client, ConsulError, KvPair, QueryMeta, QueryOptions, Settings};
 use crate::keys::{KeyError, Layout, ServiceId};
 
-/// The JSON Schema of base.json (draft 2020-12), as `svc-handler schema` prints it.
+/// The JSON Schema of base.json (draft 2020-12), as `svc-handler schema` prints it:
+/// [`crate::fields::schema`] pretty-printed, as a unit test checks (regenerate with
+/// `SVC_HANDLER_WRITE_SCHEMA=1 cargo test --lib schema_file`).
 pub const BASE_SCHEMA: &str = include_str!("../../schema/base.schema.json");
 
 /// Exit code of success.
@@ -278,6 +280,24 @@ mod tests {
     fn the_schema_is_json() {
         let v: serde_json::Value = serde_json::from_str(BASE_SCHEMA).unwrap();
         assert_eq!(v["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    }
+
+    #[test]
+    fn the_schema_file_is_generated_from_the_field_table() {
+        let generated = format!(
+            "{}\n",
+            serde_json::to_string_pretty(&crate::fields::schema()).unwrap()
+        );
+        if std::env::var_os("SVC_HANDLER_WRITE_SCHEMA").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/base.schema.json");
+            std::fs::write(path, &generated).unwrap();
+            return;
+        }
+        assert!(
+            BASE_SCHEMA == generated,
+            "schema/base.schema.json is not what src/fields.rs generates; regenerate it with \
+             `SVC_HANDLER_WRITE_SCHEMA=1 cargo test --lib schema_file`"
+        );
     }
 
     #[test]

@@ -1,22 +1,25 @@
-//! `svc-handler validate FILE...`: checks base.json files offline.
+//! `svc-handler validate FILE...`: checks base.json files offline, reporting every
+//! problem of each (for `--consul-version`, by default the newest Consul it knows).
 
 use serde::Serialize;
 
 use super::{display_path, read_input, Exit, EXIT_FAILED, EXIT_OK};
 use crate::cli::ValidateArgs;
-use crate::spec::{self, SpecError};
+use crate::spec::{self, ParseOptions, SpecError};
 
 /// The verdict on one file, as `--output json` prints it.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct FileResult {
     pub file: String,
     pub valid: bool,
-    /// Why not, when not valid.
+    /// Why not, when not valid: the first of `errors` (kept for compatibility).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<FileError>,
+    /// Every problem found, in order (empty when valid).
+    pub errors: Vec<FileError>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FileError {
     /// The whole message, naming the file: `web.json: $.defaults.Protocol: ...`.
     pub message: String,
@@ -30,18 +33,16 @@ pub struct FileError {
 }
 
 /// Checks one file's bytes (already read) named `file`.
-pub fn check(file: &str, bytes: &[u8]) -> FileResult {
-    match spec::parse(bytes) {
-        Ok(_) => FileResult {
-            file: file.to_string(),
-            valid: true,
-            error: None,
-        },
-        Err(e) => FileResult {
-            file: file.to_string(),
-            valid: false,
-            error: Some(spec_error(file, &e)),
-        },
+pub fn check(file: &str, bytes: &[u8], options: &ParseOptions) -> FileResult {
+    let errors: Vec<FileError> = spec::check_all(bytes, options)
+        .iter()
+        .map(|e| spec_error(file, e))
+        .collect();
+    FileResult {
+        file: file.to_string(),
+        valid: errors.is_empty(),
+        error: errors.first().cloned(),
+        errors,
     }
 }
 
@@ -55,26 +56,37 @@ fn spec_error(file: &str, e: &SpecError) -> FileError {
 }
 
 pub fn run(args: &ValidateArgs) -> Exit {
+    let options = ParseOptions {
+        consul_version: args
+            .consul_version
+            .unwrap_or(ParseOptions::default().consul_version),
+    };
     let mut results = Vec::new();
     for path in &args.files {
         let file = display_path(path);
         let result = match read_input(path) {
-            Ok(bytes) => check(&file, &bytes),
-            Err(message) => FileResult {
-                file,
-                valid: false,
-                error: Some(FileError {
+            Ok(bytes) => check(&file, &bytes, &options),
+            Err(message) => {
+                let error = FileError {
                     message,
                     path: None,
                     line: None,
                     column: None,
-                }),
-            },
+                };
+                FileResult {
+                    file,
+                    valid: false,
+                    error: Some(error.clone()),
+                    errors: vec![error],
+                }
+            }
         };
         if !args.output.json() {
-            match &result.error {
-                None => println!("{}: valid", result.file),
-                Some(e) => eprintln!("{}", e.message),
+            if result.valid {
+                println!("{}: valid", result.file);
+            }
+            for e in &result.errors {
+                eprintln!("{}", e.message);
             }
         }
         results.push(result);
@@ -95,13 +107,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_the_place() {
-        let ok = check("web.json", br#"{"defaults": {"Protocol": "http"}}"#);
+        let o = ParseOptions::default();
+        let ok = check("web.json", br#"{"defaults": {"Protocol": "http"}}"#, &o);
         assert!(ok.valid && ok.error.is_none());
-        let bad = check("web.json", b"{\n  \"adopt\": true\n  \"defaults\": {}\n}");
+        let bad = check(
+            "web.json",
+            b"{\n  \"adopt\": true\n  \"defaults\": {}\n}",
+            &o,
+        );
         let e = bad.error.unwrap();
         assert_eq!(e.message, "web.json: line 3, column 3: expected ',' or '}'");
         assert_eq!((e.line, e.column), (Some(3), Some(3)));
-        let bad = check("x.json", br#"{"defaults": {"Protocol": "udp"}}"#);
+        let bad = check("x.json", br#"{"defaults": {"Protocol": "udp"}}"#, &o);
         let e = bad.error.unwrap();
         assert!(
             e.message
@@ -110,5 +127,30 @@ mod tests {
             e.message
         );
         assert_eq!(e.path.as_deref(), Some("$.defaults.Protocol"));
+    }
+
+    #[test]
+    fn every_error_is_reported_for_the_target_version() {
+        let o = ParseOptions {
+            consul_version: "1.8.7".parse().unwrap(),
+        };
+        let bytes = br#"{"defaults": {"protocol": "http", "Mode": "direct"}, "resolver": {"LoadBalancer": {}}}"#;
+        let r = check("web.json", bytes, &o);
+        assert!(!r.valid);
+        let messages: Vec<&str> = r.errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "web.json: $.defaults.Mode: needs Consul 1.10.0 or newer; the target is 1.8.7",
+                "web.json: $.defaults.protocol: write \"Protocol\" (Consul stores it so)",
+                "web.json: $.resolver.LoadBalancer: needs Consul 1.9.0 or newer; the target is 1.8.7",
+            ]
+        );
+        assert_eq!(r.error.as_ref(), r.errors.first());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["errors"].as_array().unwrap().len(), 3);
+        assert_eq!(json["error"], json["errors"][0]);
+        let newest = check("web.json", bytes, &ParseOptions::default());
+        assert_eq!(newest.errors.len(), 1, "{:?}", newest.errors);
     }
 }

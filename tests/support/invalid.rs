@@ -2,6 +2,8 @@
 //! message naming [`Invalid::names`]; the tests that use it: `properties`
 //! (the parser alone), `cli` (the parser and the shipped JSON Schema agree),
 //! `hostile` (a running daemon writes an `invalid` observed.json for each).
+//! [`gated`] holds the bodies valid for the newest Consul but not for an older
+//! target: only `validate --consul-version` and `spec::parse_with` refuse them.
 
 /// One invalid base.json body.
 pub struct Invalid {
@@ -40,6 +42,7 @@ pub fn bodies() -> Vec<Invalid> {
     all.extend(wrong_shape());
     all.extend(wrong_fields());
     all.extend(wrong_values());
+    all.extend(misspelled_fields());
     all
 }
 
@@ -306,6 +309,176 @@ fn wrong_routes_and_gateways() -> Vec<Invalid> {
             "tgw-number-sni",
             r#"{"terminating_gateway": {"Gateway": "g", "SNI": 7}}"#,
             "SNI",
+        ),
+    ]
+}
+
+/// Fields spelled otherwise than Consul stores them, at several depths, and
+/// unknown fields (with a did-you-mean where one is close).
+fn misspelled_fields() -> Vec<Invalid> {
+    vec![
+        case(
+            "mesh-gateway-snake",
+            r#"{"defaults": {"mesh_gateway": {"Mode": "local"}}}"#,
+            "write \"MeshGateway\"",
+        ),
+        case(
+            "mesh-gateway-mode-lower",
+            r#"{"defaults": {"MeshGateway": {"mode": "local"}}}"#,
+            "$.defaults.MeshGateway.mode: write \"Mode\"",
+        ),
+        case(
+            "path-prefix-snake",
+            r#"{"router": {"Routes": [{"Match": {"HTTP": {"path_prefix": "/a"}}}]}}"#,
+            "HTTP.path_prefix: write \"PathPrefix\"",
+        ),
+        case(
+            "path-prefix-camel",
+            r#"{"router": {"Routes": [{"Match": {"HTTP": {"pathPrefix": "/a"}}}]}}"#,
+            "write \"PathPrefix\"",
+        ),
+        case(
+            "route-destination-lower",
+            r#"{"router": {"Routes": [{"destination": {"Service": "a"}}]}}"#,
+            "write \"Destination\"",
+        ),
+        case(
+            "subset-filter-lower",
+            r#"{"resolver": {"Subsets": {"v1": {"filter": "x"}}}}"#,
+            "$.resolver.Subsets.v1.filter: write \"Filter\"",
+        ),
+        case(
+            "failover-datacenters-snake",
+            r#"{"resolver": {"Failover": {"*": {"data_centers": ["dc2"]}}}}"#,
+            "write \"Datacenters\"",
+        ),
+        case(
+            "header-invert-lower",
+            r#"{"router": {"Routes": [{"Match": {"HTTP": {"Header": [{"Name": "x", "invert": true}]}}}]}}"#,
+            "Header[0].invert",
+        ),
+        case(
+            "protocol-typo",
+            r#"{"defaults": {"Protocl": "http"}}"#,
+            "did you mean \"Protocol\"",
+        ),
+        case(
+            "bogus-defaults",
+            r#"{"defaults": {"Bogus": 1}}"#,
+            "unknown field \"Bogus\"",
+        ),
+        case(
+            "redirect-typo",
+            r#"{"resolver": {"Redirect": {"Servce": "a"}}}"#,
+            "did you mean \"Service\"",
+        ),
+        case(
+            "subset-unknown",
+            r#"{"resolver": {"Subsets": {"v1": {"Filter": "x", "Tags": []}}}}"#,
+            "Subsets.v1.Tags",
+        ),
+        case(
+            "route-unknown",
+            r#"{"router": {"Routes": [{"Destination": {"Timeout": "5s"}}]}}"#,
+            "unknown field \"Timeout\"",
+        ),
+        case(
+            "expose-checks-string",
+            r#"{"defaults": {"Expose": {"Checks": "yes"}}}"#,
+            "Expose.Checks",
+        ),
+    ]
+}
+
+/// A body valid for the newest Consul svc-handler knows, invalid for the older
+/// `version`: the message names the version that introduced the field.
+pub struct Gated {
+    pub name: &'static str,
+    pub body: &'static str,
+    pub version: &'static str,
+    pub names: &'static str,
+}
+
+/// Fields newer than a target Consul version.
+pub fn gated() -> Vec<Gated> {
+    let g = |name, body, version, names| Gated {
+        name,
+        body,
+        version,
+        names,
+    };
+    vec![
+        g(
+            "load-balancer-1.8",
+            r#"{"resolver": {"LoadBalancer": {"Policy": "least_request"}}}"#,
+            "1.8.7",
+            "$.resolver.LoadBalancer: needs Consul 1.9.0 or newer; the target is 1.8.7",
+        ),
+        g(
+            "mode-1.9",
+            r#"{"defaults": {"Mode": "transparent"}}"#,
+            "1.9.17",
+            "needs Consul 1.10.0",
+        ),
+        g(
+            "transparent-proxy-1.8",
+            r#"{"defaults": {"TransparentProxy": {"OutboundListenerPort": 15001}}}"#,
+            "v1.8.7",
+            "needs Consul 1.10.0",
+        ),
+        g(
+            "upstream-config-1.8",
+            r#"{"defaults": {"UpstreamConfig": {"Defaults": {"ConnectTimeoutMs": 500}}}}"#,
+            "1.8.7",
+            "$.defaults.UpstreamConfig: needs Consul 1.10.0",
+        ),
+        g(
+            "destination-1.12",
+            r#"{"defaults": {"Destination": {"Addresses": ["api.example.com"], "Port": 443}}}"#,
+            "1.12.9",
+            "needs Consul 1.13.0",
+        ),
+        g(
+            "max-inbound-1.12",
+            r#"{"defaults": {"MaxInboundConnections": 10}}"#,
+            "1.12.0+ent",
+            "needs Consul 1.13.0",
+        ),
+        g(
+            "retry-on-1.8",
+            r#"{"router": {"Routes": [{"Destination": {"RetryOn": ["reset"]}}]}}"#,
+            "1.8.7",
+            "Destination.RetryOn: needs Consul 1.13.0",
+        ),
+        g(
+            "request-headers-1.8",
+            r#"{"router": {"Routes": [{"Destination": {"RequestHeaders": {"Add": {"x": "1"}}}}]}}"#,
+            "1.8.7",
+            "Destination.RequestHeaders: needs Consul 1.9.0",
+        ),
+        g(
+            "failover-targets-1.13",
+            r#"{"resolver": {"Failover": {"*": {"Targets": [{"Datacenter": "dc2"}]}}}}"#,
+            "1.13.9",
+            "needs Consul 1.14.0",
+        ),
+        g(
+            "redirect-partition-1.10",
+            r#"{"resolver": {"Redirect": {"Service": "a", "Partition": "p"}}}"#,
+            "1.10.0",
+            "Redirect.Partition: needs Consul 1.11.0",
+        ),
+        g(
+            "load-balancer-snake-1.8",
+            r#"{"resolver": {"load_balancer": {}}}"#,
+            "1.8.7",
+            "needs Consul 1.9.0",
+        ),
+        g(
+            "mutual-tls-1.15",
+            r#"{"defaults": {"MutualTLSMode": "strict"}}"#,
+            "1.15.2",
+            "needs Consul 1.16.0",
         ),
     ]
 }
