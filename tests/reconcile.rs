@@ -709,16 +709,17 @@ async fn invalid_input_table() {
         "a".repeat(600 * 1024)
     );
     // The shared table (every body the parser refuses), plus what only a
-    // reconcile shows: a field Consul refuses, a body Consul cannot store.
+    // reconcile shows: a field Consul 1.8.7 refuses (the reconciler here
+    // targets the newest Consul), a body Consul cannot store.
     let mut cases: Vec<(&str, Vec<u8>, &str)> = support::invalid::bodies()
         .into_iter()
         .map(|i| (i.name, i.body, i.names))
         .collect();
     cases.push(("too-big", huge.into_bytes(), "512"));
     cases.push((
-        "bogus-field",
-        br#"{"defaults": {"Bogus": 1}}"#.to_vec(),
-        "Bogus",
+        "newer-field",
+        br#"{"defaults": {"Mode": "transparent"}}"#.to_vec(),
+        "Mode",
     ));
     assert!(cases.len() >= 20);
     for (name, body, needle) in &cases {
@@ -764,7 +765,7 @@ async fn invalid_input_table() {
     assert_eq!(
         w.failed_writes(),
         1,
-        "only the unknown field reached Consul, which refused it"
+        "only the field 1.8.7 does not know (the reconciler here targets the newest Consul) reached Consul, which refused it"
     );
 
     // Keys outside the layout: an invalid observed.json where one can go.

@@ -22,6 +22,7 @@ key_prefix "svc-handler/" { policy = "write" }
 session_prefix "" { policy = "write" }
 service_prefix "" { policy = "write" }
 operator = "write"
+agent_prefix "" { policy = "read" }
 "#;
 
 const NO_SERVICE_WRITE: &str = r#"

@@ -6,6 +6,7 @@
 //! query parameters only when not `default`, since Consul OSS answers 400 to
 //! `ns=default`. [`Client::scoped`] gives a clone with another scope.
 
+mod agent;
 mod config_entry;
 mod error;
 mod kv;

@@ -186,6 +186,7 @@ impl Daemon {
     /// `run --once`: reconciles every service present (and prunes services
     /// whose base.json is gone), then returns what happened.
     pub async fn run_once(&self) -> Result<OnceSummary, ConsulError> {
+        self.reconciler.detect_consul_version().await;
         let prefix = self.cfg.layout.desired_prefix();
         let (pairs, _) = self
             .client
@@ -232,6 +233,7 @@ impl Daemon {
         listener: Option<tokio::net::TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ConsulError> {
+        self.reconciler.detect_consul_version().await;
         let daemon = Arc::new(self);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();

@@ -12,20 +12,21 @@ mod read;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use tracing::Instrument;
 
 use crate::consul::{Client, ConsulError, Scope, TxnKvOp};
+use crate::fields::{Version, NEWEST};
 use crate::keys::{self, Layout, ServiceId};
 use crate::kind::{Kind, Step};
 use crate::lock::{self, LockAttempt, Session, SessionConfig};
 use crate::metrics::Metrics;
 use crate::plan::{self, Current, Desired, Target};
 use crate::records::{now_rfc3339, Objects, Observed, Status};
-use crate::spec::{self, Spec};
+use crate::spec::{self, ParseOptions, Spec};
 
 use execute::Run;
 use fence::Fence;
@@ -105,6 +106,8 @@ pub struct Reconciler {
     cfg: Arc<ReconcilerConfig>,
     metrics: Arc<Metrics>,
     hook: Option<Arc<dyn FlowHook>>,
+    /// The Consul version base.json is checked against, once known.
+    consul_version: Arc<OnceLock<Version>>,
 }
 
 impl Reconciler {
@@ -115,7 +118,36 @@ impl Reconciler {
             cfg: Arc::new(cfg),
             metrics,
             hook: None,
+            consul_version: Arc::default(),
         }
+    }
+
+    /// Reads the agent's Consul version, so that a field newer than the
+    /// running Consul is `invalid` before any write. Without it (no
+    /// `agent:read`, an unreadable answer), fields are checked against the
+    /// newest Consul svc-handler knows, and Consul itself refuses the rest.
+    pub async fn detect_consul_version(&self) -> Option<Version> {
+        let read = self.client.agent_version().await;
+        match read.as_deref().map(str::parse::<Version>) {
+            Ok(Ok(v)) => {
+                tracing::info!(consul = %v, "base.json fields are checked against this Consul version");
+                Some(*self.consul_version.get_or_init(|| v))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, newest = %NEWEST, "cannot read Consul's version; fields are checked against the newest Consul svc-handler knows");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, newest = %NEWEST, "cannot read Consul's version (agent:read needed); fields are checked against the newest Consul svc-handler knows");
+                None
+            }
+        }
+    }
+
+    /// base.json parsed and checked against the Consul in use.
+    fn parse(&self, bytes: &[u8]) -> Result<Spec, spec::SpecError> {
+        let consul_version = self.consul_version.get().copied().unwrap_or(NEWEST);
+        spec::parse_with(bytes, &ParseOptions { consul_version })
     }
 
     pub fn with_hook(mut self, hook: Arc<dyn FlowHook>) -> Self {
@@ -172,7 +204,7 @@ impl Reconciler {
             base_key: &base_key,
         };
         let observed = current.observed.as_ref();
-        let outcome = match base.as_deref().map(spec::parse) {
+        let outcome = match base.as_deref().map(|b| self.parse(b)) {
             None => {
                 let plan = plan::plan(&t, &Desired::Gone { prune }, &current);
                 plan.in_sync(&t, observed).then_some(Outcome::Absent)
@@ -338,7 +370,7 @@ impl Reconciler {
             return self.delete(&mut run, prune, &current).await;
         };
         let generation = current.generation;
-        let result = match spec::parse(&bytes) {
+        let result = match self.parse(&bytes) {
             Err(e) => {
                 run.objects = execute::recorded_objects(&current.records);
                 Err(Fail::new(
