@@ -4,6 +4,9 @@
 //! each generation gets exactly one write and one observed.json, over
 //! resyncs and a restart of the daemon.
 
+#[allow(dead_code)]
+#[path = "support/docs.rs"]
+mod docs;
 #[path = "support/rewrite.rs"]
 mod rewrite;
 mod support;
@@ -120,4 +123,69 @@ async fn one_write_and_one_outcome_per_generation_over_resyncs_and_a_restart() {
     .await;
     assert_eq!(proxy.entry_writes(&refused.name), 2);
     assert_eq!(proxy.txn_sets(&layout.observed_key(&refused)), 2);
+}
+
+/// The figures of issue 12: 50 bodies from Consul's documentation (35 kinds,
+/// cycled), a daemon with a 2 s resync left running for 60 s. Every config
+/// write and every observed.json write is counted at the proxy; each must
+/// equal the number the generations needed: one observed.json per service,
+/// one write per entry of the bodies that apply, none for the refused ones.
+/// Run by hand: `cargo test --release --test write_budget -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "runs for a minute; prints figures"]
+async fn figures_50_bodies_60_seconds_of_2_second_resyncs() {
+    let proxy = Rewriter::start(&shared().url());
+    let p = prefix("figures");
+    let layout = Layout::new(&p).unwrap();
+    let tag = p.rsplit('/').next().unwrap().to_string();
+    let client = shared().client();
+    let backend = format!("{}-{tag}", docs::BACKEND);
+    let entry = json!({"Kind": "service-defaults", "Name": backend, "Protocol": "http"});
+    assert!(client.config_put(&entry).await.unwrap());
+    let rows: Vec<_> = docs::applied_rows()
+        .into_iter()
+        .chain(docs::invalid_rows())
+        .collect();
+    let mut services = Vec::new();
+    let mut needed_writes = 0;
+    for i in 0..50 {
+        let (name, body, expect) = &rows[i % rows.len()];
+        let id = ServiceId::new("default", "default", &format!("f{i}-{name}-{tag}")).unwrap();
+        let text = serde_json::to_string(body)
+            .unwrap()
+            .replace(docs::BACKEND, &backend);
+        if matches!(expect, docs::Expect::Applied) {
+            needed_writes += 2 + u64::from(body.get("router").is_some());
+        }
+        client
+            .kv_put(&layout.base_key(&id), text.as_bytes())
+            .await
+            .unwrap();
+        services.push(id);
+    }
+    let d = DaemonProc::builder(&proxy.url(), &p)
+        .args(&["--resync-interval", "2s"])
+        .start();
+    d.wait_ready(DEADLINE).await;
+    let started = std::time::Instant::now();
+    // The measurement window itself (not a synchronisation): 60 s of resyncs.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let resyncs = d
+        .metric(r#"svc_handler_reconcile_total{result="unchanged"}"#)
+        .await
+        / 50.0;
+    let writes: u64 = services.iter().map(|id| proxy.entry_writes(&id.name)).sum();
+    let outcomes: usize = services
+        .iter()
+        .map(|id| proxy.txn_sets(&layout.observed_key(id)))
+        .sum();
+    println!("| services | window | resyncs (checks / services) | config writes (needed) | observed.json writes (needed) |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| 50 | {:.0} s | {resyncs:.1} | {writes} ({needed_writes}) | {outcomes} (50) |",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(resyncs >= 20.0, "resyncs ran: {resyncs}");
+    assert_eq!(writes, needed_writes);
+    assert_eq!(outcomes, 50);
 }
