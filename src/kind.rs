@@ -89,6 +89,9 @@ pub enum Step {
     Read,
     /// Parsing and validating base.json.
     Parse,
+    /// Checking, before the first write, the rules Consul enforces across
+    /// entries (protocols, subsets, failover) against base.json and a few reads.
+    Preflight,
     /// The key of base.json does not fit the layout.
     Key,
     Defaults,
@@ -103,10 +106,11 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a reconcile meets them.
-    pub const ALL: [Step; 10] = [
+    pub const ALL: [Step; 11] = [
         Step::Lock,
         Step::Read,
         Step::Parse,
+        Step::Preflight,
         Step::Key,
         Step::Defaults,
         Step::Resolver,
@@ -121,6 +125,7 @@ impl Step {
             Step::Lock => "lock",
             Step::Read => "read",
             Step::Parse => "parse",
+            Step::Preflight => "preflight",
             Step::Key => "key",
             Step::Defaults => "defaults",
             Step::Resolver => "resolver",
@@ -149,6 +154,9 @@ mod tests {
             assert_eq!(Kind::from_file_name(k.file_name()), Some(k));
         }
         assert_eq!(Kind::from_consul("ingress-gateway"), None);
+        let parse = Step::ALL.iter().position(|s| *s == Step::Parse).unwrap();
+        assert_eq!(Step::ALL[parse + 1], Step::Preflight);
+        assert_eq!(Step::Preflight.as_str(), "preflight");
         for s in Step::ALL {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.as_str()));
