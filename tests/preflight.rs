@@ -50,7 +50,14 @@ fn http() -> Value {
 }
 
 fn refusing_cases() -> Vec<Case> {
-    use Kind::{ServiceResolver as Res, ServiceRouter as Rt};
+    router_refusals()
+        .into_iter()
+        .chain(resolver_refusals())
+        .collect()
+}
+
+fn router_refusals() -> Vec<Case> {
+    use Kind::ServiceRouter as Rt;
     let routes = |r: Value| json!({"defaults": http(), "router": {"Routes": r}});
     vec![
         case(
@@ -94,6 +101,38 @@ fn refusing_cases() -> Vec<Case> {
             Some(Rt),
         ),
         case(
+            "header-two-ways",
+            vec![],
+            routes(
+                json!([{"Match": {"HTTP": {"Header": [{"Name": "x", "Exact": "a", "Prefix": "b"}]}}}]),
+            ),
+            Some(Rt),
+        ),
+        case(
+            "prefix-rewrite-without-path",
+            vec![],
+            routes(json!([{"Destination": {"PrefixRewrite": "/b"}}])),
+            Some(Rt),
+        ),
+        case(
+            "method-twice",
+            vec![],
+            routes(json!([{"Match": {"HTTP": {"Methods": ["GET", "GET"]}}}])),
+            Some(Rt),
+        ),
+        case(
+            "path-exact-no-slash",
+            vec![],
+            routes(json!([{"Match": {"HTTP": {"PathExact": "a"}}}])),
+            Some(Rt),
+        ),
+    ]
+}
+
+fn resolver_refusals() -> Vec<Case> {
+    use Kind::ServiceResolver as Res;
+    vec![
+        case(
             "default-subset-missing",
             vec![],
             json!({"resolver": {"DefaultSubset": "v1"}}),
@@ -128,32 +167,6 @@ fn refusing_cases() -> Vec<Case> {
             vec![defaults("WEB", "http")],
             json!({"defaults": {"Protocol": "tcp"}, "resolver": {"Failover": {"*": {"Service": "WEB"}}}}),
             Some(Res),
-        ),
-        case(
-            "header-two-ways",
-            vec![],
-            routes(
-                json!([{"Match": {"HTTP": {"Header": [{"Name": "x", "Exact": "a", "Prefix": "b"}]}}}]),
-            ),
-            Some(Rt),
-        ),
-        case(
-            "prefix-rewrite-without-path",
-            vec![],
-            routes(json!([{"Destination": {"PrefixRewrite": "/b"}}])),
-            Some(Rt),
-        ),
-        case(
-            "method-twice",
-            vec![],
-            routes(json!([{"Match": {"HTTP": {"Methods": ["GET", "GET"]}}}])),
-            Some(Rt),
-        ),
-        case(
-            "path-exact-no-slash",
-            vec![],
-            routes(json!([{"Match": {"HTTP": {"PathExact": "a"}}}])),
-            Some(Rt),
         ),
     ]
 }
