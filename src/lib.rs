@@ -16,6 +16,7 @@ pub mod kind;
 pub mod lock;
 pub mod metrics;
 pub mod plan;
+pub mod preflight;
 pub mod queue;
 pub mod reconcile;
 pub mod records;
