@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use crate::entries::{self, Ownership};
 use crate::keys::{self, ServiceId};
 use crate::kind::Kind;
+use crate::preflight::{self, Others, Violation};
 use crate::records::{self, ObjectRef, Objects, Observed, Record, Status};
 use crate::spec::{Spec, TgwLinkSpec};
 
@@ -32,6 +33,9 @@ pub struct Current {
     pub entries: BTreeMap<Kind, Value>,
     /// The terminating gateways involved, by name; an absent one is missing.
     pub gateways: BTreeMap<String, Value>,
+    /// What the preflight rules need of other entries, when read (`None`:
+    /// only the rules that need nothing outside base.json are checked).
+    pub others: Option<Others>,
 }
 
 impl Current {
@@ -210,6 +214,9 @@ pub struct Plan {
     pub gateway_record: RecordOp,
     /// base.json is gone: every record and observed.json are removed.
     pub forget: bool,
+    /// Consul's rules base.json breaks (preflight): the reconcile writes
+    /// nothing and ends `invalid` at step `preflight`.
+    pub violations: Vec<Violation>,
 }
 
 impl Plan {
@@ -221,9 +228,10 @@ impl Plan {
     /// The changes a reconcile writes to Consul's config entries: those with
     /// a write, up to the first blocked one (where it stops).
     pub fn config_writes(&self) -> impl Iterator<Item = &Change> {
+        let refused = !self.violations.is_empty();
         self.changes
             .iter()
-            .take_while(|c| c.blocked.is_none())
+            .take_while(move |c| c.blocked.is_none() && !refused)
             .filter(|c| c.action.writes())
     }
 
@@ -236,6 +244,7 @@ impl Plan {
     /// record, nothing blocked, nothing to forget.
     pub fn is_noop(&self) -> bool {
         !self.writes_config()
+            && self.violations.is_empty()
             && self.blocked().is_none()
             && self.changes.iter().all(|c| c.stuck.is_none())
             && !self.forget
@@ -285,6 +294,9 @@ impl Plan {
     /// the status and message of a blocked change (`conflict`) or of an
     /// entry Consul stored differently (`error`, not retried).
     pub fn stops_at(&self) -> Option<(Status, String)> {
+        if let Some(m) = self.preflight_message() {
+            return Some((Status::Invalid, m));
+        }
         for c in &self.changes {
             if let Some(b) = &c.blocked {
                 return Some((Status::Conflict, b.to_string()));
@@ -297,6 +309,18 @@ impl Plan {
             }
         }
         None
+    }
+
+    /// The message of a preflight refusal: every violation, in order.
+    pub fn preflight_message(&self) -> Option<String> {
+        if self.violations.is_empty() {
+            return None;
+        }
+        let all: Vec<String> = self.violations.iter().map(ToString::to_string).collect();
+        Some(format!(
+            "Consul would refuse this base.json: {}",
+            all.join("; ")
+        ))
     }
 
     /// When observed.json already tells the final outcome this plan would
@@ -546,11 +570,16 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
         ));
     }
     let gateway_record = plan_gateway(t, spec, generation, cur, &mut changes);
+    let violations = match &cur.others {
+        Some(others) => preflight::check(spec, t.id, others),
+        None => preflight::check_offline(spec, t.id),
+    };
     Plan {
         generation: Some(generation),
         changes,
         gateway_record,
         forget: false,
+        violations,
     }
 }
 
@@ -632,6 +661,7 @@ fn plan_gone(t: &Target<'_>, prune: bool, cur: &Current) -> Plan {
             RecordOp::Keep
         },
         forget,
+        violations: Vec::new(),
     }
 }
 

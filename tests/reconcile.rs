@@ -360,7 +360,7 @@ async fn unchanged_spec_writes_nothing_for_every_field_kind() {
 }
 
 #[tokio::test]
-async fn router_on_tcp_is_refused_until_the_protocol_is_fixed() {
+async fn router_on_tcp_is_refused_before_any_write_until_the_protocol_is_fixed() {
     let w = world("tcp-router");
     let id = w.id("api");
     let mut spec = full_spec("unused");
@@ -377,20 +377,26 @@ async fn router_on_tcp_is_refused_until_the_protocol_is_fixed() {
     else {
         panic!("{r:?}")
     };
-    // Consul's refusal is final for the generation: not retried.
+    // Foreseen before the first write (preflight), final for the
+    // generation, in Consul's own words; nothing written at all.
     assert_eq!(*status, Status::Invalid);
     assert!(matches!(r.outcome, Outcome::Failed { retry: false, .. }));
-    assert_eq!(step.as_str(), "router");
-    assert!(message.contains("protocol"), "Consul's words: {message}");
+    assert_eq!(step.as_str(), "preflight");
+    assert!(
+        message.contains("does not permit advanced routing"),
+        "Consul's words: {message}"
+    );
     let obs = w.observed(&id).await.unwrap();
     assert_eq!(obs.status, Status::Invalid);
     assert!(!obs.retry);
-    assert_eq!(obs.step.map(|s| s.as_str()), Some("router"));
+    assert_eq!(obs.step.map(|s| s.as_str()), Some("preflight"));
     assert_eq!(obs.generation, generation);
     assert!(obs.message.unwrap().contains("protocol"));
-    // What was applied before the failing step stays.
-    assert!(obs.objects.defaults.is_some() && obs.objects.router.is_none());
-    assert!(w.record(&id, "router.json").await.is_none());
+    assert_eq!(obs.objects, Default::default());
+    for kind in ["service-defaults", "service-resolver", "service-router"] {
+        assert!(w.entry(kind, &id.name).await.is_none(), "{kind} written");
+    }
+    assert!(w.record(&id, "defaults.json").await.is_none());
 
     spec["defaults"]["Protocol"] = json!("http");
     w.put(&id, &spec).await;

@@ -151,7 +151,8 @@ struct DiffReport<'a> {
     /// The base.json compared: the file given, or the key in Consul KV.
     source: String,
     changed: bool,
-    /// Why a reconcile would stop with `conflict`, if it would.
+    /// Why a reconcile would stop without writing: the preflight refusal
+    /// (`invalid`) or the change it may not make (`conflict`).
     #[serde(skip_serializing_if = "Option::is_none")]
     blocked: Option<String>,
     entries: &'a [EntryDiff],
@@ -185,13 +186,18 @@ async fn run_inner(ctx: &Ctx, args: &DiffArgs) -> Exit {
             namespace: &id.namespace,
             source,
             changed,
-            blocked: plan
-                .blocked()
-                .and_then(|c| c.blocked.as_ref())
-                .map(ToString::to_string),
+            blocked: plan.preflight_message().or_else(|| {
+                plan.blocked()
+                    .and_then(|c| c.blocked.as_ref())
+                    .map(ToString::to_string)
+            }),
             entries: &diffs,
         });
     } else {
+        if let Some(m) = plan.preflight_message() {
+            let note = format!("# {id}: {m}: a reconcile writes nothing and reports invalid");
+            println!("{}", Paint::stdout().paint(Some(Color::Yellow), &note));
+        }
         print!("{}", render(&diffs, Paint::stdout()));
     }
     Ok(if changed { EXIT_FAILED } else { EXIT_OK })

@@ -5,6 +5,8 @@ use serde::Serialize;
 
 use super::{display_path, read_input, Exit, EXIT_FAILED, EXIT_OK};
 use crate::cli::ValidateArgs;
+use crate::keys::{ServiceId, DEFAULT};
+use crate::preflight::{self, Violation};
 use crate::spec::{self, ParseOptions, SpecError};
 
 /// The verdict on one file, as `--output json` prints it.
@@ -34,15 +36,48 @@ pub struct FileError {
 
 /// Checks one file's bytes (already read) named `file`.
 pub fn check(file: &str, bytes: &[u8], options: &ParseOptions) -> FileResult {
-    let errors: Vec<FileError> = spec::check_all(bytes, options)
+    let mut errors: Vec<FileError> = spec::check_all(bytes, options)
         .iter()
         .map(|e| spec_error(file, e))
         .collect();
+    if errors.is_empty() {
+        if let Ok(spec) = spec::parse_with(bytes, options) {
+            let id = service_of(file);
+            errors.extend(
+                preflight::check_offline(&spec, &id)
+                    .iter()
+                    .map(|v| preflight_error(file, v)),
+            );
+        }
+    }
     FileResult {
         file: file.to_string(),
         valid: errors.is_empty(),
         error: errors.first().cloned(),
         errors,
+    }
+}
+
+/// The service a file is for, as far as the offline rules care (a route to
+/// the service itself): the file's name without `.json`, when it is a valid
+/// service name.
+fn service_of(file: &str) -> ServiceId {
+    let stem = std::path::Path::new(file)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("service");
+    ServiceId::new(DEFAULT, DEFAULT, stem)
+        .or_else(|_| ServiceId::new(DEFAULT, DEFAULT, "service"))
+        .expect("a valid name")
+}
+
+/// One of Consul's cross-entry rules the file breaks (preflight, offline).
+fn preflight_error(file: &str, v: &Violation) -> FileError {
+    FileError {
+        message: format!("{file}: {v}"),
+        path: Some(v.path.clone()),
+        line: None,
+        column: None,
     }
 }
 
@@ -104,6 +139,18 @@ pub fn run(args: &ValidateArgs) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consul_cross_entry_rules_are_checked_offline() {
+        let body = br#"{"defaults": {"Protocol": "tcp"}, "router": {"Routes": [{"Match": {"HTTP": {"PathPrefix": "/a"}}}]}}"#;
+        let r = check("web.json", body, &ParseOptions::default());
+        assert!(!r.valid);
+        let m = &r.errors[0].message;
+        assert!(m.starts_with("web.json: $.router"), "{m}");
+        assert!(m.contains("does not permit advanced routing"), "{m}");
+        let ok = br#"{"defaults": {"Protocol": "http"}, "router": {"Routes": [{"Match": {"HTTP": {"PathPrefix": "/a"}}}]}}"#;
+        assert!(check("web.json", ok, &ParseOptions::default()).valid);
+    }
 
     #[test]
     fn errors_name_the_file_and_the_place() {

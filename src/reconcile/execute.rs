@@ -15,7 +15,7 @@ use crate::entries;
 use crate::keys::ServiceId;
 use crate::kind::{Kind, Step};
 use crate::plan::{self, Action, Change, Plan, RecordOp, Target};
-use crate::records::{self, now_rfc3339, Objects, Record};
+use crate::records::{self, now_rfc3339, Objects, Record, Status};
 use crate::spec::Spec;
 
 /// One execution of a plan: what it has done so far.
@@ -47,6 +47,9 @@ impl<'a> Run<'a> {
     /// base.json is gone.
     pub async fn execute(&mut self, plan: &Plan, spec: Option<&Spec>) -> Result<(), Fail> {
         self.objects = plan.objects(&self.target());
+        if let Some(message) = plan.preflight_message() {
+            return Err(Fail::new(Status::Invalid, Step::Preflight, message));
+        }
         let mut link_record = None;
         for change in &plan.changes {
             let step = match spec {

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 
 use crate::consul::{Client, ConsulError, QueryOptions, Scope};
+use crate::entries;
 use crate::keys::{DesiredKey, Layout, ServiceId};
 use crate::kind::Kind;
 use crate::plan::Current;
+use crate::preflight::{self, Others};
 use crate::records::{Observed, Record};
 use crate::spec::{self, Spec};
 
@@ -58,9 +60,38 @@ pub async fn read_current(
         (Some(_), _) | (_, None) => None,
         (None, Some(bytes)) => spec::parse(bytes).ok(),
     };
-    let names = Current::gateways_involved(spec.or(parsed.as_ref()), &current.records);
+    let spec = spec.or(parsed.as_ref());
+    let names = Current::gateways_involved(spec, &current.records);
     current.gateways = read_gateways(&scoped, &names).await?;
+    if let Some(spec) = spec {
+        current.others = Some(read_others(&scoped, spec, id).await?);
+    }
     Ok((current, base))
+}
+
+/// The entries the preflight rules need for `spec` ([`preflight::needs`]).
+/// The service's own protocol is the one svc-handler writes: base.json's, or
+/// none (`tcp`), since it always writes a service-defaults entry.
+async fn read_others(scoped: &Client, spec: &Spec, id: &ServiceId) -> Result<Others, ConsulError> {
+    let needs = preflight::needs(spec, id);
+    let consistent = QueryOptions::consistent();
+    let mut others = Others::default();
+    let get = |kind: &'static str, name: String| async move {
+        let (e, _) = scoped.config_get(kind, &name, &consistent).await?;
+        Ok::<_, ConsulError>(e.map(|e| e.0))
+    };
+    for name in needs.defaults.iter().filter(|n| **n != id.name) {
+        others.add_defaults(name, get("service-defaults", name.clone()).await?.as_ref());
+    }
+    for name in needs.resolvers.iter().filter(|n| **n != id.name) {
+        others.add_resolver(name, get("service-resolver", name.clone()).await?.as_ref());
+    }
+    if needs.proxy_defaults {
+        others.set_proxy_defaults(get("proxy-defaults", "global".into()).await?.as_ref());
+    }
+    let own = entries::build_entry(Kind::ServiceDefaults, id, spec.defaults.as_ref(), "");
+    others.add_defaults(&id.name, Some(&own));
+    Ok(others)
 }
 
 async fn read_gateways(
