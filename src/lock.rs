@@ -30,6 +30,17 @@ pub struct SessionConfig {
     pub lock_delay: Duration,
 }
 
+impl SessionConfig {
+    /// The defaults for the instance `holder`: TTL 15 s, lock-delay 1 s.
+    pub fn for_holder(holder: &str) -> Self {
+        SessionConfig {
+            name: format!("svc-handler {holder}"),
+            ttl: Duration::from_secs(15),
+            lock_delay: Duration::from_secs(1),
+        }
+    }
+}
+
 /// A Consul session, renewed in the background until dropped or destroyed.
 pub struct Session {
     client: Client,

@@ -214,19 +214,9 @@ fn array<'a>(map: &'a Map<String, Value>, key: &str) -> &'a [Value] {
 /// `path.key`, or `path["key"]` when the key is not a plain name (as spec.rs
 /// writes paths).
 fn at(path: &str, key: &str) -> String {
-    let plain = key
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if plain {
-        format!("{path}.{key}")
-    } else {
-        let quoted = serde_json::to_string(key).unwrap_or_else(|_| format!("{key:?}"));
-        format!("{path}[{quoted}]")
-    }
+    let mut out = path.to_string();
+    crate::spec::push_key(&mut out, key);
+    out
 }
 
 fn refused(path: String, what: impl fmt::Display, consul: impl fmt::Display) -> Violation {

@@ -289,7 +289,7 @@ impl PathNode<'_> {
 }
 
 /// Appends `.key`, or `["key"]` when the key is not a plain name.
-fn push_key(path: &mut String, key: &str) {
+pub(crate) fn push_key(path: &mut String, key: &str) {
     let plain = key
         .chars()
         .next()

@@ -54,11 +54,7 @@ impl DaemonConfig {
         let holder = holder.into();
         DaemonConfig {
             layout,
-            session: SessionConfig {
-                name: format!("svc-handler {holder}"),
-                ttl: Duration::from_secs(15),
-                lock_delay: Duration::from_secs(1),
-            },
+            session: SessionConfig::for_holder(&holder),
             holder,
             workers: 4,
             resync_interval: Some(Duration::from_secs(600)),

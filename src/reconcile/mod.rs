@@ -65,11 +65,7 @@ impl ReconcilerConfig {
         let holder = holder.into();
         ReconcilerConfig {
             layout,
-            session: SessionConfig {
-                name: format!("svc-handler {holder}"),
-                ttl: Duration::from_secs(15),
-                lock_delay: Duration::from_secs(1),
-            },
+            session: SessionConfig::for_holder(&holder),
             holder,
             cas_attempts: 8,
             link_cas_attempts: 64,
