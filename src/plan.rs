@@ -226,12 +226,13 @@ impl Plan {
     }
 
     /// The changes a reconcile writes to Consul's config entries: those with
-    /// a write, up to the first blocked one (where it stops).
+    /// a write, up to the first blocked or stuck one (where it stops); none
+    /// when preflight refuses.
     pub fn config_writes(&self) -> impl Iterator<Item = &Change> {
         let refused = !self.violations.is_empty();
         self.changes
             .iter()
-            .take_while(move |c| c.blocked.is_none() && !refused)
+            .take_while(move |c| c.blocked.is_none() && c.stuck.is_none() && !refused)
             .filter(|c| c.action.writes())
     }
 

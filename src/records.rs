@@ -135,11 +135,30 @@ impl Record {
 
     /// True when both say the same, apart from when they were verified.
     pub fn same_as(&self, other: &Record) -> bool {
-        let mut a = self.clone();
-        a.verified_at.clear();
-        let mut b = other.clone();
-        b.verified_at.clear();
-        a == b
+        let Record {
+            kind,
+            name,
+            partition,
+            namespace,
+            resource_id,
+            create_index,
+            modify_index,
+            generation,
+            object,
+            verified_at: _,
+            base_key,
+            service,
+            previous_gateway,
+            differs,
+        } = self;
+        (create_index, modify_index, generation)
+            == (&other.create_index, &other.modify_index, &other.generation)
+            && (kind, name, partition, namespace)
+                == (&other.kind, &other.name, &other.partition, &other.namespace)
+            && (resource_id, base_key, service)
+                == (&other.resource_id, &other.base_key, &other.service)
+            && (previous_gateway, differs) == (&other.previous_gateway, &other.differs)
+            && object == &other.object
     }
 }
 

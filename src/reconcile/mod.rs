@@ -32,7 +32,7 @@ use execute::Run;
 use fence::Fence;
 pub(crate) use outcome::Fail;
 pub use outcome::{Outcome, Report};
-pub use read::read_current;
+pub use read::{read_current, read_current_parsed};
 
 /// A boxed future, for [`FlowHook`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -184,10 +184,11 @@ impl Reconciler {
     pub async fn check(&self, id: &ServiceId, prune: bool) -> Option<Report> {
         let started = Instant::now();
         let span = self.span(id);
-        let read = read_current(&self.client, self.layout(), id, None)
+        let parse = |b: &[u8]| self.parse(b);
+        let read = read_current_parsed(&self.client, self.layout(), id, &parse)
             .instrument(span.clone())
             .await;
-        let (current, base) = match read {
+        let (current, parsed) = match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(parent: &span, error = %e, "in-sync check failed; running the flow");
@@ -200,7 +201,7 @@ impl Reconciler {
             base_key: &base_key,
         };
         let observed = current.observed.as_ref();
-        let outcome = match base.as_deref().map(|b| self.parse(b)) {
+        let outcome = match parsed {
             None => {
                 let plan = plan::plan(&t, &Desired::Gone { prune }, &current);
                 plan.in_sync(&t, observed).then_some(Outcome::Absent)
@@ -342,10 +343,11 @@ impl Reconciler {
         session: &Session,
         started: Instant,
     ) -> Finished {
+        let parse = |b: &[u8]| self.parse(b);
         let read = self
-            .retry(|| read_current(&self.client, self.layout(), id, None))
+            .retry(|| read_current_parsed(&self.client, self.layout(), id, &parse))
             .await;
-        let (current, base) = match read {
+        let (current, parsed) = match read {
             Ok(r) => r,
             Err(e) => return Finished::failed(Fail::error(Step::Read, e.to_string()), None),
         };
@@ -362,11 +364,11 @@ impl Reconciler {
             changed: false,
             drifted: Vec::new(),
         };
-        let Some(bytes) = base else {
+        let Some(parsed) = parsed else {
             return self.delete(&mut run, prune, &current).await;
         };
         let generation = current.generation;
-        let result = match self.parse(&bytes) {
+        let result = match parsed {
             Err(e) => {
                 run.objects = execute::recorded_objects(&current.records);
                 Err(Fail::new(

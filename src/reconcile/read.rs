@@ -11,7 +11,10 @@ use crate::kind::Kind;
 use crate::plan::Current;
 use crate::preflight::{self, Others};
 use crate::records::{Observed, Record};
-use crate::spec::{self, Spec};
+use crate::spec::{self, Spec, SpecError};
+
+/// base.json as parsed by the reader: `None` when it does not exist.
+pub type Parsed = Option<Result<Spec, SpecError>>;
 
 /// Current state of `id`, plus base.json's bytes when it exists. `spec` is
 /// what the caller will plan with when it is not base.json (`diff -f`); its
@@ -22,6 +25,29 @@ pub async fn read_current(
     id: &ServiceId,
     spec: Option<&Spec>,
 ) -> Result<(Current, Option<Vec<u8>>), ConsulError> {
+    let (current, base, _) = read(client, layout, id, spec, &|b| spec::parse(b)).await?;
+    Ok((current, base))
+}
+
+/// Current state of `id`, with base.json parsed once by `parse` (the reader
+/// needs it to know which gateways and other entries to read).
+pub async fn read_current_parsed(
+    client: &Client,
+    layout: &Layout,
+    id: &ServiceId,
+    parse: &(dyn Fn(&[u8]) -> Result<Spec, SpecError> + Sync),
+) -> Result<(Current, Parsed), ConsulError> {
+    let (current, _, parsed) = read(client, layout, id, None, parse).await?;
+    Ok((current, parsed))
+}
+
+async fn read(
+    client: &Client,
+    layout: &Layout,
+    id: &ServiceId,
+    spec: Option<&Spec>,
+    parse: &(dyn Fn(&[u8]) -> Result<Spec, SpecError> + Sync),
+) -> Result<(Current, Option<Vec<u8>>, Parsed), ConsulError> {
     let consistent = QueryOptions::consistent();
     let dir = format!("{}/", layout.service_dir(id));
     let (pairs, _) = client.kv_list(&dir, &consistent).await?;
@@ -56,17 +82,17 @@ pub async fn read_current(
             current.entries.insert(kind, e.0);
         }
     }
-    let parsed = match (spec, &base) {
+    let parsed: Parsed = match (spec, &base) {
         (Some(_), _) | (_, None) => None,
-        (None, Some(bytes)) => spec::parse(bytes).ok(),
+        (None, Some(bytes)) => Some(parse(bytes)),
     };
-    let spec = spec.or(parsed.as_ref());
+    let spec = spec.or(parsed.as_ref().and_then(|p| p.as_ref().ok()));
     let names = Current::gateways_involved(spec, &current.records);
     current.gateways = read_gateways(&scoped, &names).await?;
     if let Some(spec) = spec {
         current.others = Some(read_others(&scoped, spec, id).await?);
     }
-    Ok((current, base))
+    Ok((current, base, parsed))
 }
 
 /// The entries the preflight rules need for `spec` ([`preflight::needs`]).
