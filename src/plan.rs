@@ -217,6 +217,11 @@ pub struct Plan {
     /// Consul's rules base.json breaks (preflight): the reconcile writes
     /// nothing and ends `invalid` at step `preflight`.
     pub violations: Vec<Violation>,
+    /// Some violation depends on other services' entries (a destination's
+    /// protocol, another resolver's subsets), which may still change (a
+    /// router applied before the service it routes to): checked again
+    /// with backoff, not final.
+    pub violations_depend_on_others: bool,
 }
 
 impl Plan {
@@ -571,9 +576,14 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
         ));
     }
     let gateway_record = plan_gateway(t, spec, generation, cur, &mut changes);
-    let violations = match &cur.others {
-        Some(others) => preflight::check(spec, t.id, others),
-        None => preflight::check_offline(spec, t.id),
+    let (violations, violations_depend_on_others) = match &cur.others {
+        Some(others) => {
+            let all = preflight::check(spec, t.id, others);
+            let own = preflight::check(spec, t.id, &agreeing_others(spec, t.id));
+            let external = all.iter().any(|v| !own.contains(v));
+            (all, external)
+        }
+        None => (preflight::check_offline(spec, t.id), false),
     };
     Plan {
         generation: Some(generation),
@@ -581,6 +591,7 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
         gateway_record,
         forget: false,
         violations,
+        violations_depend_on_others,
     }
 }
 
@@ -632,6 +643,24 @@ fn plan_gateway(
     }
 }
 
+/// Other services as agreeable as they could be: each named one with this
+/// service's protocol and every subset asked of it. What preflight still
+/// refuses then is base.json's own doing.
+fn agreeing_others(spec: &Spec, id: &ServiceId) -> Others {
+    let needs = preflight::needs(spec, id);
+    let own = entries::build_entry(Kind::ServiceDefaults, id, spec.defaults.as_ref(), "");
+    let mut others = Others::default();
+    others.add_defaults(&id.name, Some(&own));
+    let protocol = others.protocols.get(&id.name).cloned().unwrap_or_default();
+    for name in needs.defaults.iter().filter(|n| **n != id.name) {
+        others.protocols.insert(name.clone(), protocol.clone());
+    }
+    others
+        .redirected
+        .extend(needs.resolvers.iter().filter(|n| **n != id.name).cloned());
+    others
+}
+
 fn plan_gone(t: &Target<'_>, prune: bool, cur: &Current) -> Plan {
     let forget = !cur.records.is_empty() || cur.observed.is_some();
     let mut changes = Vec::new();
@@ -663,6 +692,7 @@ fn plan_gone(t: &Target<'_>, prune: bool, cur: &Current) -> Plan {
         },
         forget,
         violations: Vec::new(),
+        violations_depend_on_others: false,
     }
 }
 

@@ -804,3 +804,55 @@ fn settings_for_the_shared_agent_are_plain_http() {
     let s: Settings = shared().settings();
     assert!(s.address.starts_with("http://127.0.0.1:"));
 }
+
+#[tokio::test]
+async fn a_route_to_a_service_not_there_yet_is_refused_before_any_write_and_retried() {
+    let w = world("route-first");
+    let front = w.id("front");
+    let admin = w.id("admin");
+    let spec = json!({"defaults": {"Protocol": "http"},
+        "router": {"Routes": [{"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"Service": admin.name}}]}});
+    let generation = w.put(&front, &spec).await;
+    let r = w.rec.reconcile_once(&front, true).await;
+    let Outcome::Failed {
+        status,
+        step,
+        message,
+        retry,
+    } = &r.outcome
+    else {
+        panic!("{r:?}")
+    };
+    // admin has no service-defaults yet: tcp, which a router cannot mix
+    // with http. Foreseen, nothing written; retried (admin may come).
+    assert_eq!(
+        (*status, step.as_str(), *retry),
+        (Status::Invalid, "preflight", true)
+    );
+    assert!(message.contains("inconsistent protocols"), "{message}");
+    assert!(message.contains(&admin.name), "{message}");
+    assert_eq!(w.total_writes(), 0);
+    let obs = w.observed(&front).await.unwrap();
+    assert_eq!(
+        (obs.status, obs.generation, obs.retry),
+        (Status::Invalid, generation, true)
+    );
+    assert!(
+        w.rec.check(&front, true).await.is_none(),
+        "not settled: retried"
+    );
+
+    // admin arrives; the same generation of front now applies.
+    w.put(&admin, &json!({"defaults": {"Protocol": "http"}}))
+        .await;
+    assert!(matches!(
+        w.rec.reconcile_once(&admin, true).await.outcome,
+        Outcome::Applied { .. }
+    ));
+    let r = w.rec.reconcile_once(&front, true).await;
+    assert!(
+        matches!(r.outcome, Outcome::Applied { changed: true, .. }),
+        "{r:?}"
+    );
+    assert_eq!(w.observed(&front).await.unwrap().generation, generation);
+}

@@ -130,7 +130,7 @@ async fn one_write_and_one_outcome_per_generation_over_resyncs_and_a_restart() {
 /// write and every observed.json write is counted at the proxy; each must
 /// equal the number the generations needed: one observed.json per service,
 /// one write per entry of the bodies that apply, none for the refused ones.
-/// Run by hand: `cargo test --release --test write_budget -- --ignored --nocapture`.
+/// Run by hand: `cargo test --test write_budget -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "runs for a minute; prints figures"]
 async fn figures_50_bodies_60_seconds_of_2_second_resyncs() {

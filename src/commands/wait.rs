@@ -29,14 +29,15 @@ pub enum WaitEnd {
 }
 
 /// What observed.json says about `generation`: `None` while it is older, or
-/// (unless `fail_fast`) while it is an `error` the daemon will retry.
+/// (unless `fail_fast`) while the daemon will try again by itself (a
+/// transient `error`, a preflight refusal that depends on other services).
 pub fn judge(generation: u64, observed: &Observed, fail_fast: bool) -> Option<bool> {
     if observed.generation < generation {
         return None;
     }
     match observed.status {
         Status::Applied => Some(true),
-        Status::Error if observed.retry && !fail_fast => None,
+        _ if observed.retry && !fail_fast => None,
         _ => Some(false),
     }
 }
@@ -126,7 +127,7 @@ pub async fn wait_applied(
 
 /// Says on standard error, once per new message, that the daemon is retrying.
 fn show_retry(id: &ServiceId, before: Option<&Observed>, now: Option<&Observed>) {
-    let Some(o) = now.filter(|o| o.status == Status::Error && o.retry) else {
+    let Some(o) = now.filter(|o| o.status != Status::Applied && o.retry) else {
         return;
     };
     if before.is_some_and(|b| b.message == o.message && b.generation == o.generation) {

@@ -48,7 +48,9 @@ impl<'a> Run<'a> {
     pub async fn execute(&mut self, plan: &Plan, spec: Option<&Spec>) -> Result<(), Fail> {
         self.objects = plan.objects(&self.target());
         if let Some(message) = plan.preflight_message() {
-            return Err(Fail::new(Status::Invalid, Step::Preflight, message));
+            let mut f = Fail::new(Status::Invalid, Step::Preflight, message);
+            f.retry = plan.violations_depend_on_others;
+            return Err(f);
         }
         let mut link_record = None;
         for change in &plan.changes {
