@@ -13,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use obs::{observed, promtool, start_daemon, Exposition, Sample, Scenario};
-use support::shared;
 
 /// The metrics table of CONTRACT.md: name, type, label names.
 const CONTRACT: &[(&str, &str, &[&str])] = &[
@@ -155,10 +154,9 @@ fn check_contract(e: &Exposition) {
 /// `promtool check metrics` finds no problem.
 #[test]
 fn metrics_cover_the_contract_and_pass_promtool() {
-    let agent = shared();
     let sc = Scenario::new("obs-metrics");
     sc.create_foreign_entry();
-    let daemon = start_daemon(&agent.url(), &sc.prefix, None, &[]);
+    let daemon = start_daemon(&sc.consul_url(), &sc.prefix, None, &[]);
     daemon.wait_ready_blocking(Duration::from_secs(20));
     sc.write();
     let e = sc.wait_outcomes(&daemon);
@@ -204,7 +202,7 @@ fn check_reconcile_counts(e: &Exposition, sc: &Scenario) {
             "svc_handler_object_writes_total",
             &[("kind", "service-defaults"), ("result", "ok")]
         ) >= Some(n + 1.0),
-        "defaults of the applied services and of the tcp one"
+        "defaults of the applied services and of the one Consul stores differently"
     );
     assert!(
         e.value(
@@ -212,12 +210,13 @@ fn check_reconcile_counts(e: &Exposition, sc: &Scenario) {
             &[("kind", "service-router"), ("result", "ok")]
         ) >= Some(1.0)
     );
-    assert!(
+    assert_eq!(
         e.value(
-            "svc_handler_object_writes_total",
-            &[("kind", "service-router"), ("result", "error")]
-        ) >= Some(1.0),
-        "the router Consul refused"
+            "svc_handler_verify_failures_total",
+            &[("kind", "service-defaults")]
+        ),
+        Some(1.0),
+        "the defaults Consul stored differently: one write, one verify failure"
     );
     assert!(
         e.value(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use obs::{poll, prom_bins, promtool, start_daemon, Scenario, ROOT};
 use serde_json::{json, Value};
-use support::{die_with_parent, free_local_port, http_get, shared};
+use support::{die_with_parent, free_local_port, http_get};
 
 // ------------------------------------------------------------- Prometheus
 
@@ -209,13 +209,12 @@ fn check_instance_filter(title: &str, expr: &str) {
 fn dashboard_and_alert_queries_run_in_prometheus() {
     let exprs = dashboard_checked();
 
-    let agent = shared();
     let sc = Scenario::new("obs-prom");
     sc.create_foreign_entry();
     let port = free_local_port();
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     let prom = Prometheus::start(target);
-    let daemon = start_daemon(&agent.url(), &sc.prefix, Some(port), &[]);
+    let daemon = start_daemon(&sc.consul_url(), &sc.prefix, Some(port), &[]);
     daemon.wait_ready_blocking(Duration::from_secs(20));
     // Reconciles happen after Prometheus has a first sample, so rates and
     // quantiles over the last minute see them.

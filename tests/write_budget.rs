@@ -7,15 +7,13 @@
 #[allow(dead_code)]
 #[path = "support/docs.rs"]
 mod docs;
-#[path = "support/rewrite.rs"]
-mod rewrite;
 mod support;
 
 use std::time::Duration;
 
-use rewrite::Rewriter;
 use serde_json::json;
 use support::daemon::DaemonProc;
+use support::rewrite::Rewriter;
 use support::{eventually, prefix, shared};
 use svc_handler::consul::QueryOptions;
 use svc_handler::keys::{Layout, ServiceId};

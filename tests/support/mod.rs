@@ -11,6 +11,7 @@
 pub mod daemon;
 pub mod invalid;
 pub mod proxy;
+pub mod rewrite;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

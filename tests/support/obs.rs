@@ -264,13 +264,17 @@ pub fn parse_labels(s: &str) -> BTreeMap<String, String> {
 
 // ----------------------------------------------------------- the scenario
 
-/// One service in each outcome, under a fresh prefix.
+/// One service in each outcome, under a fresh prefix. The daemon talks to
+/// Consul through [`Scenario::consul_url`], a proxy that makes Consul store
+/// the `error` service's defaults differently from what was written (on a
+/// real 1.8.7 every other failure is foreseen or final: `invalid`).
 pub struct Scenario {
     pub prefix: String,
     pub applied: Vec<String>,
     pub error: String,
     pub invalid: String,
     pub conflict: String,
+    proxy: crate::support::rewrite::Rewriter,
 }
 
 impl Scenario {
@@ -283,11 +287,22 @@ impl Scenario {
                 format!("api-{t}"),
                 format!("routed-{t}"),
             ],
-            error: format!("tcprouter-{t}"),
+            error: format!("differs-{t}"),
             invalid: format!("bogus-{t}"),
             conflict: format!("foreign-{t}"),
+            proxy: {
+                let proxy = crate::support::rewrite::Rewriter::start(&shared().url());
+                let name = format!("differs-{t}");
+                proxy.store_differently("service-defaults", &name, "Protocol", json!("http2"));
+                proxy
+            },
             prefix,
         }
+    }
+
+    /// Where the daemon finds Consul.
+    pub fn consul_url(&self) -> String {
+        self.proxy.url()
     }
 
     /// An entry that exists without svc-handler's mark: a base.json for the
@@ -322,13 +337,8 @@ impl Scenario {
             &json!({"defaults": {"Protocol": "http"},
                     "router": {"Routes": [{"Match": {"HTTP": {"PathPrefix": "/admin"}}}]}}),
         );
-        // A router on a tcp service: Consul refuses the router.
-        put_base(
-            p,
-            &self.error,
-            &json!({"defaults": {"Protocol": "tcp"},
-                    "router": {"Routes": [{"Match": {"HTTP": {"PathPrefix": "/a"}}}]}}),
-        );
+        // Consul (the proxy) stores Protocol http2: an error, not rewritten.
+        put_base(p, &self.error, &json!({"defaults": {"Protocol": "http"}}));
         put_base(p, &self.invalid, &json!({"bogus": 1}));
         put_base(
             p,
