@@ -268,7 +268,8 @@ pub fn error_backoff() -> ExponentialBackoff {
 /// requests), and the error backoff, reset after each success.
 pub struct BlockingLoop {
     index: u64,
-    bucket: TokenBucket,
+    /// `None`: paced by the cost of what is read only.
+    bucket: Option<TokenBucket>,
     backoff: ExponentialBackoff,
     min_gap: Duration,
     asked: Instant,
@@ -279,8 +280,20 @@ impl BlockingLoop {
     /// A loop allowed `per_second` requests after a burst of 2.
     pub fn new(per_second: f64, min_gap: Duration) -> Self {
         BlockingLoop {
+            bucket: Some(TokenBucket::new(2, per_second)),
+            ..BlockingLoop::by_cost(min_gap)
+        }
+    }
+
+    /// A loop limited by the cost of what it reads, not by a count of
+    /// wake-ups: after an answer of `n` bytes the next request waits
+    /// [`pace`]`(n)` (at least `min_gap`), so a change after idle, or right
+    /// after a small answer, is read at once, and a flapping key over a big
+    /// listing still cannot make the loop hot.
+    pub fn by_cost(min_gap: Duration) -> Self {
+        BlockingLoop {
             index: 0,
-            bucket: TokenBucket::new(2, per_second),
+            bucket: None,
             backoff: error_backoff(),
             min_gap,
             asked: Instant::now(),
@@ -296,7 +309,9 @@ impl BlockingLoop {
     /// Waits until the next request may go: a token, and the pacing of the
     /// last answer.
     pub async fn ready(&mut self) {
-        self.bucket.take().await;
+        if let Some(bucket) = self.bucket.as_mut() {
+            bucket.take().await;
+        }
         tokio::time::sleep_until(self.next_allowed).await;
         self.asked = Instant::now();
     }
@@ -330,6 +345,50 @@ impl BlockingLoop {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn answer(index: u64, body_bytes: u64) -> QueryMeta {
+        QueryMeta {
+            index,
+            body_bytes,
+            ..QueryMeta::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_paced_by_cost_reads_a_lone_change_at_once() {
+        let mut lp = BlockingLoop::by_cost(Duration::from_millis(5));
+        // Back-to-back small answers: never more than the minimal gap.
+        for i in 1..=20 {
+            let t = Instant::now();
+            lp.ready().await;
+            assert!(
+                t.elapsed() <= Duration::from_millis(5),
+                "wake-up {i}: {:?}",
+                t.elapsed()
+            );
+            lp.answered(&answer(i, 2_000));
+        }
+        // A big listing paces the next read by its size.
+        let big = (WATCH_BYTES_PER_SECOND as u64) / 2;
+        lp.ready().await;
+        lp.answered(&answer(30, big));
+        let t = Instant::now();
+        lp.ready().await;
+        assert_eq!(t.elapsed(), Duration::from_millis(500));
+        // A token bucket, by contrast, delays the third of three quick ones.
+        let mut counted = BlockingLoop::new(10.0, Duration::ZERO);
+        for i in 1..=2 {
+            counted.ready().await;
+            counted.answered(&answer(i, 10));
+        }
+        let t = Instant::now();
+        counted.ready().await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+    }
 
     fn layout() -> Layout {
         Layout::new("svc-handler").unwrap()

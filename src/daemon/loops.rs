@@ -13,6 +13,9 @@ use super::coordinator::Event;
 use super::faults::FAULT_FREEZE_WATCH_ENV;
 use super::{notify, Daemon};
 use crate::consul::QueryOptions;
+
+/// The least time between two reads of the desired prefix.
+const WATCH_MIN_GAP: Duration = Duration::from_millis(5);
 use crate::http::Health;
 use crate::kind::Kind;
 use crate::watch::{BlockingLoop, Snapshot};
@@ -33,7 +36,10 @@ impl Daemon {
     /// The blocking-query loop on the desired prefix.
     pub(super) async fn watch_desired(self: Arc<Self>, events: Events, mut stop: Stop) {
         let prefix = self.cfg.layout.desired_prefix();
-        let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::ZERO);
+        // Limited by what it reads, not by a count of wake-ups: a change
+        // after idle, or right after the daemon's own record writes, is
+        // read at once.
+        let mut lp = BlockingLoop::by_cost(WATCH_MIN_GAP);
         let mut outage_since: Option<Instant> = None;
         loop {
             self.health.beat();
