@@ -579,8 +579,10 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
     let (violations, violations_depend_on_others) = match &cur.others {
         Some(others) => {
             let all = preflight::check(spec, t.id, others);
-            let own = preflight::check(spec, t.id, &agreeing_others(spec, t.id));
-            let external = all.iter().any(|v| !own.contains(v));
+            let external = !all.is_empty() && {
+                let own = preflight::check(spec, t.id, &agreeing_others(spec, t.id));
+                all.iter().any(|v| !own.contains(v))
+            };
             (all, external)
         }
         None => (preflight::check_offline(spec, t.id), false),
