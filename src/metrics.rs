@@ -30,6 +30,7 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     pub apply_latency: Histogram,
     pub object_writes: IntCounterVec,
+    pub gateway_batch_size: Histogram,
     pub verify_failures: IntCounterVec,
     pub drift_corrections: IntCounterVec,
     pub rewrites_suppressed: IntCounterVec,
@@ -71,6 +72,11 @@ const OBJECT_WRITES: Def = Def(
     "svc_handler_object_writes_total",
     "Config-entry writes by kind and result (ok, error, cas_retry).",
 );
+const GATEWAY_BATCH_SIZE: Def = Def(
+    "svc_handler_gateway_batch_size",
+    "Link and unlink changes committed together in one terminating-gateway batch (at most one write).",
+);
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 const VERIFY_FAILURES: Def = Def(
     "svc_handler_verify_failures_total",
     "Read-backs that did not match what was written, by kind.",
@@ -211,6 +217,7 @@ impl Metrics {
             reconcile_duration: b.histogram_vec(RECONCILE_DURATION, &["result"], DURATION_BUCKETS),
             apply_latency: b.histogram(APPLY_LATENCY, DURATION_BUCKETS),
             object_writes: b.counter_vec(OBJECT_WRITES, &["kind", "result"]),
+            gateway_batch_size: b.histogram(GATEWAY_BATCH_SIZE, BATCH_BUCKETS),
             verify_failures: b.counter_vec(VERIFY_FAILURES, &["kind"]),
             drift_corrections: b.counter_vec(DRIFT_CORRECTIONS, &["kind"]),
             rewrites_suppressed: b.counter_vec(REWRITES_SUPPRESSED, &["what"]),

@@ -28,6 +28,7 @@ const CONTRACT: &[(&str, &str, &[&str])] = &[
         "counter",
         &["kind", "result"],
     ),
+    ("svc_handler_gateway_batch_size", "histogram", &[]),
     ("svc_handler_verify_failures_total", "counter", &["kind"]),
     ("svc_handler_drift_corrections_total", "counter", &["kind"]),
     (

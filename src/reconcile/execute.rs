@@ -2,11 +2,15 @@
 //! is a check-and-set on the index read (a lost race is read again and
 //! planned again with the same pure function), read back with a consistent
 //! read and verified; its record is queued for the fenced transaction.
+//! Links into a terminating gateway go through the gateway's committer
+//! ([`super::commit`]), which writes the links of concurrent reconciles in
+//! one batch.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::commit::LinkRequest;
 use super::fence::Fence;
 use super::outcome::Fail;
 use super::Reconciler;
@@ -85,20 +89,13 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// The change planned again from a fresh read of its entry.
+    /// The change of one of the service's own entries planned again from a
+    /// fresh read of it.
     fn replan(&self, change: &Change, spec: Option<&Spec>, fresh: Option<&Value>) -> Change {
         let t = self.target();
         let records = &self.fence.records;
-        let link = spec
-            .and_then(|s| s.terminating_gateway.as_ref())
-            .filter(|l| l.gateway == change.name);
-        match (change.kind, spec, link) {
-            (Kind::TerminatingGateway, Some(s), Some(l)) => {
-                let r = records.get(&Kind::TerminatingGateway);
-                plan::link_change(&t, l, s.adopt, fresh, r, self.generation)
-            }
-            (Kind::TerminatingGateway, _, _) => plan::unlink_change(&t, &change.name, fresh),
-            (k, Some(s), _) => {
+        match (change.kind, spec) {
+            (k, Some(s)) => {
                 let body = s.body(k);
                 plan::entry_change(
                     &t,
@@ -110,7 +107,7 @@ impl<'a> Run<'a> {
                     self.generation,
                 )
             }
-            (k, None, _) => plan::removal_change(&t, k, fresh, records.get(&k)),
+            (k, None) => plan::removal_change(&t, k, fresh, records.get(&k)),
         }
     }
 
@@ -197,8 +194,7 @@ impl<'a> Run<'a> {
             .and_then(|s| s.terminating_gateway.as_ref())
             .filter(|l| l.gateway == change.name);
         let Some(link) = link else {
-            self.cas(change.clone(), spec, step).await?;
-            return Ok(None);
+            return self.unlink(change, step).await.map(|()| None);
         };
         if let Some(b) = &change.blocked {
             // Nothing of a blocked link is written, its intent included.
@@ -210,7 +206,7 @@ impl<'a> Run<'a> {
             self.fence.queue_record(step, intent.clone()).await;
             self.fence.flush(step, Vec::new()).await?;
         }
-        let (change, actual) = self.cas(change.clone(), spec, step).await?;
+        let (change, actual) = self.commit_link(change, spec, step).await?;
         let Some(actual) = actual else {
             return Err(Fail::error(
                 step,
@@ -249,6 +245,72 @@ impl<'a> Run<'a> {
         Ok(Some(record))
     }
 
+    /// This service's link taken out of a gateway it is leaving, checked
+    /// absent in the gateway as read back.
+    async fn unlink(&mut self, change: &Change, step: Step) -> Result<(), Fail> {
+        let (change, actual) = self.commit_link(change, None, step).await?;
+        if actual
+            .as_ref()
+            .and_then(|g| entries::find_link(g, self.id))
+            .is_some()
+        {
+            let what = change.what();
+            let message = format!(
+                "{what}: the link of {} is still there after the write",
+                self.id
+            );
+            return Err(Fail::error(step, message));
+        }
+        Ok(())
+    }
+
+    /// A link or unlink made through the gateway's committer, in one batch
+    /// with those of concurrent reconciles (planned again there, against
+    /// the gateway as the batch has it). A change that writes nothing is
+    /// not submitted. Returns the change as made and the gateway as it then
+    /// stands.
+    async fn commit_link(
+        &mut self,
+        change: &Change,
+        spec: Option<&Spec>,
+        step: Step,
+    ) -> Result<(Change, Option<Value>), Fail> {
+        if let Some(b) = &change.blocked {
+            return Err(Fail::conflict(step, b));
+        }
+        if let Some(m) = &change.stuck {
+            return Err(Fail::final_error(step, m.clone()));
+        }
+        if !change.action.writes() {
+            if change.suppressed {
+                self.rec.count_suppressed("entry");
+            }
+            return Ok((change.clone(), change.current.clone()));
+        }
+        let link = spec
+            .and_then(|s| Some((s.terminating_gateway.clone()?, s.adopt)))
+            .filter(|(l, _)| l.gateway == change.name);
+        let request = LinkRequest {
+            id: self.id.clone(),
+            base_key: self.base_key.clone(),
+            gateway: change.name.clone(),
+            link,
+            record: self.fence.records.get(&Kind::TerminatingGateway).cloned(),
+            generation: self.generation,
+        };
+        let committer = self.rec.gateways();
+        let made = committer
+            .submit(self.rec, &self.scoped, request, step)
+            .await?;
+        if made.written {
+            self.changed = true;
+            if made.change.drift {
+                self.drifted.push(Kind::TerminatingGateway);
+            }
+        }
+        Ok((made.change, made.actual))
+    }
+
     /// Writes `change` with check-and-set on the index of the entry it was
     /// planned from; after a lost race reads the entry again, plans the
     /// change again, and retries after a jittered delay. Returns the change
@@ -261,10 +323,7 @@ impl<'a> Run<'a> {
         step: Step,
     ) -> Result<(Change, Option<Value>), Fail> {
         let kind = change.kind;
-        let attempts = match kind {
-            Kind::TerminatingGateway => self.rec.config().link_cas_attempts,
-            _ => self.rec.config().cas_attempts,
-        };
+        let attempts = self.rec.config().cas_attempts;
         let mut delays = self.rec.cas_delays(attempts);
         loop {
             if let Some(b) = &change.blocked {

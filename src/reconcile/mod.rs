@@ -2,9 +2,11 @@
 //! decide purely what changes ([`crate::plan`]), and, under the service's
 //! lock, execute the plan's changes ([`execute`]) and commit the records,
 //! observed.json and the lock's release in one fenced transaction
-//! ([`fence`]). Two entry points: [`Reconciler::check`] (is it in sync?
+//! ([`fence`]). Links into a shared gateway from concurrent reconciles are
+//! written together ([`commit`]). Two entry points: [`Reconciler::check`] (is it in sync?
 //! reads only) and [`Reconciler::reconcile`] (the flow under a session).
 
+mod commit;
 mod execute;
 mod fence;
 mod outcome;
@@ -28,6 +30,7 @@ use crate::plan::{self, Current, Desired, Target};
 use crate::records::{now_rfc3339, Objects, Observed, Status};
 use crate::spec::{self, ParseOptions, Spec};
 
+use commit::GatewayCommitter;
 use execute::Run;
 use fence::Fence;
 pub(crate) use outcome::Fail;
@@ -56,6 +59,9 @@ pub struct ReconcilerConfig {
     pub cas_attempts: usize,
     /// The same for a shared terminating gateway, where many services race.
     pub link_cas_attempts: usize,
+    /// How long a gateway's committer waits, once a first link change
+    /// arrives, for those of concurrent reconciles to join its batch.
+    pub link_batch_window: Duration,
     /// Retries of a Consul request that failed in a retryable way.
     pub request_retries: usize,
 }
@@ -69,6 +75,7 @@ impl ReconcilerConfig {
             holder,
             cas_attempts: 8,
             link_cas_attempts: 64,
+            link_batch_window: Duration::from_millis(10),
             request_retries: 3,
         }
     }
@@ -104,6 +111,8 @@ pub struct Reconciler {
     hook: Option<Arc<dyn FlowHook>>,
     /// The Consul version base.json is checked against, once known.
     consul_version: Arc<OnceLock<Version>>,
+    /// One committer per shared gateway, for every clone of this reconciler.
+    gateways: Arc<GatewayCommitter>,
 }
 
 impl Reconciler {
@@ -115,6 +124,7 @@ impl Reconciler {
             metrics,
             hook: None,
             consul_version: Arc::default(),
+            gateways: Arc::default(),
         }
     }
 
@@ -165,6 +175,10 @@ impl Reconciler {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub(crate) fn gateways(&self) -> &Arc<GatewayCommitter> {
+        &self.gateways
     }
 
     /// Reconciles one service under a lock held with `session` (which the
