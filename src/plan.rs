@@ -143,7 +143,9 @@ pub struct Change {
     pub blocked: Option<Blocked>,
     /// The entry in Consul (`None`: absent).
     pub current: Option<Value>,
-    /// The entry to write, or as it stays (`None`: deleted or absent).
+    /// The entry to write (for a service's own entry: as it should be,
+    /// written or not); `None` for a deletion, or where nothing is written
+    /// and the entry stays as it is ([`Change::after`]).
     pub desired: Option<Value>,
     /// The write undoes a change made behind svc-handler's back.
     pub drift: bool,
@@ -170,7 +172,7 @@ impl Change {
             action: Action::None,
             blocked: None,
             current: current.cloned(),
-            desired: current.cloned(),
+            desired: None,
             drift: false,
             record: RecordOp::Keep,
             intent: None,
@@ -195,6 +197,16 @@ impl Change {
                 self.what()
             )
         });
+    }
+
+    /// The entry as it stands after the change: `desired` when it writes or
+    /// names one, else `current`.
+    pub fn after(&self) -> Option<&Value> {
+        match (&self.desired, self.action) {
+            (Some(d), _) => Some(d),
+            (None, Action::Delete) => None,
+            (None, _) => self.current.as_ref(),
+        }
     }
 
     /// `kind/name`, as messages name an entry.

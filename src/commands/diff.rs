@@ -42,7 +42,7 @@ impl EntryDiff {
     /// The rendering of one planned change.
     pub fn of(change: &Change) -> EntryDiff {
         let current = change.current.as_ref().map(entries::canonical);
-        let desired = change.desired.as_ref().map(entries::canonical);
+        let desired = change.after().map(entries::canonical);
         let what = change.what();
         let diff = if change.action.writes() {
             let from = match &current {
