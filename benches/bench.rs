@@ -20,7 +20,8 @@
 //! 5. watch cost: bytes of the desired-prefix watch and wake-ups per applied
 //!    change with thousands of services present, and per applied service
 //!    during the bulk apply (at a quarter and at the end, to show whether it
-//!    grows with the number of services);
+//!    grows with the number of services); 5b. drift: hand edits of owned
+//!    entries with those services present, timed until put back;
 //! 6. a baseline: `consul watch -type=keyprefix` running
 //!    `bench/consul-watch-handler` (bash + jq + `consul config write`), with
 //!    the same latency and throughput figures.
@@ -42,6 +43,7 @@
 //! | `BENCH_BULK_SERVICES` | new services put at once (svc-handler) | 1000 | 8 |
 //! | `BENCH_STEADY_SERVICES` | services in sync for the resync and watch cost | 5000 | 20 |
 //! | `BENCH_WATCH_CHANGES` | single changes timed with those present | 50 | 3 |
+//! | `BENCH_DRIFT_EDITS` | hand edits of owned entries timed until put back, with those present | 10 | 2 |
 //! | `BENCH_BASELINE_CHANGES` | single changes timed (baseline) | = latency changes | 3 |
 //! | `BENCH_BASELINE_SERVICES` | new services put at once (baseline) | = bulk services | 4 |
 //! | `BENCH_PUT_CONCURRENCY` | concurrent base.json puts (at most 32) | 32 | 8 |
@@ -85,7 +87,7 @@ fn err(context: &str) -> impl Fn(svc_handler::consul::ConsulError) -> String + '
 // ---------------------------------------------------------------- settings
 
 /// The variables of the header, for the report.
-const VARIABLES: [(&str, &str, &str, &str); 14] = [
+const VARIABLES: [(&str, &str, &str, &str); 15] = [
     (
         "BENCH_CEILING_SECS",
         "seconds per ceiling measurement",
@@ -121,6 +123,12 @@ const VARIABLES: [(&str, &str, &str, &str); 14] = [
         "single changes timed with those present",
         "50",
         "3",
+    ),
+    (
+        "BENCH_DRIFT_EDITS",
+        "hand edits of owned entries timed until put back, with those present",
+        "10",
+        "2",
     ),
     (
         "BENCH_BASELINE_CHANGES",
@@ -180,6 +188,7 @@ struct Sizes {
     bulk: usize,
     steady: usize,
     watch_changes: usize,
+    drift_edits: usize,
     baseline_changes: usize,
     baseline_bulk: usize,
     put_concurrency: usize,
@@ -216,6 +225,7 @@ impl Sizes {
             bulk: bulk.max(4),
             steady: env_num("BENCH_STEADY_SERVICES", pick(5000, 20))?.max(1),
             watch_changes: env_num("BENCH_WATCH_CHANGES", pick(50, 3))?.max(1),
+            drift_edits: env_num("BENCH_DRIFT_EDITS", pick(10, 2))?.max(1),
             baseline_changes: env_num("BENCH_BASELINE_CHANGES", pick(latency_changes, 3))?.max(1),
             baseline_bulk: env_num("BENCH_BASELINE_SERVICES", pick(bulk, 4))?.max(2),
             put_concurrency: env_num("BENCH_PUT_CONCURRENCY", pick(32, 8))?.clamp(1, 32),
@@ -760,6 +770,10 @@ struct Steady {
     wakeups: f64,
     change_cpu: f64,
     to_observed: Option<Dist>,
+    /// Hand edit of an owned resolver to the entry put back.
+    drift_fix: Option<Dist>,
+    /// The drift watches' config.list bytes per hand edit.
+    drift_list_bytes: f64,
 }
 
 #[derive(Default)]
@@ -1087,9 +1101,53 @@ async fn steady_state(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Res
     s.change_cpu = x.cpu;
     s.to_observed = Some(dist(&obs));
     r.parts.push(("watch cost".into(), t.elapsed()));
+
+    let t = Instant::now();
+    let before = Scrape::of(&d).await?;
+    let mut fixes = Vec::new();
+    for k in 0..sizes.drift_edits {
+        tokio::time::sleep(sizes.steady_gap).await;
+        let name = &names[(k * 104_729 + 13) % names.len()];
+        let deadline = sizes.deadline(Duration::from_secs(60), Duration::from_secs(20));
+        let fixed = hand_edit(client, name, deadline)
+            .await
+            .map_err(|e| format!("drift edit {k}: {e}\n{}", tail(&d)))?;
+        fixes.push(fixed);
+    }
+    let after = Scrape::of(&d).await?;
+    s.drift_list_bytes = delta(&before, &after).config_list_bytes / sizes.drift_edits as f64;
+    s.drift_fix = Some(dist(&fixes));
+    r.parts.push(("drift".into(), t.elapsed()));
     r.steady = Some(s);
     stop_daemon(d).await;
     Ok(())
+}
+
+/// Changes an owned resolver's ConnectTimeout by hand, as an operator with
+/// `consul config write` would (Meta kept); the time until the daemon has
+/// put the recorded value back.
+async fn hand_edit(client: &Client, name: &str, deadline: Instant) -> Res<Duration> {
+    let (entry, _) = client
+        .config_get("service-resolver", name, &QueryOptions::consistent())
+        .await
+        .map_err(err("read service-resolver"))?;
+    let mut body = entry
+        .ok_or_else(|| format!("service-resolver {name} is missing"))?
+        .0;
+    let want = body["ConnectTimeout"]
+        .as_str()
+        .ok_or_else(|| format!("service-resolver {name} has no ConnectTimeout"))?
+        .to_string();
+    let obj = body.as_object_mut().expect("an entry is an object");
+    obj.remove("CreateIndex");
+    obj.remove("ModifyIndex");
+    obj.insert("ConnectTimeout".into(), Value::from("99s"));
+    client
+        .config_put(&body)
+        .await
+        .map_err(err("hand edit of service-resolver"))?;
+    let t0 = Instant::now();
+    wait_resolver(client, name, 0, &want, t0, deadline).await
 }
 
 /// `consul watch` running the handler script, killed (with its handler) when dropped.

@@ -130,6 +130,7 @@ fn daemon_config(cli: &Cli, args: &RunArgs) -> Result<(Settings, DaemonConfig), 
     cfg.resync_interval = Some(args.resync_interval).filter(|d| !d.is_zero());
     cfg.watch_wait = args.watch_wait.min(svc_handler::consul::MAX_BLOCKING_WAIT);
     cfg.prune = args.prune();
+    cfg.drift_budget = args.drift_budget * 1024;
     cfg.shutdown_timeout = args.shutdown_timeout;
     cfg.faults = Faults::from_env();
     Ok((settings, cfg))

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub gateway_batch_size: Histogram,
     pub verify_failures: IntCounterVec,
     pub drift_corrections: IntCounterVec,
+    pub drift_watch_delay: Gauge,
     pub rewrites_suppressed: IntCounterVec,
     pub final_refusals: IntCounterVec,
     pub lock_acquisitions: IntCounterVec,
@@ -84,6 +85,10 @@ const VERIFY_FAILURES: Def = Def(
 const DRIFT_CORRECTIONS: Def = Def(
     "svc_handler_drift_corrections_total",
     "Entries rewritten because they drifted from their record, by kind.",
+);
+const DRIFT_WATCH_DELAY: Def = Def(
+    "svc_handler_drift_watch_delay_seconds",
+    "Time the drift watches' read budget held back their last listing: how much later than at once drift is seen now.",
 );
 const REWRITES_SUPPRESSED: Def = Def(
     "svc_handler_rewrites_suppressed_total",
@@ -220,6 +225,7 @@ impl Metrics {
             gateway_batch_size: b.histogram(GATEWAY_BATCH_SIZE, BATCH_BUCKETS),
             verify_failures: b.counter_vec(VERIFY_FAILURES, &["kind"]),
             drift_corrections: b.counter_vec(DRIFT_CORRECTIONS, &["kind"]),
+            drift_watch_delay: b.gauge(DRIFT_WATCH_DELAY),
             rewrites_suppressed: b.counter_vec(REWRITES_SUPPRESSED, &["what"]),
             final_refusals: b.counter_vec(FINAL_REFUSALS, &["step"]),
             lock_acquisitions: b.counter_vec(LOCK_ACQUISITIONS, &["result"]),
@@ -333,6 +339,7 @@ mod tests {
             "svc_handler_object_writes_total{kind=\"service-router\",result=\"cas_retry\"}",
             "svc_handler_verify_failures_total{kind=",
             "svc_handler_drift_corrections_total{kind=",
+            "svc_handler_drift_watch_delay_seconds",
             "svc_handler_lock_acquisitions_total{result=\"held_elsewhere\"}",
             "svc_handler_session_renew_failures_total",
             "svc_handler_queue_depth",

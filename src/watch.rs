@@ -239,6 +239,77 @@ impl TokenBucket {
     }
 }
 
+/// The longest the drift watches wait past this instance's own config
+/// writes before they list again (see [`drift_query`]).
+pub const OWN_WRITE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a drift watch asks for next: the index to wait past and how long.
+///
+/// Consul 1.8 wakes every config-entry list on any config write, so each of
+/// this instance's own writes would make every drift watch re-list its whole
+/// kind at once. When the instance wrote past the last listing (`own` >
+/// `last`), the watch waits past its own write instead, at most
+/// [`OWN_WRITE_GRACE`]: a burst of its own writes costs one listing per kind,
+/// a foreign write after them wakes the watch at once, and a foreign write
+/// in between is seen at the latest when the grace ends (the listing that
+/// then comes is the whole current state).
+pub fn drift_query(last: u64, own: u64, wait: Duration) -> (u64, Duration) {
+    if last != 0 && own > last {
+        (own, OWN_WRITE_GRACE.min(wait))
+    } else {
+        (last, wait)
+    }
+}
+
+/// A budget of bytes per second shared by the drift watches: each listing
+/// spends its size; while the budget is in deficit the next listing waits
+/// until it is paid back. So the drift watches together read at most
+/// `per_second` on average, however often config entries are written, and
+/// the wait grows with the size of the listings (the drift-correction
+/// latency the README states).
+#[derive(Debug)]
+pub struct ByteBudget {
+    per_second: f64,
+    /// Bytes that may be read now; negative: owed.
+    balance: f64,
+    /// The most that may be saved up (one second's worth).
+    capacity: f64,
+    last: Instant,
+}
+
+impl ByteBudget {
+    pub fn new(per_second: f64) -> Self {
+        ByteBudget {
+            per_second,
+            balance: per_second,
+            capacity: per_second,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let add = now.saturating_duration_since(self.last).as_secs_f64() * self.per_second;
+        self.balance = (self.balance + add).min(self.capacity);
+        self.last = now;
+    }
+
+    /// How long until the next listing may go (zero when nothing is owed).
+    pub fn wait_time(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.balance >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.balance / self.per_second)
+        }
+    }
+
+    /// A listing of `bytes` bytes was read.
+    pub fn spend(&mut self, bytes: u64, now: Instant) {
+        self.refill(now);
+        self.balance -= bytes as f64;
+    }
+}
+
 /// How many bytes per second the watch of the desired prefix may fetch.
 /// Consul 1.8 cannot filter a recursive read, so every wake-up fetches the
 /// whole prefix, records included; pacing by size keeps a bulk apply's watch
@@ -684,6 +755,59 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(1), "paced by size");
         let first = lp.failed();
         assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn drift_waits_past_own_writes_for_a_grace_only() {
+        let wait = Duration::from_secs(300);
+        // Nothing of ours since the last listing: wait past it, fully.
+        assert_eq!(drift_query(50, 40, wait), (50, wait));
+        assert_eq!(drift_query(50, 50, wait), (50, wait));
+        // Our own writes after it: wait past them, for the grace only.
+        assert_eq!(drift_query(50, 60, wait), (60, OWN_WRITE_GRACE));
+        // A short --watch-wait stays the bound.
+        let short = Duration::from_secs(1);
+        assert_eq!(drift_query(50, 60, short), (60, short));
+        // A fresh read stays fresh.
+        assert_eq!(drift_query(0, 60, wait), (0, wait));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn byte_budget_bounds_the_average_rate() {
+        let mut b = ByteBudget::new(1000.0);
+        let start = Instant::now();
+        // One second's worth is there at once.
+        assert_eq!(b.wait_time(start), Duration::ZERO);
+        b.spend(3000, start);
+        // 2000 bytes owed at 1000/s.
+        assert_eq!(b.wait_time(start), Duration::from_secs(2));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.wait_time(Instant::now()), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.wait_time(Instant::now()), Duration::ZERO);
+        // Idle time saves up one second's worth, no more.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let now = Instant::now();
+        b.spend(1000, now);
+        assert_eq!(b.wait_time(now), Duration::ZERO);
+        b.spend(500, now);
+        assert_eq!(b.wait_time(now), Duration::from_millis(500));
+        // Over any stretch, bytes spent <= rate x time + one second's worth.
+        let mut b = ByteBudget::new(1000.0);
+        let begin = Instant::now();
+        let mut spent = 0u64;
+        for _ in 0..50 {
+            let w = b.wait_time(Instant::now());
+            tokio::time::advance(w).await;
+            b.spend(700, Instant::now());
+            spent += 700;
+        }
+        let secs = begin.elapsed().as_secs_f64();
+        assert!(
+            spent as f64 <= 1000.0 * secs + 1000.0 + 700.0,
+            "{spent} in {secs}"
+        );
+        assert!(spent as f64 >= 1000.0 * secs, "{spent} in {secs}");
     }
 
     #[test]

@@ -242,6 +242,98 @@ async fn an_entry_changed_with_consul_config_write_is_put_back() {
     );
 }
 
+/// The drift watches read within `--drift-budget` however many config
+/// writes wake them (a bulk apply, five seconds of someone else's config
+/// writes, and whatever the other tests on the shared agent write), and
+/// drift is still put back.
+#[tokio::test]
+async fn drift_watches_read_within_their_budget_and_still_correct_drift() {
+    let f = Fixture::new("driftbudget", shared());
+    let budget_kib = 16.0;
+    let d = f.start("d1", &["--drift-budget", "16"], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let listed = || async {
+        d.metric(r#"svc_handler_consul_response_bytes_total{op="config.list"}"#)
+            .await
+    };
+    let (bytes0, t0) = (listed().await, Instant::now());
+
+    // 30 services at once: each one's writes wake every drift watch.
+    let ids: Vec<ServiceId> = (0..30).map(|i| f.id(&format!("b{i}"))).collect();
+    let mut puts = tokio::task::JoinSet::new();
+    for id in &ids {
+        let (c, key) = (f.client.clone(), f.layout.base_key(id));
+        let body = json!({"defaults": {"Protocol": "http"}, "resolver": {"ConnectTimeout": "3s"}});
+        puts.spawn(async move { c.kv_put(&key, body.to_string().as_bytes()).await.unwrap() });
+    }
+    while puts.join_next().await.is_some() {}
+    assert!(
+        f.all_applied(&ids, Duration::from_secs(90)).await,
+        "bulk not applied:\n{}",
+        d.log_text()
+    );
+    // Five seconds of another tool's config writes, 50 a second.
+    let churn = f.id("churn");
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        let proto = if n % 2 == 0 { "http" } else { "grpc" };
+        let e = json!({"Kind": "service-defaults", "Name": churn.name, "Protocol": proto});
+        f.client.config_put(&e).await.unwrap();
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Drift is still seen and put back.
+    let id = &ids[17];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("drift.json");
+    let edit = json!({"Kind": "service-resolver", "Name": id.name, "ConnectTimeout": "9s"});
+    std::fs::write(&file, edit.to_string()).unwrap();
+    consul_cli(&f.url, &["config", "write", file.to_str().unwrap()]);
+    let restored = eventually(Duration::from_secs(60), || async {
+        let e = f.entry("service-resolver", &id.name).await.unwrap();
+        e["ConnectTimeout"] == "3s" && e["Meta"]["managed-by"] == "svc-handler"
+    })
+    .await;
+    assert!(restored, "drift not corrected:\n{}", d.log_text());
+    let _ = f
+        .client
+        .config_delete("service-defaults", &churn.name)
+        .await;
+
+    // What was read, against the budget: its rate over the time, the one
+    // second's worth it may save up, and the listings of the four kinds
+    // that may be in flight when the budget runs out (at most twice their
+    // size now, the shared agent's other tests writing meanwhile).
+    let (bytes, secs) = (listed().await - bytes0, t0.elapsed().as_secs_f64());
+    let mut largest = 0usize;
+    for kind in [
+        "service-defaults",
+        "service-resolver",
+        "service-router",
+        "terminating-gateway",
+    ] {
+        let (entries, _) = f
+            .client
+            .config_list(kind, &QueryOptions::default())
+            .await
+            .unwrap();
+        let bodies: Vec<&Value> = entries.iter().map(|e| &e.0).collect();
+        largest = largest.max(serde_json::to_vec(&bodies).unwrap().len());
+    }
+    let bound = budget_kib * 1024.0 * (secs + 1.0) + 4.0 * 2.0 * largest as f64;
+    println!(
+        "{n} foreign config writes; config.list read {bytes:.0} bytes in {secs:.1} s; \
+         bound {bound:.0} (largest listing {largest} bytes)"
+    );
+    assert!(bytes > 0.0, "the drift watches read nothing");
+    assert!(
+        bytes <= bound,
+        "read {bytes} bytes in {secs:.1} s, over the bound {bound}"
+    );
+}
+
 #[tokio::test]
 async fn three_daemons_share_the_work_without_doubling_it() {
     let f = Fixture::new("three", shared());

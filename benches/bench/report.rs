@@ -15,6 +15,7 @@ pub fn render(r: &Results, sizes: &Sizes, total: Duration, failure: Option<&str>
     throughput(&mut o, r, sizes);
     steady_state(&mut o, r, sizes);
     watch_cost(&mut o, r, sizes);
+    drift(&mut o, r, sizes);
     baseline(&mut o, r);
     sizes_and_parts(&mut o, r);
     o
@@ -516,6 +517,28 @@ fn watch_cost(o: &mut String, r: &Results, sizes: &Sizes) {
             }
         }
     }
+}
+
+/// 5b. Drift correction with the steady-state services present.
+fn drift(o: &mut String, r: &Results, sizes: &Sizes) {
+    let Some(s) = &r.steady else { return };
+    let Some(d) = &s.drift_fix else { return };
+    let _ = writeln!(o, "\n## 5b. Drift correction\n");
+    let _ = writeln!(
+        o,
+        "With the {} services of part 4 in sync, {} hand edits, {} ms apart, each change one owned \
+         service-resolver's `ConnectTimeout` with a plain config-entry write (Meta kept, as `consul config write` \
+         of what `consul config read` printed would); the clock runs from that write until a blocking read of the \
+         entry shows the recorded value again. The drift watches read under the daemon's default \
+         `--drift-budget` (1024 KiB/s for all of them together); they read {} of listings per edit.\n",
+        s.services,
+        d.n,
+        sizes.steady_gap.as_millis(),
+        bytes(s.drift_list_bytes)
+    );
+    let _ = writeln!(o, "| | edits | p50 | p95 | p99 | max |");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+    dist_row(o, "hand edit to put back", d);
 }
 
 /// 6. What the baseline is.

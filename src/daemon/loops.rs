@@ -3,6 +3,7 @@
 //! watches of the config-entry kinds, the periodic resync; and the systemd
 //! watchdog pings.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use crate::consul::QueryOptions;
 const WATCH_MIN_GAP: Duration = Duration::from_millis(5);
 use crate::http::Health;
 use crate::kind::Kind;
-use crate::watch::{BlockingLoop, Snapshot};
+use crate::watch::{drift_query, BlockingLoop, Snapshot};
 
 /// Where the loops send their events.
 pub(super) type Events = mpsc::UnboundedSender<Event>;
@@ -100,24 +101,41 @@ impl Daemon {
     }
 
     /// A blocking list of one config-entry kind, for the coordinator to find
-    /// owned entries that no longer match their records.
+    /// owned entries that no longer match their records. Consul 1.8 wakes it
+    /// on any config write: it waits past this instance's own writes (for
+    /// [`OWN_WRITE_GRACE`](crate::watch::OWN_WRITE_GRACE) at most, see [`drift_query`]), and the drift
+    /// watches together read no more than `--drift-budget` bytes a second
+    /// on average (a shared [`ByteBudget`](crate::watch::ByteBudget)), so drift costs a bounded read
+    /// rate however busy the daemon is.
     pub(super) async fn watch_entries(self: Arc<Self>, kind: Kind, events: Events, mut stop: Stop) {
-        // Every config write wakes this watch, which re-lists the whole
-        // kind: paced by size and at most 4 listings a second, so a bulk
-        // apply does not make it quadratic. Drift is not urgent.
         let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 _ = lp.ready() => {}
             }
-            let opts = lp.options(QueryOptions::default(), self.cfg.watch_wait);
+            let held = self.drift_budget_wait();
+            if !held.is_zero() {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(held) => {}
+                }
+            }
+            self.metrics.drift_watch_delay.set(held.as_secs_f64());
+            let own = self.own_writes.load(Ordering::Relaxed);
+            let (index, wait) = drift_query(lp.index(), own, self.cfg.watch_wait);
+            let opts = if index == 0 {
+                QueryOptions::default()
+            } else {
+                QueryOptions::blocking(index, wait)
+            };
             let result = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 r = self.client.config_list(kind.as_str(), &opts) => r,
             };
             match result {
                 Ok((entries, meta)) => {
+                    self.drift_budget_spend(meta.body_bytes);
                     if lp.answered(&meta) == 0 {
                         continue; // the startup sync checks everything anyway
                     }
@@ -135,6 +153,16 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    fn drift_budget_wait(&self) -> Duration {
+        let mut budget = self.drift_budget.lock().unwrap_or_else(|e| e.into_inner());
+        budget.wait_time(Instant::now())
+    }
+
+    fn drift_budget_spend(&self, bytes: u64) {
+        let mut budget = self.drift_budget.lock().unwrap_or_else(|e| e.into_inner());
+        budget.spend(bytes, Instant::now());
     }
 }
 

@@ -9,6 +9,7 @@ mod loops;
 mod worker;
 
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,11 +25,14 @@ use crate::lock::SessionConfig;
 use crate::metrics::Metrics;
 use crate::queue::{Backoff, Queue};
 use crate::reconcile::{Outcome, Reconciler, ReconcilerConfig};
-use crate::watch::{self, Snapshot};
+use crate::watch::{self, ByteBudget, Snapshot};
 use coordinator::{Command, Coordinator, Event};
 pub use faults::{Faults, FAULT_FREEZE_WATCH_ENV, FAULT_PAUSE_ENV};
 use loops::{Events, Stop};
 use worker::{Sessions, Worker};
+
+/// The drift watches' default read budget: 1 MiB/s.
+pub const DEFAULT_DRIFT_BUDGET: u64 = 1024 * 1024;
 
 /// How the daemon runs.
 #[derive(Clone, Debug)]
@@ -43,6 +47,9 @@ pub struct DaemonConfig {
     pub watch_wait: Duration,
     /// Most watch requests per second after a burst of 2.
     pub watch_rate: f64,
+    /// Bytes per second the drift watches may read together (0: no drift
+    /// watches; the periodic resync alone finds drift).
+    pub drift_budget: u64,
     pub prune: bool,
     pub shutdown_timeout: Duration,
     /// Fault injection (tests only); none by default.
@@ -60,6 +67,7 @@ impl DaemonConfig {
             resync_interval: Some(Duration::from_secs(600)),
             watch_wait: Duration::from_secs(300),
             watch_rate: 10.0,
+            drift_budget: DEFAULT_DRIFT_BUDGET,
             prune: true,
             shutdown_timeout: Duration::from_secs(10),
             faults: Faults::default(),
@@ -114,6 +122,12 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     cfg: DaemonConfig,
+    /// The highest ModifyIndex of a config entry this instance wrote (or
+    /// found in place): the drift watches wait past it (see
+    /// [`crate::watch::drift_query`]).
+    own_writes: Arc<AtomicU64>,
+    /// The drift watches' shared read budget.
+    drift_budget: std::sync::Mutex<ByteBudget>,
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
@@ -148,6 +162,8 @@ impl Daemon {
             reconciler,
             metrics,
             health,
+            drift_budget: std::sync::Mutex::new(ByteBudget::new(cfg.drift_budget.max(1) as f64)),
+            own_writes: Arc::new(AtomicU64::new(0)),
             cfg,
         })
     }
@@ -176,6 +192,7 @@ impl Daemon {
             sessions: Arc::new(sessions),
             metrics: Arc::clone(&self.metrics),
             prune: self.cfg.prune,
+            own_writes: Arc::clone(&self.own_writes),
         }
     }
 
@@ -265,7 +282,7 @@ impl Daemon {
             tasks.spawn(crate::http::serve(listener, m, h, stopped));
         }
         tasks.spawn(Arc::clone(self).watch_desired(events.clone(), stop.clone()));
-        for kind in Kind::ALL {
+        for kind in Kind::ALL.into_iter().filter(|_| self.cfg.drift_budget > 0) {
             let watch = Arc::clone(self).watch_entries(kind, events.clone(), stop.clone());
             tasks.spawn(watch);
         }

@@ -4,6 +4,7 @@
 //! from the outcome ([`action`]). Used by the daemon's workers and by
 //! `run --once`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,18 +133,27 @@ pub(super) struct Worker {
     pub(super) sessions: Arc<Sessions>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) prune: bool,
+    /// The highest ModifyIndex of a config entry this instance wrote or
+    /// found in place, for the drift watches.
+    pub(super) own_writes: Arc<AtomicU64>,
 }
 
 impl Worker {
     /// One service: what is already in place costs reads only (no session,
     /// no lock); else the whole flow under the instance session.
     pub(super) async fn process(&self, id: &ServiceId) -> Report {
-        if let Some(report) = self.reconciler.check(id, self.prune).await {
-            return report;
+        let report = match self.reconciler.check(id, self.prune).await {
+            Some(report) => report,
+            None => {
+                self.sessions
+                    .reconcile(&self.reconciler, id, self.prune)
+                    .await
+            }
+        };
+        if let Some(top) = report.objects.as_ref().and_then(|o| o.highest_index()) {
+            self.own_writes.fetch_max(top, Ordering::Relaxed);
         }
-        self.sessions
-            .reconcile(&self.reconciler, id, self.prune)
-            .await
+        report
     }
 
     /// `run --once`: processes `id`, and while another instance holds its
