@@ -133,6 +133,59 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (try 15s, 10m): {e}"))
 }
 
+/// A duration within `min..=max` (and `0` too when `zero_ok`): values
+/// outside would break the daemon (a hot loop, a request that can never
+/// finish, a wait Consul silently shortens), so they are refused with the
+/// bound, not clamped.
+fn parse_bounded(s: &str, min: Duration, max: Duration, zero_ok: bool) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if (zero_ok && d.is_zero()) || (min..=max).contains(&d) {
+        return Ok(d);
+    }
+    let (lo, hi) = (
+        humantime::format_duration(min),
+        humantime::format_duration(max),
+    );
+    let zero = if zero_ok { ", or 0 to turn it off" } else { "" };
+    Err(format!("{s:?} is out of bounds: {lo} to {hi}{zero}"))
+}
+
+fn parse_session_ttl(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, crate::lock::MIN_TTL, crate::lock::MAX_TTL, false)
+}
+
+fn parse_lock_delay(s: &str) -> Result<Duration, String> {
+    // Consul's own bound for a session's lock-delay.
+    parse_bounded(s, Duration::ZERO, Duration::from_secs(60), false)
+}
+
+fn parse_resync_interval(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86_400),
+        true,
+    )
+}
+
+fn parse_watch_wait(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        Duration::from_secs(1),
+        crate::consul::MAX_BLOCKING_WAIT,
+        false,
+    )
+}
+
+fn parse_consul_timeout(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+        false,
+    )
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the reconciler: watch the desired prefix and apply every change.
@@ -286,16 +339,16 @@ pub struct RunArgs {
     #[arg(long, env = "SVC_HANDLER_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
     /// TTL of the instance's Consul session (10s to 24h); renewed every TTL/2.
-    #[arg(long, env = "SVC_HANDLER_SESSION_TTL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "SVC_HANDLER_SESSION_TTL", default_value = "15s", value_parser = parse_session_ttl)]
     pub session_ttl: Duration,
     /// How long a lock lost by a crashed holder stays blocked.
-    #[arg(long, env = "SVC_HANDLER_LOCK_DELAY", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SVC_HANDLER_LOCK_DELAY", default_value = "1s", value_parser = parse_lock_delay)]
     pub lock_delay: Duration,
     /// A full re-check of every service, this often (0 turns it off).
-    #[arg(long, env = "SVC_HANDLER_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "SVC_HANDLER_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_resync_interval)]
     pub resync_interval: Duration,
     /// Blocking-query wait of the watches (at most 10m).
-    #[arg(long, env = "SVC_HANDLER_WATCH_WAIT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "SVC_HANDLER_WATCH_WAIT", default_value = "5m", value_parser = parse_watch_wait)]
     pub watch_wait: Duration,
     /// KiB per second the drift watches may read together (0: no drift
     /// watches; the periodic resync alone finds drift).
@@ -319,7 +372,7 @@ pub struct RunArgs {
     pub instance: Option<String>,
     /// Deadline of one Consul request that does not block (a blocking read
     /// gets its wait on top).
-    #[arg(long, env = "SVC_HANDLER_CONSUL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SVC_HANDLER_CONSUL_TIMEOUT", default_value = "10s", value_parser = parse_consul_timeout)]
     pub consul_timeout: Duration,
 }
 
@@ -357,6 +410,46 @@ mod tests {
         };
         assert!(!run.prune());
         assert!(run.once);
+    }
+
+    #[test]
+    fn flags_that_would_break_the_daemon_are_refused_with_their_bound() {
+        let refused = |flag: &str, value: &str, bound: &str| {
+            let e = Cli::try_parse_from(["svc-handler", "run", flag, value]).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag} {value}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains(flag) && text.contains(bound),
+                "{flag} {value}: {text}"
+            );
+        };
+        refused(
+            "--resync-interval",
+            "1ms",
+            "1s to 7days, or 0 to turn it off",
+        );
+        refused("--resync-interval", "999ms", "1s to 7days");
+        refused("--consul-timeout", "0s", "100ms to 5m");
+        refused("--watch-wait", "11m", "1s to 10m");
+        refused("--watch-wait", "20m", "1s to 10m");
+        refused("--session-ttl", "24h 1s", "10s to 1day");
+        refused("--session-ttl", "5s", "10s to 1day");
+        refused("--lock-delay", "61s", "0s to 1m");
+        for ok in [
+            ["--resync-interval", "0"],
+            ["--resync-interval", "1s"],
+            ["--watch-wait", "10m"],
+            ["--consul-timeout", "100ms"],
+            ["--session-ttl", "24h"],
+            ["--lock-delay", "0s"],
+        ] {
+            let args = ["svc-handler", "run", ok[0], ok[1]];
+            assert!(Cli::try_parse_from(args).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -53,6 +53,13 @@ pub(crate) fn quote(s: &str) -> String {
     }
 }
 
+/// True when `key` has a `.` or `..` path segment: a URL drops such
+/// segments, so Consul's HTTP API cannot address the key (only a
+/// transaction can write it).
+pub fn has_dot_segment(key: &str) -> bool {
+    key.split('/').any(|s| s == "." || s == "..")
+}
+
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
@@ -303,6 +310,13 @@ fn split_service_key<'a>(under: &str, key: &'a str) -> Split<'a> {
         };
     }
     let segments: Vec<&str> = rest.split('/').collect();
+    if let Some(pos) = segments.iter().position(|s| *s == "." || *s == "..") {
+        return Split::Invalid(format!(
+            "a {:?} path segment at position {} after {under:?}: Consul's HTTP API cannot address such a key",
+            segments[pos],
+            pos + 1
+        ));
+    }
     if let Some(pos) = segments.iter().position(|s| s.is_empty()) {
         return Split::Invalid(format!(
             "empty path segment (\"//\") at position {} after {under:?}",
@@ -553,6 +567,17 @@ mod tests {
         assert!(r.contains("tgw.json"), "{r}");
         let r = reason(l.parse_desired_key("svc-handler/desired/default/default/we.b/base.json"));
         assert!(r.starts_with("invalid service name \"we.b\""), "{r}");
+        for key in [
+            "svc-handler/desired/default/default/web/./base.json",
+            "svc-handler/desired/default/default/api/../base.json",
+            "svc-handler/desired/default/../web/base.json",
+        ] {
+            let r = reason(l.parse_desired_key(key));
+            assert!(
+                r.contains("path segment") && r.contains("cannot address"),
+                "{key}: {r}"
+            );
+        }
         let r = reason(l.parse_desired_key("svc-handler/desired/default/-ns/web/base.json"));
         assert!(r.starts_with("invalid namespace \"-ns\""), "{r}");
         let r = reason(l.parse_desired_key("svc-handler/desired/p p/default/web/base.json"));

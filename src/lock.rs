@@ -101,6 +101,15 @@ impl Session {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// Consul said the session no longer exists (an `Invalid session`
+    /// answer): every lock it held is lost; stop renewing it.
+    pub fn mark_lost(&self) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            tracing::warn!(session = %self.id, "Consul says the session is gone: its locks are lost");
+        }
+        self.renewer.abort();
+    }
+
     /// Stops renewing and destroys the session (its locks are released).
     pub async fn destroy(&self) -> Result<(), ConsulError> {
         self.renewer.abort();
@@ -165,7 +174,15 @@ pub async fn try_lock(
 ) -> Result<LockAttempt, ConsulError> {
     let value = serde_json::to_vec(&json!({ "holder": holder, "session": session.id() }))
         .expect("lock value serializes");
-    if client.kv_acquire(key, &value, session.id()).await? {
+    let acquired = client
+        .kv_acquire(key, &value, session.id())
+        .await
+        .inspect_err(|e| {
+            if e.is_invalid_session() {
+                session.mark_lost();
+            }
+        })?;
+    if acquired {
         return Ok(LockAttempt::Acquired);
     }
     let holder = client

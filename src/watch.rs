@@ -13,7 +13,7 @@ use crate::consul::{ConfigEntry, KvPair, QueryMeta, QueryOptions};
 use crate::entries;
 use crate::keys::{DesiredKey, Layout, ServiceId};
 use crate::kind::Kind;
-use crate::records::Record;
+use serde::Deserialize;
 
 /// The index to wait on after an answer carrying `returned`, per Consul's
 /// rules: an index that went backwards resets to 0 (the next read is a fresh,
@@ -36,8 +36,45 @@ pub struct Snapshot {
     pub orphans: BTreeSet<ServiceId>,
     /// Keys that do not fit the layout: key → (reason, ModifyIndex).
     pub invalid: BTreeMap<String, (String, u64)>,
-    /// The records found, readable ones only.
-    pub records: HashMap<(ServiceId, Kind), Record>,
+    /// What the drift check needs of each record found (readable ones only).
+    pub records: HashMap<(ServiceId, Kind), Seen>,
+}
+
+/// What the drift check needs of a record, and no more: the snapshot is
+/// kept between listings, so its size is the daemon's memory per service.
+/// The entry's name and the ModifyIndex it was left at; for a link, the
+/// link itself (a gateway changes whenever any service's link does).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Seen {
+    pub name: String,
+    pub modify_index: u64,
+    /// The link, for a terminating-gateway record only.
+    #[serde(skip)]
+    pub link: Option<serde_json::Value>,
+}
+
+/// A link record's fields the drift check reads.
+#[derive(Deserialize)]
+struct SeenLink {
+    name: String,
+    modify_index: u64,
+    object: serde_json::Value,
+}
+
+impl Seen {
+    /// The record in `value`, or `None` when it is not a readable record.
+    fn parse(kind: Kind, value: &[u8]) -> Option<Seen> {
+        if kind == Kind::TerminatingGateway {
+            let l: SeenLink = serde_json::from_slice(value).ok()?;
+            Some(Seen {
+                name: l.name,
+                modify_index: l.modify_index,
+                link: Some(l.object),
+            })
+        } else {
+            serde_json::from_slice(value).ok()
+        }
+    }
 }
 
 impl Snapshot {
@@ -51,7 +88,7 @@ impl Snapshot {
                 }
                 DesiredKey::Record(id, kind) => {
                     with_records.insert(id.clone());
-                    if let Ok(r) = serde_json::from_slice::<Record>(&p.value) {
+                    if let Some(r) = Seen::parse(kind, &p.value) {
                         snap.records.insert((id, kind), r);
                     }
                 }
@@ -146,7 +183,7 @@ pub fn drifted(
     let by_name: HashMap<&str, &ConfigEntry> = entries.iter().map(|e| (e.name(), e)).collect();
     // Every service with a record of this kind, or an object of this kind
     // this instance just applied (its record may not be listed yet).
-    let mut candidates: BTreeMap<&ServiceId, (Option<&Record>, Option<u64>)> = BTreeMap::new();
+    let mut candidates: BTreeMap<&ServiceId, (Option<&Seen>, Option<u64>)> = BTreeMap::new();
     for ((id, k), rec) in &snapshot.records {
         if *k == rk {
             candidates.entry(id).or_default().0 = Some(rec);
@@ -176,8 +213,11 @@ pub fn drifted(
             // A gateway changes whenever any service's link does: compare
             // this service's link with its record.
             Some(gw) if kind == Kind::TerminatingGateway => {
-                match (rec, entries::find_link(&gw.0, id)) {
-                    (Some(r), Some(link)) => !entries::links_equal(link, &r.object),
+                match (
+                    rec.and_then(|r| r.link.as_ref()),
+                    entries::find_link(&gw.0, id),
+                ) {
+                    (Some(recorded), Some(link)) => !entries::links_equal(link, recorded),
                     _ => true,
                 }
             }
@@ -406,8 +446,14 @@ impl BlockingLoop {
         previous
     }
 
-    /// A request failed: how long to wait before the next one.
+    /// A request failed: how long to wait before the next one. The next
+    /// read is a fresh, non-blocking one: the Consul that answers it may be
+    /// another server, or one restarted with its data wiped or restored from
+    /// an older snapshot, whose index is below the one waited past; a
+    /// blocking read past that index would wait out the whole wait for a
+    /// change it would not report.
     pub fn failed(&mut self) -> Duration {
+        self.index = 0;
         self.backoff.next().unwrap_or(Duration::from_secs(5))
     }
 }
@@ -415,6 +461,7 @@ impl BlockingLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::Record;
     use serde_json::json;
 
     fn answer(index: u64, body_bytes: u64) -> QueryMeta {
@@ -661,6 +708,43 @@ mod tests {
     }
 
     #[test]
+    fn the_snapshot_keeps_only_what_drift_needs() {
+        let l = layout();
+        let body = json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"});
+        let link = json!({"Name": "web", "SNI": "a"});
+        let snap = Snapshot::from_pairs(
+            &l,
+            &[
+                pair(&format!("{D}/web/base.json"), 5, b"{}"),
+                pair(
+                    &format!("{D}/web/defaults.json"),
+                    6,
+                    &record("service-defaults", "web", 40, body),
+                ),
+                pair(
+                    &format!("{D}/web/tgw.json"),
+                    7,
+                    &record("terminating-gateway", "egress", 41, link.clone()),
+                ),
+                pair(&format!("{D}/web/resolver.json"), 8, b"not json"),
+            ],
+        );
+        let seen = |k| snap.records.get(&(id("web"), k));
+        let defaults = seen(Kind::ServiceDefaults).unwrap();
+        assert_eq!((defaults.name.as_str(), defaults.modify_index), ("web", 40));
+        assert_eq!(defaults.link, None, "no copy of the entry is kept");
+        let tgw = seen(Kind::TerminatingGateway).unwrap();
+        assert_eq!(
+            (tgw.name.as_str(), tgw.link.as_ref()),
+            ("egress", Some(&link))
+        );
+        assert!(
+            seen(Kind::ServiceResolver).is_none(),
+            "unreadable: not kept"
+        );
+    }
+
+    #[test]
     fn gateway_drift_compares_the_link_only() {
         let l = layout();
         let mut rec: Record = serde_json::from_slice(&record(
@@ -808,6 +892,24 @@ mod tests {
             "{spent} in {secs}"
         );
         assert!(spent as f64 >= 1000.0 * secs, "{spent} in {secs}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_an_error_the_next_read_is_fresh() {
+        let mut lp = BlockingLoop::by_cost(Duration::from_millis(5));
+        lp.ready().await;
+        lp.answered(&answer(35, 100));
+        let wait = Duration::from_secs(300);
+        assert_eq!(lp.options(QueryOptions::default(), wait).index, Some(35));
+        // Consul goes away (restarted, wiped): the next read does not block
+        // past 35, which the new Consul may not reach for a long time.
+        lp.failed();
+        assert_eq!(lp.index(), 0);
+        assert_eq!(lp.options(QueryOptions::default(), wait).index, None);
+        // Its answer (index 15) is taken as is; then reads block past it.
+        lp.ready().await;
+        assert_eq!(lp.answered(&answer(15, 100)), 0);
+        assert_eq!(lp.index(), 15);
     }
 
     #[test]

@@ -606,6 +606,77 @@ fn schema_completions_and_offline_errors() {
     assert_eq!(r.code, 2, "diff's trouble is 2: {r:?}");
 }
 
+/// Runs `args` with standard output a pipe whose reader is already gone
+/// (as in `svc-handler ... | head -1` once head has exited): every write
+/// fails with EPIPE, deterministically.
+fn run_into_closed_pipe(cmd: &mut Command) -> Run {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    let write_end = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    let out = cmd
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run svc-handler");
+    Run::from(out)
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    let w = world("pipe");
+    let id = w.name("piped");
+    kv_put(&w.base_key(&id), br#"{"defaults": {"Protocol": "http"}}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    std::fs::write(&file, br#"{"defaults": {"Protocol": "http"}}"#).unwrap();
+    let file = file.to_str().unwrap();
+    let offline: [&[&str]; 4] = [
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["schema"],
+        &["validate", file],
+    ];
+    for args in offline {
+        let r = run_into_closed_pipe(&mut bare(args));
+        assert_eq!(r.code, 141, "{args:?}: {r:?}");
+        assert_eq!(r.stderr, "", "{args:?}: {r:?}");
+    }
+    for args in [
+        vec!["status", "-o", "json"],
+        vec!["status"],
+        vec!["diff", id.as_str()],
+    ] {
+        let r = run_into_closed_pipe(&mut w.command(&args));
+        assert_eq!(r.code, 141, "{args:?}: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {r:?}");
+    }
+}
+
+#[test]
+fn wait_names_an_unreachable_consul_not_a_missing_daemon() {
+    let r = run_bare(&[
+        "wait",
+        "web",
+        "--http-addr",
+        "127.0.0.1:1",
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(r.code, 2, "a timeout: {r:?}");
+    assert!(r.stderr.contains("Consul did not answer"), "{r:?}");
+    assert!(r.stderr.contains("cannot reach Consul at"), "{r:?}");
+    assert!(
+        !r.stderr.contains("svc-handler run"),
+        "blames the daemon: {r:?}"
+    );
+    assert!(
+        !r.stderr.contains("generation 0"),
+        "a made-up generation: {r:?}"
+    );
+}
+
 #[test]
 fn status_and_diff_of_nothing() {
     let w = world("empty");

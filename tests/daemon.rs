@@ -84,12 +84,17 @@ impl Fixture {
         .await
     }
 
-    /// Writes base.json; true once observed.json shows it applied.
-    async fn put_and_wait(&self, id: &ServiceId, body: &[u8], timeout: Duration) -> bool {
+    /// Writes base.json.
+    async fn put(&self, id: &ServiceId, body: &[u8]) {
         self.client
             .kv_put(&self.layout.base_key(id), body)
             .await
             .unwrap();
+    }
+
+    /// Writes base.json; true once observed.json shows it applied.
+    async fn put_and_wait(&self, id: &ServiceId, body: &[u8], timeout: Duration) -> bool {
+        self.put(id, body).await;
         self.all_applied(std::slice::from_ref(id), timeout).await
     }
 
@@ -201,6 +206,22 @@ async fn twenty_services_from_the_consul_cli_update_one_delete_one() {
         .await
         .unwrap();
     assert!(left.is_empty(), "records left: {left:?}");
+    // Its lock key goes too (3,000 pruned services once left 3,000 keys).
+    let (lock, _) = f
+        .client
+        .kv_get(&f.layout.lock_key(gone), &QueryOptions::consistent())
+        .await
+        .unwrap();
+    assert!(lock.is_none(), "lock key left: {lock:?}");
+    let (other, _) = f
+        .client
+        .kv_get(&f.layout.lock_key(&ids[4]), &QueryOptions::consistent())
+        .await
+        .unwrap();
+    assert!(
+        other.is_some_and(|p| p.session.is_none()),
+        "a live service keeps its released lock key"
+    );
     assert_eq!(
         d.metric(r#"svc_handler_reconcile_total{result="deleted"}"#)
             .await,
@@ -334,6 +355,57 @@ async fn drift_watches_read_within_their_budget_and_still_correct_drift() {
     );
 }
 
+/// Logs a machine keeps: JSON lines whose keys are unique (jq keeps the
+/// last of two `message` keys, and the event would be lost), values as
+/// plain words, and no colour codes in a file.
+#[tokio::test]
+async fn logs_have_unique_keys_plain_values_and_no_colour_in_a_file() {
+    let f = Fixture::new("logs", shared());
+    let json_d = f.start("json", &["--log-format", "json"], &[]);
+    json_d.wait_ready(Duration::from_secs(30)).await;
+    let bad = f.id("typo");
+    f.put(&bad, br#"{"defaults": {"Protocl": "http"}}"#).await;
+    let ok = f.id("fine");
+    let body = br#"{"defaults": {}}"#;
+    assert!(f.put_and_wait(&ok, body, Duration::from_secs(30)).await);
+    let failed_logged = eventually(Duration::from_secs(30), || async {
+        json_d.log_text().contains("reconcile failed")
+    })
+    .await;
+    assert!(failed_logged, "{}", json_d.log_text());
+
+    let g = Fixture::new("logs-text", shared());
+    let text_d = g.start("text", &["--log-format", "text"], &[]);
+    text_d.wait_ready(Duration::from_secs(30)).await;
+    assert!(
+        g.put_and_wait(&g.id("plain"), body, Duration::from_secs(30))
+            .await
+    );
+
+    for line in json_d.log_text().lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+        if v["message"] == "reconcile failed" {
+            assert!(
+                v["reason"].as_str().is_some_and(|r| r.contains("Protocl")),
+                "{line}"
+            );
+        }
+        for (k, value) in v.as_object().unwrap() {
+            let text = value.to_string();
+            assert!(
+                !text.contains(" { ") && !text.contains("Some("),
+                "{k} holds a Rust Debug structure: {line}"
+            );
+        }
+    }
+    let text = text_d.log_text();
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file:\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn three_daemons_share_the_work_without_doubling_it() {
     let f = Fixture::new("three", shared());
@@ -420,13 +492,7 @@ async fn a_killed_lock_holder_is_taken_over_within_the_ttl_bound() {
         &[("SVC_HANDLER_FAULT_PAUSE_BEFORE", "resolver")],
     );
     stuck.wait_ready(Duration::from_secs(30)).await;
-    f.client
-        .kv_put(
-            &f.layout.base_key(&id),
-            br#"{"defaults": {"Protocol": "http"}}"#,
-        )
-        .await
-        .unwrap();
+    f.put(&id, br#"{"defaults": {"Protocol": "http"}}"#).await;
     let lock_key = f.layout.lock_key(&id);
     let held = eventually(Duration::from_secs(30), || async {
         let (p, _) = f
@@ -496,16 +562,8 @@ async fn sigterm_during_a_burst_exits_cleanly() {
         locks.iter().all(|l| l.session.is_none()),
         "a lock is still held: {locks:?}"
     );
-    let sessions: Vec<Value> = reqwest::get(format!("{}/v1/session/list", f.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        !sessions.iter().any(|s| s["Name"] == "svc-handler term"),
-        "session left: {sessions:?}"
-    );
+    let sessions = sessions_of(&f.url, "term").await;
+    assert!(sessions.is_empty(), "session left: {sessions:?}");
 }
 
 #[tokio::test]
@@ -534,6 +592,113 @@ async fn consul_outage_of_twenty_seconds_is_survived() {
     );
     assert!(log.contains("Consul answers again"), "{log}");
     assert!(d.metric("svc_handler_watch_errors_total").await >= 1.0);
+}
+
+/// The sessions named for `instance`, by id.
+async fn sessions_of(url: &str, instance: &str) -> Vec<String> {
+    let list: Vec<Value> = reqwest::get(format!("{url}/v1/session/list"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let name = format!("svc-handler {instance}");
+    list.iter()
+        .filter(|s| s["Name"] == name.as_str())
+        .map(|s| s["ID"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Someone destroys the daemon's session (`consul` API, an operator's
+/// cleanup): the next change is applied with a new session at once, not
+/// after the next renewal (a minute away with `--session-ttl 2m`).
+#[tokio::test]
+async fn a_destroyed_session_is_replaced_at_once() {
+    let f = Fixture::new("destroyed", shared());
+    let d = f.start("ds", &["--session-ttl", "2m"], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let id = f.id("after-destroy");
+    let body = br#"{"resolver": {"ConnectTimeout": "2s"}}"#;
+    assert!(f.put_and_wait(&id, body, Duration::from_secs(30)).await);
+    let before = sessions_of(&f.url, &d.instance).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    f.client.session_destroy(&before[0]).await.unwrap();
+
+    let t = Instant::now();
+    let body = br#"{"resolver": {"ConnectTimeout": "3s"}}"#;
+    let ok = f.put_and_wait(&id, body, Duration::from_secs(20)).await;
+    assert!(
+        ok,
+        "not applied after the session was destroyed:\n{}",
+        d.log_text()
+    );
+    println!("applied {:?} after the session was destroyed", t.elapsed());
+    let after = sessions_of(&f.url, &d.instance).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before, "the destroyed session is still named");
+    assert!(
+        d.log_text().contains("the session is gone"),
+        "{}",
+        d.log_text()
+    );
+}
+
+/// Consul restarts with its data wiped (a dev agent, a rebuilt cluster):
+/// the daemon does not wait out `--watch-wait` on an index the new Consul
+/// has not reached, and its old session is replaced at once.
+#[tokio::test]
+async fn a_wiped_consul_is_watched_again_at_once() {
+    let mut agent = Agent::dev();
+    let f = Fixture::new("wiped", &agent);
+    let d = f.start("wiped", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    // Raise the index well past where a fresh agent starts.
+    for i in 0..60 {
+        let key = format!("{}/filler/{i}", f.prefix);
+        f.client.kv_put(&key, b"x").await.unwrap();
+    }
+    let before = f.id("before");
+    let body = br#"{"defaults": {"Protocol": "http"}}"#;
+    assert!(f.put_and_wait(&before, body, Duration::from_secs(30)).await);
+    let (_, meta) = f
+        .client
+        .kv_list(&f.layout.desired_prefix(), &QueryOptions::default())
+        .await
+        .unwrap();
+
+    agent.stop();
+    // A dev agent: everything is gone. A new client: the fixture's pooled
+    // connections went with the old agent.
+    agent.start_again();
+    let f = Fixture {
+        client: agent.client(),
+        ..f
+    };
+    let (_, fresh) = f
+        .client
+        .kv_list(&f.layout.desired_prefix(), &QueryOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        fresh.index < meta.index,
+        "not wiped: {} vs {}",
+        fresh.index,
+        meta.index
+    );
+
+    let t = Instant::now();
+    let after = f.id("after");
+    let body = br#"{"defaults": {"Protocol": "grpc"}}"#;
+    let ok = f.put_and_wait(&after, body, Duration::from_secs(30)).await;
+    assert!(ok, "not applied after Consul was wiped:\n{}", d.log_text());
+    println!(
+        "applied {:?} after the wiped Consul answered (index {} before, {} after)",
+        t.elapsed(),
+        meta.index,
+        fresh.index
+    );
+    let e = f.entry("service-defaults", &after.name).await.unwrap();
+    assert_eq!(e["Protocol"], "grpc");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::daemon::DaemonProc;
 use support::{eventually, invalid, prefix, shared};
-use svc_handler::consul::{Client, QueryOptions};
+use svc_handler::consul::{Client, QueryOptions, TxnKvOp, TxnOutcome};
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::records::{Observed, Status};
 
@@ -88,7 +88,81 @@ async fn hostile_bodies_and_keys_are_invalid_and_harmless() {
     check_size_limit(&client, &layout, &tag).await;
 }
 
-/// observed.json at `key`, if there is one.
+/// Keys with a `.` or `..` segment (only a transaction can write them):
+/// URLs drop such segments, so a report written for `web/./base.json` used
+/// to land on `web`'s observed.json, and `api/../base.json` made a phantom
+/// `api`. They are logged as outside the layout and touch nothing else.
+#[tokio::test]
+async fn dot_segment_keys_touch_no_other_service() {
+    let agent = shared();
+    let client = agent.client();
+    let p = prefix("dots");
+    let layout = Layout::new(&p).unwrap();
+    let tag = p.rsplit('/').next().unwrap().to_string();
+    let d = DaemonProc::start(&agent.url(), &p, "dots", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let web = ServiceId::new("default", "default", &format!("web-{tag}")).unwrap();
+    let api = ServiceId::new("default", "default", &format!("api-{tag}")).unwrap();
+    let body = br#"{"defaults": {"Protocol": "http"}}"#;
+    client.kv_put(&layout.base_key(&web), body).await.unwrap();
+    let web_key = layout.observed_key(&web);
+    let applied = eventually(Duration::from_secs(30), || async {
+        matches!(observed(&client, &web_key).await, Some(o) if o.status == Status::Applied)
+    })
+    .await;
+    assert!(applied, "{}", d.log_text());
+    let before = observed(&client, &web_key).await.unwrap();
+
+    let desired = layout.desired_prefix();
+    let dotted = [
+        format!("{desired}default/default/{}/./base.json", web.name),
+        format!("{desired}default/default/{}/../base.json", api.name),
+    ];
+    let ops: Vec<TxnKvOp> = dotted
+        .iter()
+        .map(|key| TxnKvOp::Set {
+            key: key.clone(),
+            value: br#"{"defaults": {"Protocol": "grpc"}}"#.to_vec(),
+        })
+        .collect();
+    let outcome = client.txn(&ops).await.unwrap();
+    assert!(matches!(outcome, TxnOutcome::Committed(_)), "{outcome:?}");
+    let logged = eventually(Duration::from_secs(30), || async {
+        let log = d.log_text();
+        dotted.iter().all(|k| log.contains(k.as_str()))
+    })
+    .await;
+    assert!(logged, "{}", d.log_text());
+    assert_eq!(
+        observed(&client, &web_key).await.unwrap(),
+        before,
+        "web's observed.json was written for a key that is not web's"
+    );
+
+    // A later change of web still lands, and nothing was written beside it.
+    client
+        .kv_put(
+            &layout.base_key(&web),
+            br#"{"defaults": {"Protocol": "http2"}}"#,
+        )
+        .await
+        .unwrap();
+    let reapplied = eventually(Duration::from_secs(30), || async {
+        matches!(observed(&client, &web_key).await,
+            Some(o) if o.status == Status::Applied && o.generation > before.generation)
+    })
+    .await;
+    assert!(reapplied, "{}", d.log_text());
+    let (all, _) = client
+        .kv_list(&layout.observed_prefix(), &QueryOptions::consistent())
+        .await
+        .unwrap();
+    let keys: Vec<&str> = all.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, vec![web_key.as_str()], "observed.json beside web's");
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+}
+
+/// observed.json at `key`, if there is one./// observed.json at `key`, if there is one.
 async fn observed(client: &Client, key: &str) -> Option<Observed> {
     client
         .kv_get(key, &QueryOptions::consistent())

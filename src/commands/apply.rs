@@ -114,9 +114,9 @@ fn report(
     if json {
         super::output::print_json(&applied);
     } else if changed {
-        println!("{id}: base.json written, generation {generation}");
+        crate::outln!("{id}: base.json written, generation {generation}");
     } else {
-        println!("{id}: base.json unchanged, generation {generation}");
+        crate::outln!("{id}: base.json unchanged, generation {generation}");
     }
     Ok(EXIT_OK)
 }

@@ -131,8 +131,8 @@ pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
     let json = args.output.json();
     if !json {
         match generation {
-            Some(g) => println!("{id}: base.json deleted (it was at generation {g})"),
-            None => println!("{id}: there is no base.json ({key}); nothing to delete"),
+            Some(g) => crate::outln!("{id}: base.json deleted (it was at generation {g})"),
+            None => crate::outln!("{id}: there is no base.json ({key}); nothing to delete"),
         }
     }
     let end = if args.wait {
@@ -163,7 +163,7 @@ pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
         None => Ok(EXIT_OK),
         Some(GoneEnd::Gone) => {
             if !json {
-                println!("{id}: the daemon removed its records and observed.json");
+                crate::outln!("{id}: the daemon removed its records and observed.json");
             }
             Ok(EXIT_OK)
         }

@@ -196,9 +196,9 @@ async fn run_inner(ctx: &Ctx, args: &DiffArgs) -> Exit {
     } else {
         if let Some(m) = plan.preflight_message() {
             let note = format!("# {id}: {m}: a reconcile writes nothing and reports invalid");
-            println!("{}", Paint::stdout().paint(Some(Color::Yellow), &note));
+            crate::outln!("{}", Paint::stdout().paint(Some(Color::Yellow), &note));
         }
-        print!("{}", render(&diffs, Paint::stdout()));
+        crate::commands::output::emit(&render(&diffs, Paint::stdout()));
     }
     Ok(if changed { EXIT_FAILED } else { EXIT_OK })
 }

@@ -73,7 +73,7 @@ pub async fn dispatch(cli: &Cli) -> Exit {
         Command::Run(_) => Err(Failure::failed("`run` is not a command of this module")),
         Command::Validate(args) => validate::run(args),
         Command::Schema => {
-            print!("{BASE_SCHEMA}");
+            output::emit(BASE_SCHEMA);
             Ok(EXIT_OK)
         }
         Command::Completions(args) => {
@@ -94,7 +94,9 @@ pub async fn dispatch(cli: &Cli) -> Exit {
 /// Writes the completion script of `shell` to standard output.
 pub fn completions(shell: clap_complete::Shell) {
     let mut cmd = <Cli as clap::CommandFactory>::command();
-    clap_complete::generate(shell, &mut cmd, "svc-handler", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "svc-handler", &mut script);
+    output::emit_bytes(&script);
 }
 
 /// What the Consul commands share: a client in the settings' scope (where

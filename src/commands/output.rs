@@ -116,9 +116,42 @@ pub fn table(headers: &[&str], rows: &[Vec<Cell>], paint: Paint) -> String {
 /// Prints `value` as pretty JSON on standard output.
 pub fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => emit(&format!("{text}\n")),
         Err(e) => eprintln!("svc-handler: cannot print JSON: {e}"),
     }
+}
+
+/// The exit status after standard output's reader went away: 128 + SIGPIPE,
+/// what a shell reports for other Unix tools in the same place.
+pub const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Writes `text` to standard output. When the reader has gone away
+/// (`svc-handler wait ... | head -1`), the program ends at once and quietly
+/// with [`BROKEN_PIPE_EXIT`], as other Unix tools do, instead of panicking
+/// as `println!` would.
+pub fn emit(text: &str) {
+    emit_bytes(text.as_bytes());
+}
+
+/// [`emit`] for bytes.
+pub fn emit_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        eprintln!("svc-handler: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`emit`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::commands::output::emit(&format!("{}\n", format_args!($($arg)*)))
+    };
 }
 
 /// How long ago an RFC 3339 time was, as `5s`, `3m`, `2h`, `4d`; `None` when
@@ -139,15 +172,22 @@ pub fn short_age(d: Duration) -> String {
     }
 }
 
-/// The first line of `text`, cut to `max` characters with `…`.
+/// `text` on one line (Consul's multi-line error lists joined, see
+/// [`crate::consul::one_line`]), at most `max` characters: a longer one
+/// loses its middle, not its end, since a message names the operation first
+/// and the cause last (`config.cas: Consul answered 400: … invalid config
+/// key "Protocl"`).
 pub fn one_line(text: &str, max: usize) -> String {
-    let first = text.lines().next().unwrap_or("");
-    let cut = first.char_indices().nth(max).map(|(i, _)| i);
-    match cut {
-        Some(i) => format!("{}…", &first[..i]),
-        None if text.lines().nth(1).is_some() => format!("{first} …"),
-        None => first.to_string(),
+    let line = crate::consul::one_line(text);
+    let n = line.chars().count();
+    if n <= max {
+        return line;
     }
+    let head = max / 3;
+    let tail = max.saturating_sub(head + 1);
+    let start: String = line.chars().take(head).collect();
+    let end: String = line.chars().skip(n - tail).collect();
+    format!("{}…{}", start.trim_end(), end)
 }
 
 #[cfg(test)]
@@ -206,8 +246,17 @@ mod tests {
     #[test]
     fn messages_on_one_line() {
         assert_eq!(one_line("short", 10), "short");
-        assert_eq!(one_line("0123456789abc", 10), "0123456789…");
-        assert_eq!(one_line("a\nb", 10), "a …");
+        assert_eq!(one_line("0123456789abcdef", 10), "012…abcdef");
+        assert_eq!(one_line("a\nb", 10), "a; b");
+        let consul = "config.cas: Consul answered 400: Bad request: Request decoding failed: \
+                      1 error occurred:\n\t* invalid config key \"Protocl\"\n\n";
+        let shown = one_line(consul, 60);
+        assert!(shown.starts_with("config.cas"), "{shown}");
+        assert!(
+            shown.ends_with(r#"invalid config key "Protocl""#),
+            "{shown}"
+        );
+        assert!(shown.chars().count() <= 60, "{shown}");
     }
 
     #[test]

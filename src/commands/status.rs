@@ -259,7 +259,7 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> Exit {
             if args.output.json() {
                 print_json(&s);
             } else {
-                print!("{}", render_details(&s, paint));
+                crate::commands::output::emit(&render_details(&s, paint));
             }
         }
         None => {
@@ -273,7 +273,7 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> Exit {
                     ctx.layout.observed_prefix()
                 );
             } else {
-                print!("{}", render_table(&all, paint));
+                crate::commands::output::emit(&render_table(&all, paint));
             }
         }
     }

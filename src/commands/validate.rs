@@ -118,7 +118,7 @@ pub fn run(args: &ValidateArgs) -> Exit {
         };
         if !args.output.json() {
             if result.valid {
-                println!("{}: valid", result.file);
+                crate::outln!("{}: valid", result.file);
             }
             for e in &result.errors {
                 eprintln!("{}", e.message);

@@ -21,10 +21,13 @@ pub enum WaitEnd {
     Applied { generation: u64, observed: Observed },
     /// observed.json shows error, invalid or conflict at `generation` or later.
     Failed { generation: u64, observed: Observed },
-    /// The time ran out; `observed` is what observed.json last said.
+    /// The time ran out; `observed` is what observed.json last said;
+    /// `unreachable`: the last answer was a failure to reach Consul (then
+    /// `generation` 0 means base.json was never read).
     TimedOut {
         generation: u64,
         observed: Option<Observed>,
+        unreachable: Option<String>,
     },
 }
 
@@ -57,16 +60,20 @@ pub async fn wait_applied(
     let mut delays = retry_delays();
     let mut generation = 0u64;
     let mut last: Option<Observed> = None;
-    let timed_out = |generation, last| WaitEnd::TimedOut {
+    // The last failure to reach Consul, until an answer comes.
+    let mut trouble: Option<String> = None;
+    let timed_out = |generation, last, trouble| WaitEnd::TimedOut {
         generation,
         observed: last,
+        unreachable: trouble,
     };
     loop {
         let base = match tokio::time::timeout_at(deadline, ctx.get(&base_key)).await {
-            Err(_) => return Ok(timed_out(generation, last)),
+            Err(_) => return Ok(timed_out(generation, last, trouble)),
             Ok(Ok(b)) => b,
             Ok(Err(e)) if e.is_retryable() => {
                 tracing::debug!(error = %e, "retrying");
+                trouble = Some(e.to_string());
                 sleep_until_before(delays.next().unwrap_or_default(), deadline).await;
                 continue;
             }
@@ -80,6 +87,7 @@ pub async fn wait_applied(
             }));
         };
         generation = base.modify_index;
+        trouble = None;
         if let Some(o) = &last {
             match judge(generation, o, fail_fast) {
                 Some(true) => {
@@ -98,7 +106,7 @@ pub async fn wait_applied(
             }
         }
         match get_blocking(&ctx.client, &observed_key, index, deadline).await {
-            Ok(None) => return Ok(timed_out(generation, last)),
+            Ok(None) => return Ok(timed_out(generation, last, trouble)),
             Ok(Some((pair, meta))) => {
                 index = next_index(index, meta.index);
                 delays = retry_delays();
@@ -117,6 +125,7 @@ pub async fn wait_applied(
             }
             Err(e) if e.is_retryable() => {
                 tracing::debug!(error = %e, "retrying");
+                trouble = Some(e.to_string());
                 index = 0;
                 sleep_until_before(delays.next().unwrap_or_default(), deadline).await;
             }
@@ -175,6 +184,7 @@ pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
         WaitEnd::TimedOut {
             generation,
             observed,
+            ..
         } => ("timeout", *generation, observed.as_ref()),
     };
     if args.output.json() {
@@ -190,7 +200,7 @@ pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
     match end {
         WaitEnd::Applied { observed, .. } => {
             if !args.output.json() {
-                println!("{id}: applied at generation {}", observed.generation);
+                crate::outln!("{id}: applied at generation {}", observed.generation);
             }
             Ok(EXIT_OK)
         }
@@ -199,8 +209,19 @@ pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
             format!("{id}: {}", describe(&observed)),
         )),
         WaitEnd::TimedOut {
+            unreachable: Some(e),
+            ..
+        } => Err(Failure::new(
+            EXIT_TIMEOUT,
+            format!(
+                "{id}: timed out after {}: Consul did not answer: {e}",
+                human_duration(args.timeout)
+            ),
+        )),
+        WaitEnd::TimedOut {
             generation,
             observed,
+            unreachable: None,
         } => {
             let seen = match &observed {
                 None => format!(

@@ -95,6 +95,13 @@ pub enum ConsulError {
     /// Consul answered success with a body this client cannot read.
     #[error("{op}: unexpected answer from Consul: {detail}")]
     Decode { op: &'static str, detail: String },
+
+    /// A KV key with a `.` or `..` segment: Consul's HTTP API cannot address
+    /// it (a URL drops such segments), so no request is sent.
+    #[error(
+        "{op}: Consul's HTTP API cannot address the key {key}: it has a \".\" or \"..\" segment"
+    )]
+    Unaddressable { op: &'static str, key: String },
 }
 
 impl ConsulError {
@@ -121,7 +128,8 @@ impl ConsulError {
             ConsulError::Config(_)
             | ConsulError::CasConflict { .. }
             | ConsulError::NotFound { .. }
-            | ConsulError::Decode { .. } => ErrorClass::Failed,
+            | ConsulError::Decode { .. }
+            | ConsulError::Unaddressable { .. } => ErrorClass::Failed,
         }
     }
 
@@ -142,6 +150,13 @@ impl ConsulError {
         matches!(self, ConsulError::NotFound { .. })
     }
 
+    /// Consul refused a lock operation because the session does not exist
+    /// (destroyed, expired, or Consul's data was wiped): `Invalid session`.
+    pub fn is_invalid_session(&self) -> bool {
+        matches!(self, ConsulError::Status { body, .. }
+            if body.to_ascii_lowercase().contains("invalid session"))
+    }
+
     /// The HTTP status Consul answered, when it answered with an error status.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -159,7 +174,8 @@ impl ConsulError {
             | ConsulError::Status { op, .. }
             | ConsulError::CasConflict { op, .. }
             | ConsulError::NotFound { op, .. }
-            | ConsulError::Decode { op, .. } => Some(op),
+            | ConsulError::Decode { op, .. }
+            | ConsulError::Unaddressable { op, .. } => Some(op),
         }
     }
 
@@ -167,9 +183,54 @@ impl ConsulError {
         ConsulError::Status {
             op,
             status,
-            body: clip(body.trim()),
+            body: clip(&one_line(body)),
         }
     }
+}
+
+/// Consul's error text on one line, its cause kept: Go's multi-error lists
+/// (`Request decoding failed: 1 error occurred:\n\t* invalid config key
+/// "Protocl"\n\n`) become `Request decoding failed: invalid config key
+/// "Protocl"`, several causes joined with `; `. Where only a first line is
+/// shown (`status`), it is the cause, not a count of errors.
+pub fn one_line(body: &str) -> String {
+    let mut out = String::new();
+    for line in body.lines() {
+        let line = line.trim();
+        let line = line.strip_prefix("* ").unwrap_or(line).trim();
+        let line = without_error_count(line);
+        if line.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// `Request decoding failed: 1 error occurred:` → `Request decoding failed:`;
+/// `2 errors occurred:` → ``; `1 error(s) decoding:` → ``.
+fn without_error_count(line: &str) -> &str {
+    if !(line.ends_with("occurred:") || line.ends_with("decoding:")) {
+        return line;
+    }
+    let words: Vec<(usize, &str)> = line
+        .split(' ')
+        .scan(0, |at, w| {
+            let start = *at;
+            *at += w.len() + 1;
+            Some((start, w))
+        })
+        .collect();
+    for pair in words.windows(2) {
+        let ((start, n), (_, word)) = (pair[0], pair[1]);
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && word.starts_with("error") {
+            return line[..start].trim_end();
+        }
+    }
+    line
 }
 
 /// Shortens a body for an error message, on a char boundary.
@@ -188,6 +249,35 @@ mod tests {
 
     fn status(code: u16) -> ConsulError {
         ConsulError::status_from_body("kv.get", code, "x")
+    }
+
+    #[test]
+    fn consul_multi_errors_are_one_line_with_the_cause() {
+        let body =
+            "Request decoding failed: 1 error occurred:\n\t* invalid config key \"Protocl\"\n\n";
+        assert_eq!(
+            one_line(body),
+            r#"Request decoding failed: invalid config key "Protocl""#
+        );
+        let two = "2 errors occurred:\n\t* Bad Failover[\"v2\"]: not a valid subset\n\t* Route[0] bad\n\n";
+        assert_eq!(
+            one_line(two),
+            r#"Bad Failover["v2"]: not a valid subset; Route[0] bad"#
+        );
+        let mapstructure =
+            "Request decoding failed: 1 error(s) decoding:\n\n* 'Protocol' expected type 'string'";
+        assert_eq!(
+            one_line(mapstructure),
+            "Request decoding failed: 'Protocol' expected type 'string'"
+        );
+        assert_eq!(one_line("  Permission denied\n"), "Permission denied");
+        let e = ConsulError::status_from_body("config.cas", 400, body);
+        assert_eq!(
+            e.to_string().lines().count(),
+            1,
+            "status shows the first line: {e}"
+        );
+        assert!(e.to_string().contains("Protocl"), "{e}");
     }
 
     #[test]

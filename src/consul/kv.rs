@@ -70,7 +70,7 @@ impl Client {
     ) -> Result<(Option<KvPair>, QueryMeta), ConsulError> {
         const OP: &str = "kv.get";
         let a = self
-            .send(OP, Method::GET, self.kv_url(key), Some(opts), None)
+            .send(OP, Method::GET, self.kv_url(OP, key)?, Some(opts), None)
             .await?;
         if a.status == StatusCode::NOT_FOUND {
             return Ok((None, a.meta));
@@ -88,7 +88,7 @@ impl Client {
         opts: &QueryOptions,
     ) -> Result<(Vec<KvPair>, QueryMeta), ConsulError> {
         const OP: &str = "kv.list";
-        let mut url = self.kv_url(prefix);
+        let mut url = self.kv_url(OP, prefix)?;
         url.query_pairs_mut().append_key_only("recurse");
         let a = self.send(OP, Method::GET, url, Some(opts), None).await?;
         if a.status == StatusCode::NOT_FOUND {
@@ -112,7 +112,7 @@ impl Client {
         opts: &QueryOptions,
     ) -> Result<(Vec<String>, QueryMeta), ConsulError> {
         const OP: &str = "kv.keys";
-        let mut url = self.kv_url(prefix);
+        let mut url = self.kv_url(OP, prefix)?;
         {
             let mut q = url.query_pairs_mut();
             q.append_key_only("keys");
@@ -203,7 +203,7 @@ impl Client {
         value: &[u8],
         params: &[(&str, String)],
     ) -> Result<bool, ConsulError> {
-        let mut url = self.kv_url(key);
+        let mut url = self.kv_url(op, key)?;
         for (k, v) in params {
             url.query_pairs_mut().append_pair(k, v);
         }
@@ -217,7 +217,7 @@ impl Client {
     /// `DELETE /v1/kv/<key>`: deletes one key (no error when absent).
     pub async fn kv_delete(&self, key: &str) -> Result<(), ConsulError> {
         const OP: &str = "kv.delete";
-        self.send(OP, Method::DELETE, self.kv_url(key), None, None)
+        self.send(OP, Method::DELETE, self.kv_url(OP, key)?, None, None)
             .await?
             .ok(OP)?;
         Ok(())
@@ -227,7 +227,7 @@ impl Client {
     /// still `index`; a stale index is [`ConsulError::CasConflict`].
     pub async fn kv_delete_cas(&self, key: &str, index: u64) -> Result<(), ConsulError> {
         const OP: &str = "kv.delete_cas";
-        let mut url = self.kv_url(key);
+        let mut url = self.kv_url(OP, key)?;
         url.query_pairs_mut().append_pair("cas", &index.to_string());
         let a = self
             .send(OP, Method::DELETE, url, None, None)
@@ -247,7 +247,7 @@ impl Client {
     /// `DELETE /v1/kv/<prefix>?recurse`: deletes every key under `prefix`.
     pub async fn kv_delete_tree(&self, prefix: &str) -> Result<(), ConsulError> {
         const OP: &str = "kv.delete_tree";
-        let mut url = self.kv_url(prefix);
+        let mut url = self.kv_url(OP, prefix)?;
         url.query_pairs_mut().append_key_only("recurse");
         self.send(OP, Method::DELETE, url, None, None)
             .await?

@@ -15,7 +15,7 @@ mod settings;
 mod txn;
 
 pub use config_entry::ConfigEntry;
-pub use error::{ConsulError, ErrorClass};
+pub use error::{one_line, ConsulError, ErrorClass};
 pub use kv::KvPair;
 pub use session::{SessionBehavior, SessionInfo, SessionRequest};
 pub use settings::{Secret, Settings, DEFAULT_ADDR};
@@ -257,7 +257,7 @@ impl Client {
         observer: Option<Arc<dyn RequestObserver>>,
     ) -> Result<Self, ConsulError> {
         let mut base = settings.base_url()?;
-        let display = base.as_str().trim_end_matches('/').to_string();
+        let display = without_credentials(&base);
         let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -385,7 +385,16 @@ impl Client {
 
     /// A URL for a KV key: the key's own `/` stay path separators, every
     /// other byte that needs it is escaped.
-    pub(crate) fn kv_url(&self, key: &str) -> Url {
+    /// The URL of `key`. A key with a `.` or `..` segment (a transaction can
+    /// write one) cannot be addressed: URLs drop such segments, so the
+    /// request would reach another key; it is refused instead.
+    pub(crate) fn kv_url(&self, op: &'static str, key: &str) -> Result<Url, ConsulError> {
+        if crate::keys::has_dot_segment(key) {
+            return Err(ConsulError::Unaddressable {
+                op,
+                key: crate::keys::quote(key),
+            });
+        }
         let mut url = self.inner.base.clone();
         {
             let mut path = url.path_segments_mut().expect("base URL is http(s)");
@@ -393,7 +402,7 @@ impl Client {
             path.extend(key.split('/'));
         }
         self.scope.append_to(&mut url);
-        url
+        Ok(url)
     }
 
     /// Sends one request and reads the whole answer. `read` adds query options
@@ -476,6 +485,16 @@ impl Client {
             o.observe(op, code, elapsed);
         }
     }
+}
+
+/// `url` as it may be printed or stored: without the user name and
+/// password a `CONSUL_HTTP_ADDR` such as `http://user:pass@proxy:8500`
+/// carries (they still go to Consul, as basic authentication).
+fn without_credentials(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.as_str().trim_end_matches('/').to_string()
 }
 
 /// The chain of causes of a transport error, without the URL (which is in
@@ -564,23 +583,56 @@ mod tests {
         .unwrap()
     }
 
+    #[tokio::test]
+    async fn credentials_in_the_address_are_never_shown() {
+        let c = Client::new(Settings {
+            address: "http://user:s3cret-pw@127.0.0.1:1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.address(), "http://127.0.0.1:1");
+        assert!(!format!("{c:?}").contains("s3cret-pw"));
+        let e = c.kv_get("k", &QueryOptions::default()).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot reach Consul at http://127.0.0.1:1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("s3cret-pw") && !text.contains("user@"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn kv_urls_escape_all_but_slashes() {
         let c = client();
         assert_eq!(
-            c.kv_url("a b/c?d#e%f/").as_str(),
+            c.kv_url("t", "a b/c?d#e%f/").unwrap().as_str(),
             "http://127.0.0.1:8500/v1/kv/a%20b/c%3Fd%23e%25f/"
         );
     }
 
     #[test]
+    fn keys_with_dot_segments_are_refused_not_redirected() {
+        let c = client();
+        for key in ["a/./b", "a/../b", "./a", "a/..", "."] {
+            let e = c.kv_url("kv.put", key).unwrap_err();
+            assert!(e.to_string().contains("cannot address"), "{key}: {e}");
+        }
+        for key in ["a/.b", "a/b.", "a/...", "a..b/c"] {
+            assert!(c.kv_url("kv.put", key).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
     fn scope_sends_only_non_default() {
         let c = client();
-        assert_eq!(c.kv_url("k").query(), None);
+        assert_eq!(c.kv_url("t", "k").unwrap().query(), None);
         let s = c.scoped(Scope::new("p1", "default"));
-        assert_eq!(s.kv_url("k").query(), Some("partition=p1"));
+        assert_eq!(s.kv_url("t", "k").unwrap().query(), Some("partition=p1"));
         let s = c.scoped(Scope::new("default", "team"));
-        assert_eq!(s.kv_url("k").query(), Some("ns=team"));
+        assert_eq!(s.kv_url("t", "k").unwrap().query(), Some("ns=team"));
     }
 
     #[test]

@@ -109,6 +109,7 @@ impl Daemon {
     /// rate however busy the daemon is.
     pub(super) async fn watch_entries(self: Arc<Self>, kind: Kind, events: Events, mut stop: Stop) {
         let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::from_millis(250));
+        let mut started = false;
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
@@ -136,7 +137,8 @@ impl Daemon {
             match result {
                 Ok((entries, meta)) => {
                     self.drift_budget_spend(meta.body_bytes);
-                    if lp.answered(&meta) == 0 {
+                    lp.answered(&meta);
+                    if !std::mem::replace(&mut started, true) {
                         continue; // the startup sync checks everything anyway
                     }
                     if events.send(Event::Entries(kind, entries)).is_err() {

@@ -101,15 +101,31 @@ impl Sessions {
         Ok(s)
     }
 
-    /// The whole flow for `id` under this instance's session.
+    /// The whole flow for `id` under this instance's session. When Consul
+    /// says during it that the session is gone (destroyed by someone, or
+    /// Consul's data wiped), it runs once more at once with a new session,
+    /// instead of waiting for the next renewal to notice.
     async fn reconcile(&self, rec: &Reconciler, id: &ServiceId, prune: bool) -> Report {
-        match self.get().await {
-            Ok(session) => rec.reconcile(id, prune, &session).await,
-            Err(e) => rec.lock_failed(
-                id,
-                format!("cannot create a session: {e}"),
-                Instant::now().into_std(),
-            ),
+        let mut again = true;
+        loop {
+            let session = match self.get().await {
+                Ok(session) => session,
+                Err(e) => {
+                    let message = format!("cannot create a session: {e}");
+                    return rec.lock_failed(id, message, Instant::now().into_std());
+                }
+            };
+            let report = rec.reconcile(id, prune, &session).await;
+            let failed = matches!(
+                report.outcome,
+                Outcome::Failed { .. } | Outcome::LockLost { .. }
+            );
+            if failed && again && session.is_lost() {
+                again = false;
+                tracing::info!(service = %id, "the session was lost; again with a new one");
+                continue;
+            }
+            return report;
         }
     }
 

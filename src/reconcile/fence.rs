@@ -77,6 +77,15 @@ impl<'a> Fence<'a> {
         }
     }
 
+    /// The lock key's removal, as a transaction operation: the lock of a
+    /// service that is gone is not kept (after the fenced check, deleting
+    /// the key releases it too).
+    pub fn delete_lock_op(&self) -> TxnKvOp {
+        TxnKvOp::Delete {
+            key: self.lock_key.clone(),
+        }
+    }
+
     /// Commits the queued record writes, plus `extra`, in one fenced
     /// transaction.
     pub async fn flush(&mut self, step: Step, extra: Vec<TxnKvOp>) -> Result<(), Fail> {

@@ -480,10 +480,16 @@ impl Reconciler {
         };
         let plan = plan::plan(&t, &Desired::Gone { prune }, current);
         if !plan.forget {
+            // Nothing of the service is left but the lock key this flow
+            // just took: it goes too.
+            let released = (run.fence)
+                .flush(Step::Delete, vec![run.fence.delete_lock_op()])
+                .await
+                .is_ok();
             return Finished {
                 outcome: Outcome::Absent,
                 generation: None,
-                released: false,
+                released,
                 objects: None,
             };
         }
@@ -500,7 +506,7 @@ impl Reconciler {
         ops.push(TxnKvOp::Delete {
             key: layout.observed_key(run.id),
         });
-        ops.push(run.fence.unlock_op());
+        ops.push(run.fence.delete_lock_op());
         self.hook_before_fenced_write(Step::Delete, run.fence.session)
             .await;
         match run.fence.flush(Step::Delete, ops).await {
@@ -629,7 +635,9 @@ impl Reconciler {
             reason,
             "a key under the desired prefix does not fit the layout"
         );
-        let Some(observed_key) = observed_key else {
+        // A key with a "." or ".." segment maps onto no observed.json that
+        // can be written without landing on another service's: logged only.
+        let Some(observed_key) = observed_key.filter(|k| !keys::has_dot_segment(k)) else {
             return Ok(None);
         };
         let observed = Observed {
@@ -673,15 +681,24 @@ fn log_outcome(id: &ServiceId, outcome: &Outcome, generation: Option<u64>, durat
             message,
             ..
         } => {
-            tracing::warn!(service = %id, generation, %status, %step, message, "reconcile failed")
+            // `reason`, not `message`: JSON logs keep the event's own
+            // `message` ("reconcile failed") beside Consul's words.
+            tracing::warn!(service = %id, generation, %status, %step, reason = %message, "reconcile failed")
         }
         Outcome::LockLost { step, message } => {
-            tracing::error!(service = %id, generation, %step, message, "lost the lock during reconcile")
+            tracing::error!(service = %id, generation, %step, reason = %message, "lost the lock during reconcile")
         }
         other => {
             let result = other.result_label();
             let duration_ms = duration.as_millis() as u64;
-            tracing::info!(service = %id, generation, result, duration_ms, outcome = ?other, "reconciled")
+            let drifted = match other {
+                Outcome::Applied { drifted, .. } => {
+                    let kinds: Vec<&str> = drifted.iter().map(|k| k.as_str()).collect();
+                    kinds.join(",")
+                }
+                _ => String::new(),
+            };
+            tracing::info!(service = %id, generation, result, duration_ms, drifted, "reconciled")
         }
     }
 }
