@@ -88,38 +88,15 @@ pub async fn wait_applied(
         };
         generation = base.modify_index;
         trouble = None;
-        if let Some(o) = &last {
-            match judge(generation, o, fail_fast) {
-                Some(true) => {
-                    return Ok(WaitEnd::Applied {
-                        generation,
-                        observed: o.clone(),
-                    })
-                }
-                Some(false) => {
-                    return Ok(WaitEnd::Failed {
-                        generation,
-                        observed: o.clone(),
-                    })
-                }
-                None => {}
-            }
+        if let Some(end) = last.as_ref().and_then(|o| judged(generation, o, fail_fast)) {
+            return Ok(end);
         }
         match get_blocking(&ctx.client, &observed_key, index, deadline).await {
             Ok(None) => return Ok(timed_out(generation, last, trouble)),
             Ok(Some((pair, meta))) => {
                 index = next_index(index, meta.index);
                 delays = retry_delays();
-                let next = match pair {
-                    None => None,
-                    Some(p) => match serde_json::from_slice::<Observed>(&p.value) {
-                        Ok(o) => Some(o),
-                        Err(e) => {
-                            tracing::warn!(key = %observed_key, error = %e, "observed.json does not parse; waiting on");
-                            None
-                        }
-                    },
-                };
+                let next = pair.and_then(|p| parse_observed(&observed_key, &p.value));
                 show_retry(id, last.as_ref(), next.as_ref());
                 last = next;
             }
@@ -132,6 +109,30 @@ pub async fn wait_applied(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// How the wait ends when observed.json says `o` (see [`judge`]).
+fn judged(generation: u64, o: &Observed, fail_fast: bool) -> Option<WaitEnd> {
+    let observed = o.clone();
+    match judge(generation, o, fail_fast)? {
+        true => Some(WaitEnd::Applied {
+            generation,
+            observed,
+        }),
+        false => Some(WaitEnd::Failed {
+            generation,
+            observed,
+        }),
+    }
+}
+
+/// observed.json's value; `None` (and a warning) when it does not parse.
+fn parse_observed(key: &str, value: &[u8]) -> Option<Observed> {
+    serde_json::from_slice(value)
+        .inspect_err(
+            |e| tracing::warn!(key, error = %e, "observed.json does not parse; waiting on"),
+        )
+        .ok()
 }
 
 /// Says on standard error, once per new message, that the daemon is retrying.
