@@ -35,6 +35,8 @@ pub struct Health {
     consul_ok: AtomicU64,
     /// How old a beat may be before the loop counts as stuck.
     stale_after: Duration,
+    /// Why the daemon may not turn ready yet (the token lacks a permission).
+    blocked: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -44,6 +46,7 @@ impl Health {
             watch_beat: AtomicU64::new(now_ms()),
             consul_ok: AtomicU64::new(0),
             stale_after,
+            blocked: std::sync::Mutex::new(None),
         })
     }
 
@@ -82,7 +85,20 @@ impl Health {
     }
 
     /// `/readyz`: the first sync is done and Consul answered recently.
+    /// Holds readiness back with `reason` (`None`: nothing holds it).
+    pub fn set_blocked(&self, reason: Option<String>) {
+        *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
     pub fn ready(&self) -> Result<(), String> {
+        if let Some(reason) = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(reason);
+        }
         if !self.is_ready_flag() {
             return Err("the first full sync is not done".into());
         }

@@ -11,7 +11,7 @@
 mod obs;
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use obs::{poll, prom_bins, promtool, start_daemon, Scenario, ROOT};
 use serde_json::{json, Value};
+use support::daemon::DaemonProc;
 use support::{die_with_parent, free_local_port, http_get};
 
 // ------------------------------------------------------------- Prometheus
@@ -33,7 +34,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: SocketAddr) -> Prometheus {
+    fn start(targets: &[SocketAddr]) -> Prometheus {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules = Path::new(ROOT).join("dashboards/alerts.yml");
         let config = dir.path().join("prometheus.yml");
@@ -42,8 +43,13 @@ impl Prometheus {
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                  rule_files:\n  - {rules}\n\
-                 scrape_configs:\n  - job_name: svc-handler\n    static_configs:\n      - targets: ['{target}']\n",
-                rules = rules.display()
+                 scrape_configs:\n  - job_name: svc-handler\n    static_configs:\n      - targets: [{targets}]\n",
+                rules = rules.display(),
+                targets = targets
+                    .iter()
+                    .map(|t| format!("'{t}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .unwrap();
@@ -211,24 +217,33 @@ fn dashboard_and_alert_queries_run_in_prometheus() {
 
     let sc = Scenario::new("obs-prom");
     sc.create_foreign_entry();
-    let port = free_local_port();
-    let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let prom = Prometheus::start(target);
+    // Two instances on one prefix, as in production: each service must
+    // count once on the dashboard and in the alerts, not once per instance.
+    let (port, port2) = (free_local_port(), free_local_port());
+    let targets = [port, port2].map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+    let prom = Prometheus::start(&targets);
     let daemon = start_daemon(&sc.consul_url(), &sc.prefix, Some(port), &[]);
+    let second = DaemonProc::builder(&sc.consul_url(), &sc.prefix)
+        .instance("obs-test-2")
+        .log_format("json")
+        .metrics_port(port2)
+        .start();
     daemon.wait_ready_blocking(Duration::from_secs(20));
-    // Reconciles happen after Prometheus has a first sample, so rates and
-    // quantiles over the last minute see them.
-    poll(Duration::from_secs(20), "a first scrape", || {
+    second.wait_ready_blocking(Duration::from_secs(20));
+    // Reconciles happen after Prometheus has a first sample of both, so
+    // rates and quantiles over the last minute see them.
+    poll(Duration::from_secs(20), "a first scrape of both", || {
         let a = prom.query("svc_handler_ready == 1");
-        (!result_values(&a).is_empty()).then_some(())
+        (result_values(&a).len() == 2).then_some(())
     });
     sc.write();
     sc.wait_outcomes(&daemon);
+    sc.wait_outcomes(&second);
 
     let inst = format!("127.0.0.1:{port}");
     check_instance_variable(&prom, &inst);
     check_panels(&prom, &exprs);
-    check_alert_rules(&prom, &inst);
+    check_alert_rules(&prom);
 }
 
 /// The dashboard's shape: current schema, the two variables, every metric
@@ -323,23 +338,43 @@ fn check_panels(prom: &Prometheus, exprs: &[(String, String)]) {
             assert!(values.iter().all(|v| *v < 900.0), "{title}: {values:?}");
         }
     }
-    let by_status = prom.query(r#"sum by (status) (svc_handler_services{instance=~".*"})"#);
-    let status_of = |s: &str| {
-        by_status["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["metric"]["status"] == s)
-            .map(|r| r["value"][1].as_str().unwrap().to_string())
+    let (_, services) = exprs
+        .iter()
+        .find(|(t, _)| t == "Services by status")
+        .expect("the panel");
+    let counts = |q: &str| {
+        let a = prom.query(q);
+        let mut out = BTreeMap::new();
+        for r in a["data"]["result"].as_array().cloned().unwrap_or_default() {
+            let status = r["metric"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            out.insert(
+                status,
+                r["value"][1].as_str().unwrap_or_default().to_string(),
+            );
+        }
+        out
     };
-    assert_eq!(status_of("error").as_deref(), Some("1"), "{by_status}");
-    assert_eq!(status_of("applied").as_deref(), Some("3"), "{by_status}");
+    let want = |m: &BTreeMap<String, String>, applied: &str, error: &str| {
+        m.get("applied").map(String::as_str) == Some(applied)
+            && m.get("error").map(String::as_str) == Some(error)
+    };
+    // Both instances have counted the scenario: summed, each service
+    // would count twice; the panel counts it once.
+    let summed = r#"sum by (status) (svc_handler_services{instance=~".*"})"#;
+    poll(Duration::from_secs(20), "both instances scraped", || {
+        want(&counts(summed), "6", "2").then_some(())
+    });
+    let panel = counts(&grafana_substitute(services));
+    assert!(want(&panel, "3", "1"), "Services by status: {panel:?}");
 }
 
 /// The alert rules: loaded, every one evaluates without error, each expr runs
 /// as a query; the scenario's error service makes SvcHandlerServicesInError
 /// pending, and a healthy daemon is neither down nor stalled.
-fn check_alert_rules(prom: &Prometheus, inst: &str) {
+fn check_alert_rules(prom: &Prometheus) {
     let names: BTreeSet<String> = poll(
         Duration::from_secs(20),
         "every alert rule evaluated healthy",
@@ -390,12 +425,21 @@ fn check_alert_rules(prom: &Prometheus, inst: &str) {
             list.iter()
                 .any(|x| {
                     x["labels"]["alertname"] == "SvcHandlerServicesInError"
-                        && x["labels"]["instance"] == json!(inst)
                         && x["state"] == "pending"
                 })
                 .then_some(list)
         },
     );
+    let in_error: Vec<&Value> = alerts
+        .iter()
+        .filter(|x| x["labels"]["alertname"] == "SvcHandlerServicesInError")
+        .collect();
+    assert_eq!(
+        in_error.len(),
+        1,
+        "once, not once per instance: {in_error:?}"
+    );
+    assert_eq!(in_error[0]["value"], json!("1e+00"), "{in_error:?}");
     for quiet in [
         "SvcHandlerDown",
         "SvcHandlerNotReady",

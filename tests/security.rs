@@ -280,7 +280,8 @@ async fn https_only_consul_with_a_ca_and_no_fallback() {
     // An unknown CA: refused, with a message that says so.
     let bad = DaemonProc::start(&https, &p, "tls-bad", &[], &[]);
     let logged = eventually(Duration::from_secs(30), || async {
-        bad.log_text().contains("watch failed")
+        // Refused before anything is watched: the access check cannot reach it.
+        bad.log_text().contains("cannot reach Consul")
     })
     .await;
     let log = bad.log_text();
@@ -300,11 +301,101 @@ async fn https_only_consul_with_a_ca_and_no_fallback() {
         &[("CONSUL_CACERT", ca.as_str())],
     );
     let logged = eventually(Duration::from_secs(30), || async {
-        plain.log_text().contains("watch failed")
+        let log = plain.log_text();
+        log.contains("cannot check the token's access") || log.contains("watch failed")
     })
     .await;
     assert!(logged, "{}", plain.log_text());
     assert_ne!(plain.readyz().await, Some(200));
+}
+
+/// A token that cannot read the prefix (here an empty token file, as the
+/// install steps create, on a default-deny agent: Consul filters the
+/// listing and answers 404, as if there were nothing): the daemon is not
+/// ready and says which permission is missing, instead of reporting
+/// "nothing to reconcile"; `status` warns that services may be hidden. With a
+/// good token and SIGHUP it starts.
+#[tokio::test]
+async fn a_token_that_cannot_read_the_prefix_is_never_ready() {
+    let agent = acl_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let good = token_with(&agent, dir.path(), "svc-handler", POLICY);
+    let root = root_client(&agent);
+    let layout = Layout::new("svc-handler").unwrap();
+    let tag = prefix("denied").rsplit('/').next().unwrap().to_string();
+    let id = ServiceId::new("default", "default", &format!("hidden-{tag}")).unwrap();
+    root.kv_put(
+        &layout.base_key(&id),
+        br#"{"defaults": {"Protocol": "http"}}"#,
+    )
+    .await
+    .unwrap();
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "").unwrap();
+    let tf = token_file.display().to_string();
+    let d = DaemonProc::start(
+        &agent.url(),
+        "svc-handler",
+        "denied",
+        &[],
+        &[("CONSUL_HTTP_TOKEN_FILE", tf.as_str())],
+    );
+    let said = eventually(Duration::from_secs(30), || async {
+        d.log_text().contains("lacks a permission")
+    })
+    .await;
+    assert!(said, "{}", d.log_text());
+    let log = d.log_text();
+    assert!(
+        log.contains(r#"key_prefix \"svc-handler/\""#)
+            || log.contains(r#"key_prefix "svc-handler/""#),
+        "{log}"
+    );
+    assert!(
+        !log.contains("nothing to reconcile") && !log.contains("first full sync done"),
+        "{log}"
+    );
+    let readyz = reqwest::get(format!("http://{}/readyz", d.metrics_addr()))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status().as_u16(), 503);
+    let body = readyz.text().await.unwrap();
+    assert!(
+        body.contains("cannot write keys under svc-handler/"),
+        "{body}"
+    );
+    assert!(
+        observed(&root, &layout, &id).await.is_none(),
+        "something was done"
+    );
+
+    let status = Command::new(env!("CARGO_BIN_EXE_svc-handler"))
+        .args(["status", "--http-addr", &agent.url()])
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("CONSUL_HTTP_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(stderr.contains("no services"), "{stderr}");
+    assert!(
+        stderr.contains("ACLs are on and no token was given"),
+        "{stderr}"
+    );
+
+    std::fs::write(&token_file, format!("{good}\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let applied = eventually(Duration::from_secs(30), || async {
+        matches!(observed(&root, &layout, &id).await, Some(o) if o.status == Status::Applied)
+    })
+    .await;
+    assert!(applied, "{}", d.log_text());
+    assert!(
+        d.log_text().contains("access suffices now"),
+        "{}",
+        d.log_text()
+    );
 }
 
 #[tokio::test]

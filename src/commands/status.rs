@@ -272,12 +272,38 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> Exit {
                     ctx.layout.desired_prefix(),
                     ctx.layout.observed_prefix()
                 );
+                if let Some(warning) = acl_warning(ctx).await {
+                    eprintln!("warning: {warning}");
+                }
             } else {
                 crate::commands::output::emit(&render_table(&all, paint));
             }
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Where ACLs are on, an empty listing may be a filtered one: Consul hides
+/// the keys a token may not read and answers as if there were none.
+async fn acl_warning(ctx: &Ctx) -> Option<String> {
+    use crate::consul::AclToken;
+    let rule = format!(
+        "key_prefix \"{}/\" {{ policy = \"read\" }}",
+        ctx.layout.prefix()
+    );
+    match ctx.client.acl_token_self().await.ok()? {
+        AclToken::Disabled => None,
+        AclToken::Unknown => Some(format!(
+            "ACLs are on and no token was given (CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE), \
+             or Consul does not know it: Consul hides the keys a token may not read, so \
+             services may be there; a token needs {rule}"
+        )),
+        AclToken::Known(token) => Some(format!(
+            "ACLs are on: Consul hides the keys token {} may not read, so services may be \
+             there; it needs {rule}",
+            token.accessor_id
+        )),
+    }
 }
 
 #[cfg(test)]

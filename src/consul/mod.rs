@@ -14,6 +14,7 @@ mod session;
 mod settings;
 mod txn;
 
+pub use agent::{AclToken, TokenSelf};
 pub use config_entry::ConfigEntry;
 pub use error::{one_line, ConsulError, ErrorClass};
 pub use kv::KvPair;

@@ -3,6 +3,7 @@
 //! decided by the coordinator (a state machine, no I/O); this module only
 //! carries its commands out.
 
+mod access;
 mod coordinator;
 mod faults;
 mod loops;
@@ -26,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::queue::{Backoff, Queue};
 use crate::reconcile::{Outcome, Reconciler, ReconcilerConfig};
 use crate::watch::{self, ByteBudget, Snapshot};
+use access::AccessError;
 use coordinator::{Command, Coordinator, Event};
 pub use faults::{Faults, FAULT_FREEZE_WATCH_ENV, FAULT_PAUSE_ENV};
 use loops::{Events, Stop};
@@ -251,36 +253,85 @@ impl Daemon {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
         let queue: Arc<Queue<ServiceId>> = Queue::new(Backoff::default());
-        let tasks = daemon.spawn_loops(listener, &ev_tx, &stop_rx);
+        let mut tasks = JoinSet::new();
+        if let Some(listener) = listener {
+            daemon.spawn_http(&mut tasks, listener, &stop_rx);
+        }
+        // Nothing is watched before the token is known to be able to read
+        // and write the prefix: a filtered, empty listing would look like
+        // "nothing to do" (see access.rs).
+        tokio::pin!(shutdown);
+        let allowed = tokio::select! {
+            _ = &mut shutdown => false,
+            () = daemon.wait_for_access() => true,
+        };
         let worker = daemon.worker();
         let mut workers = JoinSet::new();
-        for _ in 0..daemon.cfg.workers.max(1) {
-            let run = worker.clone().run(Arc::clone(&queue), ev_tx.clone());
-            workers.spawn(run);
+        if allowed {
+            daemon.spawn_loops(&mut tasks, &ev_tx, &stop_rx);
+            for _ in 0..daemon.cfg.workers.max(1) {
+                let run = worker.clone().run(Arc::clone(&queue), ev_tx.clone());
+                workers.spawn(run);
+            }
+            drop(ev_tx);
+            daemon.coordinate(&queue, ev_rx, shutdown).await;
         }
-        drop(ev_tx);
-        daemon.coordinate(&queue, ev_rx, shutdown).await;
         daemon.stop(stop_tx, &queue, workers, tasks, &worker).await;
         Ok(())
     }
 
-    /// Starts the HTTP server, the watches, the resync ticker and the
-    /// systemd watchdog pings.
-    fn spawn_loops(
-        self: &Arc<Self>,
-        listener: Option<tokio::net::TcpListener>,
-        events: &Events,
-        stop: &Stop,
-    ) -> JoinSet<()> {
-        let mut tasks = JoinSet::new();
-        if let Some(listener) = listener {
-            let (m, h) = (Arc::clone(&self.metrics), Arc::clone(&self.health));
-            let mut rx = stop.clone();
-            let stopped = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            tasks.spawn(crate::http::serve(listener, m, h, stopped));
+    /// Checks the token's access until it suffices, every 5 s (SIGHUP
+    /// re-reads a token file); meanwhile `/readyz` answers 503 with the
+    /// reason, and each new reason is logged once.
+    async fn wait_for_access(&self) {
+        let mut said: Option<String> = None;
+        loop {
+            self.health.beat();
+            match self.check_access().await {
+                Ok(()) => {
+                    self.health.set_blocked(None);
+                    if said.is_some() {
+                        tracing::info!("the ACL token's access suffices now; starting");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    if said.as_deref() != Some(reason.as_str()) {
+                        match e {
+                            AccessError::Denied(_) => {
+                                tracing::error!(%reason, "not ready: the ACL token lacks a permission; fix its policy or the token (SIGHUP re-reads a token file)")
+                            }
+                            AccessError::Unreachable(_) => {
+                                tracing::warn!(%reason, "not ready: cannot check the ACL token's access yet")
+                            }
+                        }
+                    }
+                    self.health.set_blocked(Some(reason.clone()));
+                    said = Some(reason);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
+    }
+
+    /// Starts the HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    fn spawn_http(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        listener: tokio::net::TcpListener,
+        stop: &Stop,
+    ) {
+        let (m, h) = (Arc::clone(&self.metrics), Arc::clone(&self.health));
+        let mut rx = stop.clone();
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tasks.spawn(crate::http::serve(listener, m, h, stopped));
+    }
+
+    /// Starts the watches, the resync ticker and the systemd watchdog pings.
+    fn spawn_loops(self: &Arc<Self>, tasks: &mut JoinSet<()>, events: &Events, stop: &Stop) {
         tasks.spawn(Arc::clone(self).watch_desired(events.clone(), stop.clone()));
         for kind in Kind::ALL.into_iter().filter(|_| self.cfg.drift_budget > 0) {
             let watch = Arc::clone(self).watch_entries(kind, events.clone(), stop.clone());
@@ -293,7 +344,6 @@ impl Daemon {
             let health = Arc::clone(&self.health);
             tasks.spawn(loops::watchdog(period / 2, health, stop.clone()));
         }
-        tasks
     }
 
     /// The run loop: hands each event to the coordinator and carries out
