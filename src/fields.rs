@@ -507,8 +507,8 @@ pub fn schema() -> Value {
             "router": body_schema(Body::ServiceRouter, "The body of the ServiceRouter entry. When absent, the router svc-handler owns is deleted."),
             "terminating_gateway": tgw_schema(),
             "adopt": {
-                "description": "true: take over entries that exist without svc-handler's ownership mark.",
-                "type": ["boolean", "null"]
+                "description": "true: take over entries that exist without svc-handler's ownership mark, unless that would drop fields base.json does not set (then conflict, naming them); \"replace\": take them over even so.",
+                "anyOf": [{"type": ["boolean", "null"]}, {"const": "replace"}]
             }
         },
         "$defs": {

@@ -19,7 +19,7 @@ use crate::keys::{self, ServiceId};
 use crate::kind::Kind;
 use crate::preflight::{self, Others, Violation};
 use crate::records::{self, ObjectRef, Objects, Observed, Record, Status};
-use crate::spec::{Spec, TgwLinkSpec};
+use crate::spec::{Adopt, Spec, TgwLinkSpec};
 
 /// Everything a reconcile reads about one service before deciding.
 #[derive(Clone, Debug, Default)]
@@ -104,6 +104,9 @@ pub enum Blocked {
     Managed { what: String, by: String },
     /// The gateway already links the service and no record says we wrote it.
     UnrecordedLink { gateway: String, service: String },
+    /// Taking over an unmarked entry with `adopt: true` would drop fields
+    /// base.json does not set (paths, e.g. `Subsets.v2`).
+    WouldDrop { what: String, fields: Vec<String> },
 }
 
 impl fmt::Display for Blocked {
@@ -116,6 +119,12 @@ impl fmt::Display for Blocked {
             Blocked::Managed { what, by } => {
                 write!(f, "{what} is managed by {by}; it is left unchanged")
             }
+            Blocked::WouldDrop { what, fields } => write!(
+                f,
+                "{what} exists without svc-handler's ownership mark and has fields base.json does not set: {}; \
+                 adopting it would drop them, so it is left unchanged (put them in base.json, or set \"adopt\": \"replace\" to drop them)",
+                fields.join(", ")
+            ),
             Blocked::UnrecordedLink { gateway, service } => write!(
                 f,
                 "terminating-gateway/{gateway} already links {service} and svc-handler has no record of writing it; it is left unchanged (set \"adopt\": true to take it over)"
@@ -315,6 +324,9 @@ impl Plan {
         if let Some(m) = self.preflight_message() {
             return Some((Status::Invalid, m));
         }
+        if let Some((_, b)) = self.would_drop() {
+            return Some((Status::Conflict, b.to_string()));
+        }
         for c in &self.changes {
             if let Some(b) = &c.blocked {
                 return Some((Status::Conflict, b.to_string()));
@@ -327,6 +339,15 @@ impl Plan {
             }
         }
         None
+    }
+
+    /// The first change that would adopt an entry by dropping fields
+    /// someone else wrote: the reconcile stops there before any write.
+    pub fn would_drop(&self) -> Option<(&Change, &Blocked)> {
+        self.changes.iter().find_map(|c| match &c.blocked {
+            Some(b @ Blocked::WouldDrop { .. }) => Some((c, b)),
+            _ => None,
+        })
     }
 
     /// The message of a preflight refusal: every violation, in order.
@@ -407,15 +428,21 @@ pub fn entry_change(
     t: &Target<'_>,
     kind: Kind,
     body: Option<&Map<String, Value>>,
-    adopt: bool,
+    adopt: Adopt,
     current: Option<&Value>,
     record: Option<&Record>,
     generation: u64,
 ) -> Change {
     let mut c = Change::new(kind, &t.id.name, current);
     let desired = entries::build_entry(kind, t.id, body, t.base_key);
-    c.blocked =
-        current.and_then(|e| may_touch(&c.what(), e, t.base_key, record.is_some(), adopt).err());
+    let recorded = record.is_some();
+    c.blocked = current.and_then(|e| {
+        may_touch(&c.what(), e, t.base_key, recorded, adopt.is_on())
+            .and_then(|()| {
+                keeps_what_it_adopts(&c.what(), e, &desired, t.base_key, recorded, adopt)
+            })
+            .err()
+    });
     c.action = match current {
         None => Action::Create,
         Some(e) if entries::entries_equal(&desired, e) => Action::None,
@@ -442,6 +469,63 @@ pub fn entry_change(
         _ => RecordOp::Write,
     };
     c
+}
+
+/// Taking over an unmarked entry (`adopt: true`, no record) never drops
+/// what someone else wrote there: every field of `entry` that `desired`
+/// lacks (at any depth of objects; Consul's empty defaults do not count)
+/// blocks the change, unless `adopt` is `"replace"`.
+fn keeps_what_it_adopts(
+    what: &str,
+    entry: &Value,
+    desired: &Value,
+    base_key: &str,
+    recorded: bool,
+    adopt: Adopt,
+) -> Result<(), Blocked> {
+    let taking_over = !recorded
+        && adopt == Adopt::Keep
+        && entries::ownership(Some(entry), base_key) == Ownership::Unmarked;
+    if !taking_over {
+        return Ok(());
+    }
+    let mut fields = Vec::new();
+    dropped(
+        &entries::canonical(entry),
+        &entries::canonical(desired),
+        "",
+        &mut fields,
+    );
+    if fields.is_empty() {
+        Ok(())
+    } else {
+        Err(Blocked::WouldDrop {
+            what: what.into(),
+            fields,
+        })
+    }
+}
+
+/// The paths of `have` that `want` lacks: keys of objects, recursively;
+/// anything else counts as a whole (a changed value is an update, not a drop).
+fn dropped(have: &Value, want: &Value, at: &str, out: &mut Vec<String>) {
+    let (Some(have), Some(want)) = (have.as_object(), want.as_object()) else {
+        return;
+    };
+    for (k, v) in have {
+        if at.is_empty() && matches!(k.as_str(), "Kind" | "Name") {
+            continue;
+        }
+        let path = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
+        match want.get(k) {
+            None => out.push(path),
+            Some(w) => dropped(v, w, &path, out),
+        }
+    }
 }
 
 /// True when `entry` (whose comparable part is `object`: the whole entry,
@@ -629,7 +713,7 @@ fn plan_gateway(
         };
     };
     let gw = cur.gateways.get(&link.gateway);
-    let c = link_change(t, link, spec.adopt, gw, tgw, generation);
+    let c = link_change(t, link, spec.adopt.is_on(), gw, tgw, generation);
     let as_found = gw.and_then(|g| {
         let found = entries::find_link(g, t.id)?.clone();
         let name = &link.gateway;

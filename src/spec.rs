@@ -100,8 +100,43 @@ pub struct Spec {
     pub router: Option<Map<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub terminating_gateway: Option<TgwLinkSpec>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub adopt: bool,
+    #[serde(skip_serializing_if = "Adopt::is_no")]
+    pub adopt: Adopt,
+}
+
+/// base.json's `adopt`: may svc-handler take over an entry that exists
+/// without its ownership mark?
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Adopt {
+    /// `false` or absent: never.
+    #[default]
+    No,
+    /// `true`: yes, unless that would drop fields base.json does not set
+    /// (then `conflict`, naming them).
+    Keep,
+    /// `"replace"`: yes, even dropping such fields.
+    Replace,
+}
+
+impl Adopt {
+    /// Any taking over at all.
+    pub fn is_on(self) -> bool {
+        self != Adopt::No
+    }
+
+    fn is_no(&self) -> bool {
+        *self == Adopt::No
+    }
+}
+
+impl Serialize for Adopt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Adopt::No => s.serialize_bool(false),
+            Adopt::Keep => s.serialize_bool(true),
+            Adopt::Replace => s.serialize_str("replace"),
+        }
+    }
 }
 
 impl Spec {
@@ -494,7 +529,8 @@ fn check_document(doc: &Value, target: Version, errors: &mut Vec<SpecError>) {
     }
     match top.get("adopt") {
         None | Some(Value::Null) | Some(Value::Bool(_)) => {}
-        Some(v) => errors.push(expected("$.adopt", "true or false", v)),
+        Some(Value::String(r)) if r == "replace" => {}
+        Some(v) => errors.push(expected("$.adopt", "true, false or \"replace\"", v)),
     }
 }
 
@@ -517,7 +553,11 @@ fn build(doc: &Value) -> Spec {
         terminating_gateway: get("terminating_gateway")
             .and_then(Value::as_object)
             .and_then(|m| tgw_link(m, "$.terminating_gateway").ok()),
-        adopt: matches!(get("adopt"), Some(Value::Bool(true))),
+        adopt: match get("adopt") {
+            Some(Value::Bool(true)) => Adopt::Keep,
+            Some(Value::String(r)) if r == "replace" => Adopt::Replace,
+            _ => Adopt::No,
+        },
     }
 }
 
@@ -878,7 +918,7 @@ mod tests {
                 sni: Some("api.example.com".into()),
             })
         );
-        assert!(!spec.adopt);
+        assert_eq!(spec.adopt, Adopt::No);
     }
 
     #[test]
@@ -888,7 +928,7 @@ mod tests {
             resolver: None,
             router: None,
             terminating_gateway: None,
-            adopt: false,
+            adopt: Adopt::No,
         };
         assert_eq!(ok("{}"), empty);
         assert_eq!(
@@ -897,7 +937,9 @@ mod tests {
             ),
             empty
         );
-        assert!(ok(r#"{"adopt":true}"#).adopt);
+        assert_eq!(ok(r#"{"adopt":true}"#).adopt, Adopt::Keep);
+        assert_eq!(ok(r#"{"adopt":"replace"}"#).adopt, Adopt::Replace);
+        assert_eq!(ok(r#"{"adopt":false}"#).adopt, Adopt::No);
         assert_eq!(ok(r#"{"defaults":{}}"#).defaults, Some(Map::new()));
     }
 
@@ -905,7 +947,7 @@ mod tests {
     fn byte_order_mark_is_skipped() {
         let mut bytes = "\u{feff}".as_bytes().to_vec();
         bytes.extend_from_slice(br#"{"adopt":true}"#);
-        assert!(parse(&bytes).unwrap().adopt);
+        assert_eq!(parse(&bytes).unwrap().adopt, Adopt::Keep);
     }
 
     #[test]
@@ -936,7 +978,7 @@ mod tests {
         let e = err(r#"{"adopt":"yes"}"#);
         assert_eq!(
             e.to_string(),
-            "$.adopt: expected true or false, found a string"
+            "$.adopt: expected true, false or \"replace\", found a string"
         );
         let e = err(r#"{"terminating_gateway":[]}"#);
         assert_eq!(e.path, "$.terminating_gateway");

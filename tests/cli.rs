@@ -454,7 +454,8 @@ fn wait_times_out_then_reports_an_invalid_base_json() {
     assert_eq!(r.code, 1, "{r:?}\n{}", daemon.log_text());
     assert!(r.stderr.contains("invalid at generation"), "{r:?}");
     assert!(
-        r.stderr.contains("$.adopt: expected true or false"),
+        r.stderr
+            .contains("$.adopt: expected true, false or \"replace\""),
         "{r:?}"
     );
     let r = w.run(&["status"]);

@@ -531,6 +531,63 @@ async fn unowned_entry_is_a_conflict_until_adopted() {
     assert_eq!(adopted["Meta"]["managed-by"], "svc-handler");
 }
 
+/// A hand-made resolver adopted with `{"defaults": ..., "adopt": true}`
+/// used to become an empty resolver without a word. Now: `conflict` naming
+/// the fields it would drop, the entry untouched, and no other entry
+/// written; `"adopt": "replace"` is the explicit way to drop them.
+#[tokio::test]
+async fn adopting_never_drops_fields_it_did_not_write() {
+    let w = world("adopt-keep");
+    let id = w.id("handmade");
+    w.client
+        .config_put(&json!({"Kind": "service-resolver", "Name": id.name,
+            "ConnectTimeout": "15s", "DefaultSubset": "v1",
+            "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}}}))
+        .await
+        .unwrap();
+    let before = w.entry("service-resolver", &id.name).await.unwrap();
+    w.put(
+        &id,
+        &json!({"defaults": {"Protocol": "http"}, "adopt": true}),
+    )
+    .await;
+    let r = w.rec.reconcile_once(&id, true).await;
+    let Outcome::Failed {
+        status,
+        step,
+        message,
+        ..
+    } = &r.outcome
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!((*status, step.as_str()), (Status::Conflict, "resolver"));
+    for field in ["ConnectTimeout", "DefaultSubset", "Subsets"] {
+        assert!(message.contains(field), "{message}");
+    }
+    assert!(message.contains("\"adopt\": \"replace\""), "{message}");
+    let after = w.entry("service-resolver", &id.name).await.unwrap();
+    assert_eq!(after, before, "the hand-made resolver is unchanged");
+    assert!(
+        w.entry("service-defaults", &id.name).await.is_none(),
+        "nothing written before the conflict"
+    );
+    let obs = w.observed(&id).await.unwrap();
+    assert_eq!(obs.status, Status::Conflict);
+
+    // Asked explicitly: taken over, its fields dropped.
+    w.put(
+        &id,
+        &json!({"defaults": {"Protocol": "http"}, "adopt": "replace"}),
+    )
+    .await;
+    let r = w.rec.reconcile_once(&id, true).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    let replaced = w.entry("service-resolver", &id.name).await.unwrap();
+    assert_eq!(replaced["Meta"]["managed-by"], "svc-handler");
+    assert!(replaced.get("Subsets").is_none(), "{replaced}");
+}
+
 struct DestroySessionBefore {
     step: &'static str,
     client: Client,

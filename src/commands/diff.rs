@@ -233,7 +233,7 @@ mod tests {
             &t,
             Kind::ServiceDefaults,
             body.as_ref(),
-            false,
+            crate::spec::Adopt::No,
             current.as_ref(),
             None,
             1,

@@ -510,7 +510,7 @@ fn a_lost_race_is_planned_again_from_the_fresh_entry() {
         &t,
         Kind::ServiceDefaults,
         s.body(Kind::ServiceDefaults),
-        false,
+        spec::Adopt::No,
         Some(&fresh),
         None,
         GEN,
@@ -521,10 +521,91 @@ fn a_lost_race_is_planned_again_from_the_fresh_entry() {
         &t,
         Kind::ServiceDefaults,
         s.body(Kind::ServiceDefaults),
-        false,
+        spec::Adopt::No,
         Some(&equal),
         None,
         GEN,
     );
     assert_eq!((c.action, c.record), (Action::None, RecordOp::Write));
+}
+
+#[test]
+fn adopting_never_drops_fields_someone_else_wrote_unless_told_to_replace() {
+    // A hand-made resolver: no mark, fields of its own, a Meta of its own.
+    let hand_made = with_meta(
+        Kind::ServiceResolver,
+        json!({"ConnectTimeout": "15s", "DefaultSubset": "v1",
+               "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                           "v2": {"Filter": "Service.Meta.version == v2"}}}),
+        json!({"owner": "ops"}),
+    );
+    let state = State::default()
+        .in_place(Kind::ServiceDefaults, json!({"Protocol": "http"}))
+        .entry(Kind::ServiceResolver, hand_made.clone());
+    let resolver = |p: &Plan| {
+        p.changes
+            .iter()
+            .find(|c| c.kind == Kind::ServiceResolver)
+            .cloned()
+            .expect("a resolver change")
+    };
+
+    // adopt: true without a resolver body would empty it: conflict, named.
+    let keep = json!({"defaults": {"Protocol": "http"}, "adopt": true});
+    let c = resolver(&plan_of(Some(keep), &state));
+    match &c.blocked {
+        Some(Blocked::WouldDrop { fields, .. }) => assert_eq!(
+            fields,
+            &["ConnectTimeout", "DefaultSubset", "Meta.owner", "Subsets"]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let message = c.blocked.as_ref().unwrap().to_string();
+    assert!(message.contains("\"adopt\": \"replace\""), "{message}");
+
+    // Part of a map kept, part dropped: the dropped path is named.
+    let partial = json!({"defaults": {"Protocol": "http"}, "adopt": true,
+        "resolver": {"ConnectTimeout": "15s", "DefaultSubset": "v1",
+                     "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}}}});
+    let c = resolver(&plan_of(Some(partial), &state));
+    match &c.blocked {
+        Some(Blocked::WouldDrop { fields, .. }) => {
+            assert_eq!(fields, &["Meta.owner", "Subsets.v2"])
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // "replace": taken over, fields dropped as asked.
+    let replace = json!({"defaults": {"Protocol": "http"}, "adopt": "replace"});
+    let c = resolver(&plan_of(Some(replace), &state));
+    assert_eq!(
+        (c.blocked.clone(), c.action),
+        (None, Action::Update),
+        "{c:#?}"
+    );
+
+    // Every field in base.json (a changed value is an update, not a drop).
+    let all = json!({"defaults": {"Protocol": "http"}, "adopt": true,
+        "resolver": {"ConnectTimeout": "20s", "DefaultSubset": "v1",
+                     "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                                 "v2": {"Filter": "Service.Meta.version == v2"}}}});
+    let mut owned_meta = state;
+    owned_meta
+        .0
+        .entries
+        .get_mut(&Kind::ServiceResolver)
+        .unwrap()["Meta"] = Value::Null;
+    let c = resolver(&plan_of(Some(all), &owned_meta));
+    assert_eq!(
+        (c.blocked.clone(), c.action),
+        (None, Action::Update),
+        "{c:#?}"
+    );
+
+    // Without adopt it stays the plain ownership conflict.
+    let c = resolver(&plan_of(Some(HTTP()), &owned_meta));
+    assert!(
+        matches!(c.blocked, Some(Blocked::Unmarked { .. })),
+        "{c:#?}"
+    );
 }

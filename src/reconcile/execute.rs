@@ -56,6 +56,11 @@ impl<'a> Run<'a> {
             f.retry = plan.violations_depend_on_others;
             return Err(f);
         }
+        // Adopting an entry would drop fields someone else wrote: nothing
+        // is written at all, not even the entries before it.
+        if let Some((change, b)) = plan.would_drop() {
+            return Err(Fail::conflict(change.kind.step(), b));
+        }
         let mut link_record = None;
         for change in &plan.changes {
             let step = match spec {
@@ -288,7 +293,7 @@ impl<'a> Run<'a> {
             return Ok((change.clone(), change.current.clone()));
         }
         let link = spec
-            .and_then(|s| Some((s.terminating_gateway.clone()?, s.adopt)))
+            .and_then(|s| Some((s.terminating_gateway.clone()?, s.adopt.is_on())))
             .filter(|(l, _)| l.gateway == change.name);
         let request = LinkRequest {
             id: self.id.clone(),
