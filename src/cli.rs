@@ -315,6 +315,9 @@ pub struct DeleteArgs {
     /// With --wait: give up (exit 2) after this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Only say what the daemon would remove; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -321,8 +321,30 @@ fn apply_wait_status_diff_delete() {
     let r = w.run(&["diff", &name]);
     assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{r:?}");
 
+    // What deleting would remove, said first; --dry-run deletes nothing.
+    let r = w.run(&["delete", &name, "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let link = format!("terminating-gateway/{gw}#{name}");
+    for what in [
+        format!("service-defaults/{name}"),
+        format!("service-resolver/{name}"),
+        link.clone(),
+    ] {
+        assert!(r.stdout.contains(&what), "{what}: {r:?}");
+    }
+    assert!(r.stdout.contains("would remove"), "{r:?}");
+    assert!(
+        kv_value(&w.base_key(&name)).is_some(),
+        "--dry-run deleted base.json"
+    );
+    let r = w.run(&["delete", &name, "--dry-run", "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["removes"].as_array().unwrap().len(), 3, "{r:?}");
+    assert!(entry("service-defaults", &name).is_some());
+
     let r = w.run(&["delete", &name, "--wait", "--timeout", "30s"]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&link), "delete names what goes: {r:?}");
     assert!(entry("service-defaults", &name).is_none());
     assert!(entry("service-resolver", &name).is_none());
     let linked = entry("terminating-gateway", &gw).is_some_and(|g| {

@@ -12,6 +12,8 @@ use super::{
 use crate::cli::DeleteArgs;
 use crate::consul::{ConsulError, QueryOptions};
 use crate::keys::ServiceId;
+use crate::plan::{self, Action, Desired, Target};
+use crate::reconcile::read_current;
 use crate::watch::next_index;
 
 /// How waiting for the daemon's clean-up ended.
@@ -102,6 +104,34 @@ pub async fn wait_gone(ctx: &Ctx, id: &ServiceId, timeout: Duration) -> Result<G
     }
 }
 
+/// `delete --dry-run -o json`.
+#[derive(Serialize)]
+struct DryRun<'a> {
+    name: &'a str,
+    partition: &'a str,
+    namespace: &'a str,
+    key: &'a str,
+    generation: Option<u64>,
+    /// What the daemon (pruning) would remove.
+    removes: &'a [String],
+}
+
+fn dash(v: Option<u64>) -> String {
+    v.map_or_else(|| "none".to_string(), |g| g.to_string())
+}
+
+/// One line on what the daemon removes after base.json (when it prunes).
+fn say_removals(id: &ServiceId, removes: &[String], verb: &str) {
+    if removes.is_empty() {
+        crate::outln!("{id}: the daemon {verb} no config entry (it owns none)");
+    } else {
+        crate::outln!(
+            "{id}: the daemon (pruning, its default) {verb}: {}",
+            removes.join(", ")
+        );
+    }
+}
+
 #[derive(Serialize)]
 struct DeleteReport<'a> {
     name: &'a str,
@@ -118,6 +148,32 @@ struct DeleteReport<'a> {
     /// With --wait and a timeout: the keys still there.
     #[serde(skip_serializing_if = "Option::is_none")]
     left: Option<&'a [String]>,
+    /// What the daemon (pruning) removes after base.json.
+    removes: &'a [String],
+}
+
+/// What the daemon (pruning, its default) would remove once base.json is
+/// gone, as its own plan decides: `kind/name` of each entry it deletes, and
+/// `terminating-gateway/<gw>#<service>` for a link it takes out. Entries it
+/// does not own are not in the list (it leaves them).
+pub async fn removals(ctx: &Ctx, id: &ServiceId) -> Result<Vec<String>, ConsulError> {
+    let (current, _) = read_current(&ctx.client, &ctx.layout, id, None).await?;
+    let base_key = ctx.layout.base_key(id);
+    let t = Target {
+        id,
+        base_key: &base_key,
+    };
+    let plan = plan::plan(&t, &Desired::Gone { prune: true }, &current);
+    Ok(plan
+        .changes
+        .iter()
+        .filter(|c| c.blocked.is_none())
+        .filter_map(|c| match c.action {
+            Action::Delete => Some(c.what()),
+            Action::Unlink => Some(format!("{}#{}", c.what(), id.name)),
+            _ => None,
+        })
+        .collect())
 }
 
 pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
@@ -125,15 +181,33 @@ pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
     let key = ctx.layout.base_key(&id);
     let base = ctx.get(&key).await?;
     let generation = base.as_ref().map(|p| p.modify_index);
+    let removes = removals(ctx, &id).await?;
+    let json = args.output.json();
+    if args.dry_run {
+        if json {
+            super::output::print_json(&DryRun {
+                name: &id.name,
+                partition: &id.partition,
+                namespace: &id.namespace,
+                key: &key,
+                generation,
+                removes: &removes,
+            });
+        } else {
+            crate::outln!("{id}: would delete {key} (generation {})", dash(generation));
+            say_removals(&id, &removes, "would remove");
+        }
+        return Ok(EXIT_OK);
+    }
     if base.is_some() {
         ctx.client.kv_delete(&key).await?;
     }
-    let json = args.output.json();
     if !json {
         match generation {
             Some(g) => crate::outln!("{id}: base.json deleted (it was at generation {g})"),
             None => crate::outln!("{id}: there is no base.json ({key}); nothing to delete"),
         }
+        say_removals(&id, &removes, "removes");
     }
     let end = if args.wait {
         Some(wait_gone(ctx, &id, args.timeout).await?)
@@ -157,6 +231,7 @@ pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
                 GoneEnd::TimedOut { .. } => "timeout",
             }),
             left,
+            removes: &removes,
         });
     }
     match end {
