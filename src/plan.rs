@@ -36,6 +36,12 @@ pub struct Current {
     /// What the preflight rules need of other entries, when read (`None`:
     /// only the rules that need nothing outside base.json are checked).
     pub others: Option<Others>,
+    /// The service's partition or namespace does not exist in this edition
+    /// of Consul (the open-source edition answers "... a Consul Enterprise
+    /// feature"): Consul's words. Its entries cannot exist, so they are not
+    /// read; base.json is `invalid` at step `preflight`, and its deletion
+    /// only forgets the records.
+    pub unsupported: Option<String>,
 }
 
 impl Current {
@@ -672,8 +678,22 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
         ));
     }
     let gateway_record = plan_gateway(t, spec, generation, cur, &mut changes);
-    let (violations, violations_depend_on_others) = match &cur.others {
-        Some(others) => {
+    let (violations, violations_depend_on_others) = match (&cur.unsupported, &cur.others) {
+        (Some(consul), _) => {
+            let scope = if t.id.in_default_partition() {
+                format!("namespace {:?}", t.id.namespace)
+            } else {
+                format!("partition {:?}", t.id.partition)
+            };
+            let v = Violation {
+                path: "$ (the key's path)".into(),
+                message: format!(
+                    "the service's {scope} needs Consul Enterprise; this Consul refuses it: {consul}"
+                ),
+            };
+            (vec![v], false)
+        }
+        (None, Some(others)) => {
             let all = preflight::check(spec, t.id, others);
             let external = !all.is_empty() && {
                 let own = preflight::check(spec, t.id, &agreeing_others(spec, t.id));
@@ -681,7 +701,7 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
             };
             (all, external)
         }
-        None => (preflight::check_offline(spec, t.id), false),
+        (None, None) => (preflight::check_offline(spec, t.id), false),
     };
     Plan {
         generation: Some(generation),

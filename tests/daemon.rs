@@ -199,10 +199,7 @@ async fn twenty_services_from_the_consul_cli_update_one_delete_one() {
     assert!(pruned, "not pruned:\n{}", d.log_text());
     let (left, _) = f
         .client
-        .kv_list(
-            &format!("{}/", f.layout.service_dir(gone)),
-            &QueryOptions::consistent(),
-        )
+        .kv_list(&f.layout.service_dir(gone), &QueryOptions::consistent())
         .await
         .unwrap();
     assert!(left.is_empty(), "records left: {left:?}");
@@ -404,6 +401,100 @@ async fn logs_have_unique_keys_plain_values_and_no_colour_in_a_file() {
         !text.contains('\u{1b}'),
         "colour codes in a log file:\n{text}"
     );
+}
+
+/// `consul kv delete -recurse .../web/` takes base.json and the records
+/// with it, tgw.json included: the daemon still takes web's link out of the
+/// gateway (it saw the record in its last listing), so re-creating web
+/// applies instead of ending `conflict` on a link nobody accounts for.
+#[tokio::test]
+async fn a_folder_deleted_whole_takes_its_gateway_link_with_it() {
+    let f = Fixture::new("folder", shared());
+    let d = f.start("folder", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let id = f.id("linked");
+    let gw = format!("egress-{}", f.tag);
+    let body = json!({"defaults": {"Protocol": "http"},
+        "terminating_gateway": {"Gateway": gw, "SNI": "api.example.com"}})
+    .to_string();
+    assert!(
+        f.put_and_wait(&id, body.as_bytes(), Duration::from_secs(30))
+            .await
+    );
+    let linked = || async {
+        f.entry("terminating-gateway", &gw).await.is_some_and(|g| {
+            g["Services"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|l| l["Name"] == id.name.as_str()))
+        })
+    };
+    assert!(linked().await);
+    // Another service's link in the same gateway stays.
+    let other = f.id("neighbour");
+    let other_body = json!({"terminating_gateway": {"Gateway": gw}}).to_string();
+    assert!(
+        f.put_and_wait(&other, other_body.as_bytes(), Duration::from_secs(30))
+            .await
+    );
+
+    let folder = f.layout.service_dir(&id);
+    consul_cli(&f.url, &["kv", "delete", "-recurse", &folder]);
+    let cleaned = eventually(Duration::from_secs(30), || async {
+        !linked().await
+            && f.observed(&id).await.is_none()
+            && f.entry("service-defaults", &id.name).await.is_none()
+    })
+    .await;
+    assert!(cleaned, "the link or the entries stayed:\n{}", d.log_text());
+    let g = f.entry("terminating-gateway", &gw).await.unwrap();
+    assert!(
+        g["Services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["Name"] == other.name.as_str()),
+        "the neighbour's link went too: {g}"
+    );
+
+    // Created again: applied, not a conflict over an unrecorded link.
+    assert!(
+        f.put_and_wait(&id, body.as_bytes(), Duration::from_secs(30))
+            .await,
+        "{}",
+        d.log_text()
+    );
+}
+
+/// A namespace on Consul's open-source edition (`desired/default/team/...`):
+/// `invalid` with Consul's words, final (not retried forever), and its
+/// deletion completes (it was `deleting` forever).
+#[tokio::test]
+async fn a_namespace_on_the_open_source_edition_is_invalid_and_deletes() {
+    let f = Fixture::new("oss-ns", shared());
+    let d = f.start("oss-ns", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let id = ServiceId::new("default", "team", &format!("web-{}", f.tag)).unwrap();
+    f.put(&id, br#"{"defaults": {"Protocol": "http"}}"#).await;
+    let invalid = eventually(Duration::from_secs(30), || async {
+        f.observed(&id)
+            .await
+            .is_some_and(|o| o.status == Status::Invalid)
+    })
+    .await;
+    assert!(invalid, "{}", d.log_text());
+    let o = f.observed(&id).await.unwrap();
+    assert!(!o.retry, "final, not retried: {o:?}");
+    assert_eq!(o.step.map(|s| s.as_str()), Some("preflight"), "{o:?}");
+    let message = o.message.unwrap_or_default();
+    assert!(message.contains("namespace \"team\""), "{message}");
+    assert!(message.contains("Consul Enterprise feature"), "{message}");
+
+    f.client.kv_delete(&f.layout.base_key(&id)).await.unwrap();
+    let forgotten = eventually(Duration::from_secs(30), || async {
+        f.observed(&id).await.is_none()
+    })
+    .await;
+    assert!(forgotten, "still deleting:\n{}", d.log_text());
 }
 
 #[tokio::test]

@@ -110,7 +110,7 @@ async fn crash_before(step: &'static str) -> Duration {
         ("resolver.json", "service-resolver"),
         ("router.json", "service-router"),
     ] {
-        let rec: Record = kv_json(&client, &format!("{dir}/{file}"))
+        let rec: Record = kv_json(&client, &format!("{dir}{file}"))
             .await
             .unwrap_or_else(|| panic!("{step}: {file} missing"));
         let e = entry(&client, kind, &id.name).await.unwrap();

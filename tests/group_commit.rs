@@ -147,7 +147,7 @@ async fn two_hundred_links_from_three_reconcilers_in_batches() {
     for id in &ids {
         let o: Observed = kv_json(&client, &layout.observed_key(id)).await.unwrap();
         assert_eq!(o.status, Status::Applied, "{id}");
-        let key = format!("{}/tgw.json", layout.service_dir(id));
+        let key = format!("{}tgw.json", layout.service_dir(id));
         let r: Record = kv_json(&client, &key).await.expect("tgw.json");
         assert_eq!(r.name, gw, "{id}");
         assert!(r.differs.is_none(), "{id}: {r:?}");

@@ -103,7 +103,7 @@ impl World {
     }
 
     async fn record(&self, id: &ServiceId, file: &str) -> Option<Record> {
-        self.kv_json(&format!("{}/{file}", self.layout.service_dir(id)))
+        self.kv_json(&format!("{}{file}", self.layout.service_dir(id)))
             .await
     }
 

@@ -150,6 +150,13 @@ impl ConsulError {
         matches!(self, ConsulError::NotFound { .. })
     }
 
+    /// Consul's open-source edition refused a namespace or partition
+    /// parameter ("... - Namespaces are a Consul Enterprise feature").
+    pub fn is_enterprise_only(&self) -> bool {
+        matches!(self, ConsulError::Status { status: 400, body, .. }
+            if body.contains("Consul Enterprise feature"))
+    }
+
     /// Consul refused a lock operation because the session does not exist
     /// (destroyed, expired, or Consul's data was wiped): `Invalid session`.
     pub fn is_invalid_session(&self) -> bool {

@@ -48,6 +48,14 @@ pub enum Command {
     /// The first full sync is done (of `services` services and orphans):
     /// ready. Given once.
     SetReady { services: usize },
+    /// A service's folder went whole (records included) while it had a link
+    /// in `gateway`: the reconcile that forgets it must know the link is its
+    /// own (before the `Enqueue` of the same service).
+    RememberLink {
+        id: ServiceId,
+        gateway: String,
+        link: serde_json::Value,
+    },
 }
 
 /// The coordinator's memory.
@@ -129,10 +137,28 @@ impl Coordinator {
             }
             for id in changes.gone {
                 self.seen.remove(&id);
+                if let Some(cmd) = self.remembered_link(&id, &snap) {
+                    out.push(cmd);
+                }
                 self.enqueue(id, out);
             }
         }
         self.previous = Some(snap);
+    }
+
+    /// For a service gone from `next` whose link record the last listing
+    /// had, and `next` no longer has (its folder went whole): that link.
+    fn remembered_link(&self, id: &ServiceId, next: &Snapshot) -> Option<Command> {
+        let key = (id.clone(), Kind::TerminatingGateway);
+        if next.records.contains_key(&key) {
+            return None;
+        }
+        let seen = self.previous.as_ref()?.records.get(&key)?;
+        Some(Command::RememberLink {
+            id: id.clone(),
+            gateway: seen.name.clone(),
+            link: seen.link.clone()?,
+        })
     }
 
     fn on_entries(&mut self, kind: Kind, entries: &[ConfigEntry], out: &mut Vec<Command>) {
@@ -588,5 +614,51 @@ mod tests {
         assert_eq!(counts(&out)["applied"], 1, "only api is left");
         assert!(c.applied.is_empty(), "nothing of web is remembered");
         assert!(!c.statuses.contains_key(&id("web")));
+    }
+
+    #[test]
+    fn a_folder_deleted_whole_leaves_its_link_record_to_the_reconcile() {
+        let mut c = Coordinator::new();
+        let now = Instant::now();
+        let link = json!({"Name": "web", "SNI": "a"});
+        let mut first = Snapshot::default();
+        for (name, g) in [("web", 5), ("api", 6)] {
+            first.services.insert(id(name), g);
+        }
+        first.records.insert(
+            (id("web"), Kind::TerminatingGateway),
+            watch::Seen {
+                name: "egress".into(),
+                modify_index: 9,
+                link: Some(link.clone()),
+            },
+        );
+        c.on(Event::Listing(first), now);
+        // `consul kv delete -recurse .../web/`: base.json and records gone.
+        let out = c.on(listing(&[("api", 6)], &[]), now);
+        let remember = out
+            .iter()
+            .position(|cmd| matches!(cmd, Command::RememberLink { .. }))
+            .expect("the link is remembered");
+        let enqueue = out
+            .iter()
+            .position(|cmd| *cmd == Command::Enqueue(id("web")))
+            .expect("web is enqueued");
+        assert!(remember < enqueue, "{out:?}");
+        assert_eq!(
+            out[remember],
+            Command::RememberLink {
+                id: id("web"),
+                gateway: "egress".into(),
+                link
+            }
+        );
+        // A service that goes with no link record: nothing to remember.
+        let out = c.on(listing(&[], &[]), now);
+        assert!(
+            !out.iter()
+                .any(|cmd| matches!(cmd, Command::RememberLink { .. })),
+            "{out:?}"
+        );
     }
 }

@@ -390,6 +390,10 @@ impl Daemon {
                     self.metrics.services.with_label_values(&[status]).set(n);
                 }
             }
+            Command::RememberLink { id, gateway, link } => {
+                tracing::info!(service = %id, gateway, "the service's folder was deleted with its link record; its link is taken out as svc-handler's own");
+                self.reconciler.remember_link(&id, &gateway, link);
+            }
             Command::SetReady { services } => {
                 self.health.set_ready(true);
                 self.metrics.ready.set(1);

@@ -609,3 +609,25 @@ fn adopting_never_drops_fields_someone_else_wrote_unless_told_to_replace() {
         "{c:#?}"
     );
 }
+
+#[test]
+fn a_scope_consul_refuses_is_invalid_and_its_deletion_only_forgets() {
+    let mut state = base_state();
+    state.0.entries.clear();
+    state.0.unsupported = Some(
+        "config.get: Consul answered 400: Bad request: Invalid query parameter: \"ns\" - \
+         Namespaces are a Consul Enterprise feature"
+            .into(),
+    );
+    let p = plan_of(Some(HTTP()), &state);
+    let m = p.preflight_message().expect("refused before any write");
+    assert!(
+        m.contains("needs Consul Enterprise") && m.contains("\"ns\""),
+        "{m}"
+    );
+    assert!(!p.violations_depend_on_others, "final");
+    assert_eq!(p.config_writes().count(), 0);
+    let gone = plan_of(None, &state);
+    assert!(gone.forget, "{gone:#?}");
+    assert!(!gone.changes.iter().any(|c| c.action.writes()), "{gone:#?}");
+}

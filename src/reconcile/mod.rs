@@ -12,6 +12,7 @@ mod fence;
 mod outcome;
 mod read;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -27,7 +28,7 @@ use crate::kind::{Kind, Step};
 use crate::lock::{self, LockAttempt, Session, SessionConfig};
 use crate::metrics::Metrics;
 use crate::plan::{self, Current, Desired, Target};
-use crate::records::{now_rfc3339, Objects, Observed, Status};
+use crate::records::{now_rfc3339, Objects, Observed, Record, Status};
 use crate::spec::{self, ParseOptions, Spec};
 
 use commit::GatewayCommitter;
@@ -113,6 +114,10 @@ pub struct Reconciler {
     consul_version: Arc<OnceLock<Version>>,
     /// One committer per shared gateway, for every clone of this reconciler.
     gateways: Arc<GatewayCommitter>,
+    /// Link records the watch saw last for services whose folder was then
+    /// deleted whole (`consul kv delete -recurse`): the reconcile that
+    /// forgets such a service still knows which link is its own.
+    remembered: Arc<std::sync::Mutex<HashMap<ServiceId, Record>>>,
 }
 
 impl Reconciler {
@@ -125,7 +130,27 @@ impl Reconciler {
             hook: None,
             consul_version: Arc::default(),
             gateways: Arc::default(),
+            remembered: Arc::default(),
         }
+    }
+
+    /// The watch's last listing had this link record for `id`, whose folder
+    /// is gone now (records included): the reconcile that forgets the
+    /// service takes the link out as its own. Used only while base.json is
+    /// absent and no record is found; forgotten when the service is
+    /// deleted, absent or applied again.
+    pub fn remember_link(&self, id: &ServiceId, gateway: &str, link: serde_json::Value) {
+        let base_key = self.layout().base_key(id);
+        let record = Record::link(id, &base_key, gateway, 0, link, None, String::new());
+        self.memory().insert(id.clone(), record);
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceId, Record>> {
+        self.remembered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remembered_link(&self, id: &ServiceId) -> Option<Record> {
+        self.memory().get(id).cloned()
     }
 
     /// Reads the agent's Consul version, so that a field newer than the
@@ -199,9 +224,11 @@ impl Reconciler {
         let started = Instant::now();
         let span = self.span(id);
         let parse = |b: &[u8]| self.parse(b);
-        let read = read_current_parsed(&self.client, self.layout(), id, &parse)
-            .instrument(span.clone())
-            .await;
+        let remembered = self.remembered_link(id);
+        let read =
+            read_current_parsed(&self.client, self.layout(), id, &parse, remembered.as_ref())
+                .instrument(span.clone())
+                .await;
         let (current, parsed) = match read {
             Ok(r) => r,
             Err(e) => {
@@ -316,6 +343,12 @@ impl Reconciler {
         if let Some(g) = generation {
             tracing::Span::current().record("generation", g);
         }
+        if matches!(
+            outcome,
+            Outcome::Deleted { .. } | Outcome::Absent | Outcome::Applied { .. } | Outcome::UpToDate
+        ) {
+            self.memory().remove(id);
+        }
         self.count_outcome(&outcome, duration);
         log_outcome(id, &outcome, generation, duration);
         Report {
@@ -358,8 +391,11 @@ impl Reconciler {
         started: Instant,
     ) -> Finished {
         let parse = |b: &[u8]| self.parse(b);
+        let remembered = self.remembered_link(id);
         let read = self
-            .retry(|| read_current_parsed(&self.client, self.layout(), id, &parse))
+            .retry(|| {
+                read_current_parsed(&self.client, self.layout(), id, &parse, remembered.as_ref())
+            })
             .await;
         let (current, parsed) = match read {
             Ok(r) => r,

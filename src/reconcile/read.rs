@@ -25,7 +25,7 @@ pub async fn read_current(
     id: &ServiceId,
     spec: Option<&Spec>,
 ) -> Result<(Current, Option<Vec<u8>>), ConsulError> {
-    let (current, base, _) = read(client, layout, id, spec, &|b| spec::parse(b)).await?;
+    let (current, base, _) = read(client, layout, id, spec, &|b| spec::parse(b), None).await?;
     Ok((current, base))
 }
 
@@ -36,8 +36,9 @@ pub async fn read_current_parsed(
     layout: &Layout,
     id: &ServiceId,
     parse: &(dyn Fn(&[u8]) -> Result<Spec, SpecError> + Sync),
+    remembered: Option<&Record>,
 ) -> Result<(Current, Parsed), ConsulError> {
-    let (current, _, parsed) = read(client, layout, id, None, parse).await?;
+    let (current, _, parsed) = read(client, layout, id, None, parse, remembered).await?;
     Ok((current, parsed))
 }
 
@@ -47,9 +48,10 @@ async fn read(
     id: &ServiceId,
     spec: Option<&Spec>,
     parse: &(dyn Fn(&[u8]) -> Result<Spec, SpecError> + Sync),
+    remembered: Option<&Record>,
 ) -> Result<(Current, Option<Vec<u8>>, Parsed), ConsulError> {
     let consistent = QueryOptions::consistent();
-    let dir = format!("{}/", layout.service_dir(id));
+    let dir = layout.service_dir(id);
     let (pairs, _) = client.kv_list(&dir, &consistent).await?;
     let mut current = Current::default();
     let mut base = None;
@@ -70,16 +72,37 @@ async fn read(
             _ => {}
         }
     }
+    // A folder deleted whole took the link record with it: the one the
+    // watch saw last stands in for it (see `Reconciler::remember_link`).
+    if base.is_none() && !current.records.contains_key(&Kind::TerminatingGateway) {
+        if let Some(r) = remembered {
+            current.records.insert(Kind::TerminatingGateway, r.clone());
+        }
+    }
     let (observed, _) = client.kv_get(&layout.observed_key(id), &consistent).await?;
     current.observed = observed.and_then(|o| serde_json::from_slice::<Observed>(&o.value).ok());
 
     let scoped = client.scoped(Scope::new(id.partition.clone(), id.namespace.clone()));
     for kind in Kind::OWN {
-        if let (Some(e), _) = scoped
+        match scoped
             .config_get(kind.as_str(), &id.name, &consistent)
-            .await?
+            .await
         {
-            current.entries.insert(kind, e.0);
+            Ok((Some(e), _)) => {
+                current.entries.insert(kind, e.0);
+            }
+            Ok((None, _)) => {}
+            // The open-source edition refuses a namespace or partition: no
+            // entry can be there; nothing more is read in that scope.
+            Err(e) if e.is_enterprise_only() => {
+                current.unsupported = Some(e.to_string());
+                let parsed: Parsed = match (spec, &base) {
+                    (None, Some(bytes)) => Some(parse(bytes)),
+                    _ => None,
+                };
+                return Ok((current, base, parsed));
+            }
+            Err(e) => return Err(e),
         }
     }
     let parsed: Parsed = match (spec, &base) {
