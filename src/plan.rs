@@ -259,9 +259,9 @@ impl Plan {
 
     /// The changes a reconcile writes to Consul's config entries: those with
     /// a write, up to the first blocked or stuck one (where it stops); none
-    /// when preflight refuses.
+    /// when preflight refuses or adopting would drop fields.
     pub fn config_writes(&self) -> impl Iterator<Item = &Change> {
-        let refused = !self.violations.is_empty();
+        let refused = !self.violations.is_empty() || self.would_drop().is_some();
         self.changes
             .iter()
             .take_while(move |c| c.blocked.is_none() && c.stuck.is_none() && !refused)

@@ -700,6 +700,45 @@ fn wait_names_an_unreachable_consul_not_a_missing_daemon() {
     );
 }
 
+/// `delete --wait` tells the real cause: a deletion Consul refuses (another
+/// service's router still routes to this one) is in observed.json and in
+/// the message, not "is the daemon running?"; a folder key such as Consul's
+/// UI writes (`.../ui/`) is not waited for.
+#[test]
+fn delete_wait_tells_why_the_clean_up_does_not_finish() {
+    let w = world("delwhy");
+    let _d = w.daemon();
+    let (admin, front, ui) = (w.name("admin"), w.name("front"), w.name("ui"));
+    let http = json!({"defaults": {"Protocol": "http"}});
+    let routes = json!({"defaults": {"Protocol": "http"}, "router": {"Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"Service": admin}}]}});
+    for (name, body) in [(&admin, &http), (&front, &routes), (&ui, &http)] {
+        let file = w.file(&format!("{name}.json"), body);
+        let r = w.run(&["apply", name, "-f", &file]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let r = w.run(&["wait", name, "--timeout", "30s"]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+
+    // Consul refuses to delete admin's defaults while front routes to it.
+    let r = w.run(&["delete", &admin, "--wait", "--timeout", "5s"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("the daemon could not finish"), "{r:?}");
+    assert!(r.stderr.contains("in step delete"), "{r:?}");
+    assert!(!r.stderr.contains("running?"), "{r:?}");
+    let r = w.run(&["status", &admin, "-o", "json"]);
+    let message = r.json()["observed"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("base.json is gone, but"), "{r:?}");
+
+    // A folder key (the UI's) stays, and is not waited for.
+    kv_put(&format!("{}/desired/default/default/{ui}/", w.prefix), b"");
+    let r = w.run(&["delete", &ui, "--wait", "--timeout", "30s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
 #[test]
 fn status_and_diff_of_nothing() {
     let w = world("empty");

@@ -14,31 +14,40 @@ use crate::consul::{ConsulError, QueryOptions};
 use crate::keys::ServiceId;
 use crate::plan::{self, Action, Desired, Target};
 use crate::reconcile::read_current;
+use crate::records::{Observed, Status};
 use crate::watch::next_index;
 
 /// How waiting for the daemon's clean-up ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum GoneEnd {
     /// observed.json and every record are gone.
     Gone,
-    /// Time ran out; these keys are still there.
-    TimedOut { left: Vec<String> },
+    /// Time ran out; these keys are still there, and observed.json said
+    /// this last (the daemon failing to delete says why there).
+    TimedOut {
+        left: Vec<String>,
+        last: Option<Box<Observed>>,
+    },
 }
 
-/// What is left of a service: keys under its folder, and observed.json.
+/// What is left of a service: keys under its folder (not a folder marker
+/// such as the one Consul's UI writes, which carries no data), and
+/// observed.json.
 struct Left {
     keys: Vec<String>,
     keys_index: u64,
-    observed: bool,
+    observed: Option<Observed>,
+    observed_present: bool,
     observed_index: u64,
 }
 
 async fn left(ctx: &Ctx, id: &ServiceId) -> Result<Left, ConsulError> {
     let opts = QueryOptions::consistent();
-    let (keys, kmeta) = ctx
+    let (mut keys, kmeta) = ctx
         .client
         .kv_keys(&ctx.layout.service_dir(id), None, &opts)
         .await?;
+    keys.retain(|k| !k.ends_with('/'));
     let (observed, ometa) = ctx
         .client
         .kv_get(&ctx.layout.observed_key(id), &opts)
@@ -46,7 +55,8 @@ async fn left(ctx: &Ctx, id: &ServiceId) -> Result<Left, ConsulError> {
     Ok(Left {
         keys,
         keys_index: kmeta.index,
-        observed: observed.is_some(),
+        observed_present: observed.is_some(),
+        observed: observed.and_then(|p| serde_json::from_slice(&p.value).ok()),
         observed_index: ometa.index,
     })
 }
@@ -60,9 +70,15 @@ pub async fn wait_gone(ctx: &Ctx, id: &ServiceId, timeout: Duration) -> Result<G
     let dir = ctx.layout.service_dir(id);
     let mut delays = retry_delays();
     let mut last: Vec<String> = Vec::new();
+    let mut said: Option<Box<Observed>> = None;
     loop {
         let now = match tokio::time::timeout_at(deadline, left(ctx, id)).await {
-            Err(_) => return Ok(GoneEnd::TimedOut { left: last }),
+            Err(_) => {
+                return Ok(GoneEnd::TimedOut {
+                    left: last,
+                    last: said,
+                })
+            }
             Ok(Ok(now)) => now,
             Ok(Err(e)) if e.is_retryable() => {
                 sleep_until_before(delays.next().unwrap_or_default(), deadline).await;
@@ -75,14 +91,15 @@ pub async fn wait_gone(ctx: &Ctx, id: &ServiceId, timeout: Duration) -> Result<G
                 "{id}: {base_key} was written again while waiting for the clean-up"
             )));
         }
-        if now.keys.is_empty() && !now.observed {
+        if now.keys.is_empty() && !now.observed_present {
             return Ok(GoneEnd::Gone);
         }
         last = now.keys.clone();
-        if now.observed {
+        if now.observed_present {
             last.push(observed_key.clone());
         }
-        let waited = if now.observed {
+        said = now.observed.clone().map(Box::new);
+        let waited = if now.observed_present {
             let index = next_index(0, now.observed_index);
             get_blocking(&ctx.client, &observed_key, index, deadline)
                 .await
@@ -94,7 +111,12 @@ pub async fn wait_gone(ctx: &Ctx, id: &ServiceId, timeout: Duration) -> Result<G
                 .map(|r| r.map(|_| ()))
         };
         match waited {
-            Ok(None) => return Ok(GoneEnd::TimedOut { left: last }),
+            Ok(None) => {
+                return Ok(GoneEnd::TimedOut {
+                    left: last,
+                    last: said,
+                })
+            }
             Ok(Some(())) => delays = retry_delays(),
             Err(e) if e.is_retryable() => {
                 sleep_until_before(delays.next().unwrap_or_default(), deadline).await
@@ -114,6 +136,23 @@ struct DryRun<'a> {
     generation: Option<u64>,
     /// What the daemon (pruning) would remove.
     removes: &'a [String],
+}
+
+/// `delete --dry-run`: what would go, deleting nothing.
+fn dry_run(id: &ServiceId, key: &str, generation: Option<u64>, removes: &[String], json: bool) {
+    if json {
+        super::output::print_json(&DryRun {
+            name: &id.name,
+            partition: &id.partition,
+            namespace: &id.namespace,
+            key,
+            generation,
+            removes,
+        });
+    } else {
+        crate::outln!("{id}: would delete {key} (generation {})", dash(generation));
+        say_removals(id, removes, "would remove");
+    }
 }
 
 fn dash(v: Option<u64>) -> String {
@@ -184,19 +223,7 @@ pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
     let removes = removals(ctx, &id).await?;
     let json = args.output.json();
     if args.dry_run {
-        if json {
-            super::output::print_json(&DryRun {
-                name: &id.name,
-                partition: &id.partition,
-                namespace: &id.namespace,
-                key: &key,
-                generation,
-                removes: &removes,
-            });
-        } else {
-            crate::outln!("{id}: would delete {key} (generation {})", dash(generation));
-            say_removals(&id, &removes, "would remove");
-        }
+        dry_run(&id, &key, generation, &removes, json);
         return Ok(EXIT_OK);
     }
     if base.is_some() {
@@ -215,7 +242,7 @@ pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
         None
     };
     let left = match &end {
-        Some(GoneEnd::TimedOut { left }) => Some(left.as_slice()),
+        Some(GoneEnd::TimedOut { left, .. }) => Some(left.as_slice()),
         _ => None,
     };
     if json {
@@ -234,22 +261,37 @@ pub async fn run(ctx: &Ctx, args: &DeleteArgs) -> Exit {
             removes: &removes,
         });
     }
+    finish(ctx, &id, args, end)
+}
+
+/// The end of `delete`: its exit, and on a timeout the keys left and why.
+fn finish(ctx: &Ctx, id: &ServiceId, args: &DeleteArgs, end: Option<GoneEnd>) -> Exit {
     match end {
         None => Ok(EXIT_OK),
         Some(GoneEnd::Gone) => {
-            if !json {
+            if !args.output.json() {
                 crate::outln!("{id}: the daemon removed its records and observed.json");
             }
             Ok(EXIT_OK)
         }
-        Some(GoneEnd::TimedOut { left }) => Err(Failure::new(
-            EXIT_TIMEOUT,
-            format!(
-                "{id}: timed out after {} waiting for the clean-up (is `svc-handler run --prefix {}` running?); still there: {}",
-                human_duration(args.timeout),
-                ctx.layout.prefix(),
-                left.join(", ")
-            ),
-        )),
+        Some(GoneEnd::TimedOut { left, last }) => {
+            // The daemon's own words when it tried and failed; else the
+            // hint that it may not run.
+            let why = match last.filter(|o| o.status != Status::Applied) {
+                Some(o) => format!("the daemon could not finish: {}", super::wait::describe(&o)),
+                None => format!(
+                    "is `svc-handler run --prefix {}` running?",
+                    ctx.layout.prefix()
+                ),
+            };
+            Err(Failure::new(
+                EXIT_TIMEOUT,
+                format!(
+                    "{id}: timed out after {} waiting for the clean-up ({why}); still there: {}",
+                    human_duration(args.timeout),
+                    left.join(", ")
+                ),
+            ))
+        }
     }
 }

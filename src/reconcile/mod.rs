@@ -530,7 +530,7 @@ impl Reconciler {
             };
         }
         if let Err(f) = run.execute(&plan, None).await {
-            return Finished::failed(f, None);
+            return self.delete_failed(run, current, f).await;
         }
         let layout = self.layout();
         let mut ops: Vec<TxnKvOp> = Kind::ALL
@@ -553,6 +553,40 @@ impl Reconciler {
                 objects: None,
             },
             Err(f) => Finished::failed(f, None),
+        }
+    }
+
+    /// A deletion Consul refused part of (another service's router still
+    /// needs this one's protocol, say): observed.json tells it, with the
+    /// objects still there, instead of the `applied` of the last generation.
+    async fn delete_failed(&self, run: &mut Run<'_>, current: &Current, f: Fail) -> Finished {
+        if f.lock_lost {
+            return Finished::failed(f, None);
+        }
+        run.generation = current.observed.as_ref().map_or(0, |o| o.generation);
+        let message = format!("base.json is gone, but {}", f.message);
+        let observed = self.observed(
+            run,
+            f.status,
+            Some(message),
+            Some(f.step),
+            Instant::now(),
+            f.retry,
+        );
+        let mut extra = vec![run.fence.unlock_op()];
+        if !current
+            .observed
+            .as_ref()
+            .is_some_and(|p| p.same_outcome(&observed))
+        {
+            let value = serde_json::to_vec(&observed).expect("observed serializes");
+            let key = self.layout().observed_key(run.id);
+            extra.insert(0, TxnKvOp::Set { key, value });
+        }
+        let released = run.fence.flush(Step::Delete, extra).await.is_ok();
+        Finished {
+            released,
+            ..Finished::failed(f, None)
         }
     }
 
