@@ -132,7 +132,7 @@ fn daemon_config(cli: &Cli, args: &RunArgs) -> Result<(Settings, DaemonConfig), 
 
 /// `run --once`: exits 1 when any service ends in error or a key is invalid.
 async fn run_once(daemon: &Daemon) -> Result<ExitCode, String> {
-    let summary = daemon.run_once().await.map_err(|e| e.to_string())?;
+    let summary = daemon.run_once().await?;
     tracing::info!(
         applied = summary.applied,
         unchanged = summary.unchanged,

@@ -601,7 +601,11 @@ pub fn link_change(
     };
     c.budget(mine, untouched);
     let moving = record.is_none_or(|r| r.name != name);
-    c.drift = c.action.writes() && !moving && record.is_some_and(|r| r.generation == generation);
+    // Drift is a change to a link this generation verified; the intent
+    // record written before a first link (never verified) is not one.
+    c.drift = c.action.writes()
+        && !moving
+        && record.is_some_and(|r| r.generation == generation && !r.verified_at.is_empty());
     if c.action.writes() && moving {
         let mut intent = Record::link(
             t.id,

@@ -383,6 +383,24 @@ async fn a_token_that_cannot_read_the_prefix_is_never_ready() {
         "{stderr}"
     );
 
+    // `run --once` refuses the same way, and does nothing.
+    let once = Command::new(env!("CARGO_BIN_EXE_svc-handler"))
+        .args(["run", "--once", "--http-addr", &agent.url()])
+        .env("CONSUL_HTTP_TOKEN_FILE", &tf)
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&once.stderr);
+    assert_eq!(once.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write keys under svc-handler/"),
+        "{stderr}"
+    );
+    assert!(
+        observed(&root, &layout, &id).await.is_none(),
+        "run --once did something"
+    );
+
     std::fs::write(&token_file, format!("{good}\n")).unwrap();
     d.signal(libc::SIGHUP);
     d.wait_ready(Duration::from_secs(30)).await;

@@ -138,6 +138,12 @@ impl Daemon {
                 Ok((entries, meta)) => {
                     self.drift_budget_spend(meta.body_bytes);
                     lp.answered(&meta);
+                    // The table's index is never below an entry this
+                    // instance wrote, in one history of Consul; below it,
+                    // Consul was wiped or restored: that write is not its.
+                    if meta.index < self.own_writes.load(Ordering::Relaxed) {
+                        self.own_writes.store(0, Ordering::Relaxed);
+                    }
                     if !std::mem::replace(&mut started, true) {
                         continue; // the startup sync checks everything anyway
                     }

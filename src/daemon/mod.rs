@@ -200,8 +200,16 @@ impl Daemon {
 
     /// `run --once`: reconciles every service present (and prunes services
     /// whose base.json is gone), then returns what happened.
-    pub async fn run_once(&self) -> Result<OnceSummary, ConsulError> {
+    pub async fn run_once(&self) -> Result<OnceSummary, String> {
         self.reconciler.detect_consul_version().await;
+        // As `run`: nothing is done with a token that cannot read and write
+        // the prefix (a filtered, empty listing would read as "nothing to do").
+        self.check_access().await.map_err(|e| e.to_string())?;
+        self.once().await.map_err(|e| e.to_string())
+    }
+
+    /// [`Daemon::run_once`] once the token's access is known to suffice.
+    async fn once(&self) -> Result<OnceSummary, ConsulError> {
         let prefix = self.cfg.layout.desired_prefix();
         let (pairs, _) = self
             .client

@@ -631,3 +631,28 @@ fn a_scope_consul_refuses_is_invalid_and_its_deletion_only_forgets() {
     assert!(gone.forget, "{gone:#?}");
     assert!(!gone.changes.iter().any(|c| c.action.writes()), "{gone:#?}");
 }
+
+#[test]
+fn a_first_link_is_not_drift_though_its_intent_is_recorded() {
+    let id = web();
+    let t = Target {
+        id: &id,
+        base_key: KEY,
+    };
+    let spec = parse(json!({"terminating_gateway": {"Gateway": "b", "SNI": "x"}}));
+    let want = spec.terminating_gateway.clone().unwrap();
+    let first = link_change(&t, &want, false, None, None, GEN);
+    let intent = first
+        .intent
+        .clone()
+        .expect("an intent before the first link");
+    // As the gateway's committer plans it again, with the intent queued.
+    let again = link_change(&t, &want, false, None, Some(&intent), GEN);
+    assert!(again.action.writes() && !again.drift, "{again:#?}");
+    // A link this generation verified, then taken out by hand: drift.
+    let mut verified = intent;
+    verified.verified_at = "2026-11-28T00:00:00Z".into();
+    let gw = gateway("b", &[], 30);
+    let lost = link_change(&t, &want, false, Some(&gw), Some(&verified), GEN);
+    assert!(lost.action.writes() && lost.drift, "{lost:#?}");
+}
