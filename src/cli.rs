@@ -204,6 +204,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Delete a service's base.json; the daemon then removes what it owns.
     Delete(DeleteArgs),
+    /// Write base.json from the entries already in Consul (with "adopt": true), where there is none.
+    Import(ImportArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -300,6 +302,26 @@ pub struct DiffArgs {
     /// Compare this base.json instead of the one in Consul KV; `-` reads standard input.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ImportArgs {
+    /// The services to import: NAME, NAMESPACE/NAME or PARTITION/NAMESPACE/NAME.
+    #[arg(
+        value_name = "SERVICE",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub services: Vec<String>,
+    /// Every service with a service-defaults, service-resolver or
+    /// service-router that carries no ownership mark, in the client's scope.
+    #[arg(long)]
+    pub all: bool,
+    /// Print the documents; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -739,6 +739,60 @@ fn delete_wait_tells_why_the_clean_up_does_not_finish() {
     assert_eq!(r.code, 0, "{r:?}");
 }
 
+/// Entries made by hand (and a link in a gateway), imported: base.json
+/// written from them with adopt, the daemon takes them over without
+/// changing a field; a second import does not overwrite; --dry-run writes
+/// nothing.
+#[test]
+fn import_writes_base_json_from_what_is_there() {
+    let w = world("import");
+    let legacy = w.name("legacy");
+    let gw = w.name("egress");
+    let put = |v: Value| block_on(async { shared().client().config_put(&v).await.unwrap() });
+    put(json!({"Kind": "service-defaults", "Name": legacy, "Protocol": "http"}));
+    put(
+        json!({"Kind": "service-resolver", "Name": legacy, "ConnectTimeout": "15s",
+        "DefaultSubset": "v1", "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}}}),
+    );
+    put(json!({"Kind": "terminating-gateway", "Name": gw,
+        "Services": [{"Name": legacy, "SNI": "legacy.example.com"}]}));
+
+    let other = w.name("other");
+    put(json!({"Kind": "service-defaults", "Name": other, "Protocol": "grpc"}));
+    let r = w.run(&["import", &other, "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("\"grpc\""), "{r:?}");
+    assert!(kv_value(&w.base_key(&other)).is_none(), "--dry-run wrote");
+
+    let r = w.run(&["import", &legacy]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc: Value = serde_json::from_slice(&kv_value(&w.base_key(&legacy)).unwrap()).unwrap();
+    assert_eq!(doc["adopt"], true, "{doc}");
+    assert_eq!(doc["resolver"]["DefaultSubset"], "v1", "{doc}");
+    assert_eq!(doc["terminating_gateway"]["Gateway"], gw.as_str(), "{doc}");
+    assert_eq!(
+        doc["terminating_gateway"]["SNI"], "legacy.example.com",
+        "{doc}"
+    );
+    let before = entry("service-resolver", &legacy).unwrap();
+
+    let _d = w.daemon();
+    let r = w.run(&["wait", &legacy, "--timeout", "30s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let after = entry("service-resolver", &legacy).unwrap();
+    assert_eq!(after["Meta"]["managed-by"], "svc-handler", "{after}");
+    for field in ["ConnectTimeout", "DefaultSubset", "Subsets"] {
+        assert_eq!(after[field], before[field], "{field} changed");
+    }
+
+    let r = w.run(&["import", &legacy]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("is already svc-handler's") || r.stdout.contains("exists"),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn status_and_diff_of_nothing() {
     let w = world("empty");

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod delete;
 pub mod diff;
+pub mod import;
 pub mod output;
 pub mod status;
 pub mod validate;
@@ -88,6 +89,7 @@ pub async fn dispatch(cli: &Cli) -> Exit {
             diff::run(&ctx, args).await
         }
         Command::Delete(args) => delete::run(&Ctx::new(cli)?, args).await,
+        Command::Import(args) => import::run(&Ctx::new(cli)?, args).await,
     }
 }
 
