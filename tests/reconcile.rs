@@ -31,6 +31,19 @@ impl ReconcileOnce for Reconciler {
     }
 }
 
+/// A failed outcome's status, step and message (a panic for any other).
+fn failure(r: &Report) -> (Status, &'static str, &str) {
+    match &r.outcome {
+        Outcome::Failed {
+            status,
+            step,
+            message,
+            ..
+        } => (*status, step.as_str(), message),
+        _ => panic!("not a failure: {r:?}"),
+    }
+}
+
 /// A test's own world: a KV prefix, fresh metrics, unique service names.
 struct World {
     client: Client,
@@ -368,20 +381,12 @@ async fn router_on_tcp_is_refused_before_any_write_until_the_protocol_is_fixed()
     spec["defaults"]["Protocol"] = json!("tcp");
     let generation = w.put(&id, &spec).await;
     let r = w.rec.reconcile_once(&id, true).await;
-    let Outcome::Failed {
-        status,
-        step,
-        message,
-        ..
-    } = &r.outcome
-    else {
-        panic!("{r:?}")
-    };
+    let (status, step, message) = failure(&r);
     // Foreseen before the first write (preflight), final for the
     // generation, in Consul's own words; nothing written at all.
-    assert_eq!(*status, Status::Invalid);
+    assert_eq!(status, Status::Invalid);
     assert!(matches!(r.outcome, Outcome::Failed { retry: false, .. }));
-    assert_eq!(step.as_str(), "preflight");
+    assert_eq!(step, "preflight");
     assert!(
         message.contains("does not permit advanced routing"),
         "Consul's words: {message}"
@@ -483,16 +488,8 @@ async fn unowned_entry_is_a_conflict_until_adopted() {
     let before = w.entry("service-defaults", &id.name).await.unwrap();
     w.put(&id, &json!({"defaults": {"Protocol": "http"}})).await;
     let r = w.rec.reconcile_once(&id, true).await;
-    let Outcome::Failed {
-        status,
-        step,
-        message,
-        ..
-    } = &r.outcome
-    else {
-        panic!("{r:?}")
-    };
-    assert_eq!((*status, step.as_str()), (Status::Conflict, "defaults"));
+    let (status, step, message) = failure(&r);
+    assert_eq!((status, step), (Status::Conflict, "defaults"));
     assert!(message.contains("adopt"), "{message}");
     let after = w.entry("service-defaults", &id.name).await.unwrap();
     assert_eq!(after, before, "the unowned entry is unchanged");
@@ -552,16 +549,8 @@ async fn adopting_never_drops_fields_it_did_not_write() {
     )
     .await;
     let r = w.rec.reconcile_once(&id, true).await;
-    let Outcome::Failed {
-        status,
-        step,
-        message,
-        ..
-    } = &r.outcome
-    else {
-        panic!("{r:?}")
-    };
-    assert_eq!((*status, step.as_str()), (Status::Conflict, "resolver"));
+    let (status, step, message) = failure(&r);
+    assert_eq!((status, step), (Status::Conflict, "resolver"));
     for field in ["ConnectTimeout", "DefaultSubset", "Subsets"] {
         assert!(message.contains(field), "{message}");
     }
