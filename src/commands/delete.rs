@@ -12,8 +12,7 @@ use super::{
 use crate::cli::DeleteArgs;
 use crate::consul::{ConsulError, QueryOptions};
 use crate::keys::ServiceId;
-use crate::plan::{self, Action, Desired, Target};
-use crate::reconcile::read_current;
+use crate::plan::{Action, Desired};
 use crate::records::{Observed, Status};
 use crate::watch::next_index;
 
@@ -196,13 +195,7 @@ struct DeleteReport<'a> {
 /// `terminating-gateway/<gw>#<service>` for a link it takes out. Entries it
 /// does not own are not in the list (it leaves them).
 pub async fn removals(ctx: &Ctx, id: &ServiceId) -> Result<Vec<String>, ConsulError> {
-    let (current, _) = read_current(&ctx.client, &ctx.layout, id, None).await?;
-    let base_key = ctx.layout.base_key(id);
-    let t = Target {
-        id,
-        base_key: &base_key,
-    };
-    let plan = plan::plan(&t, &Desired::Gone { prune: true }, &current);
+    let plan = super::diff::read_and_plan(ctx, id, None, |_| Desired::Gone { prune: true }).await?;
     Ok(plan
         .changes
         .iter()

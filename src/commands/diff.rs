@@ -10,7 +10,7 @@ use crate::cli::DiffArgs;
 use crate::consul::ConsulError;
 use crate::entries;
 use crate::keys::ServiceId;
-use crate::plan::{self, Action, Change, Desired, Plan, Target};
+use crate::plan::{self, Action, Change, Current, Desired, Plan, Target};
 use crate::reconcile::read_current;
 use crate::spec::{self, Spec};
 
@@ -95,19 +95,30 @@ pub async fn plan(
     spec: &Spec,
     from_file: bool,
 ) -> Result<Plan, ConsulError> {
-    let (current, _) = read_current(&ctx.client, &ctx.layout, id, Some(spec)).await?;
+    read_and_plan(ctx, id, Some(spec), |current| {
+        let stored = current.generation.unwrap_or(0);
+        let generation = if from_file { stored + 1 } else { stored };
+        Desired::Spec { spec, generation }
+    })
+    .await
+}
+
+/// The reconcile's own plan for `id`, from a fresh read of what it reads
+/// (`spec`: the document to plan toward, when not base.json as stored) and
+/// the desired state `desired` makes of it.
+pub async fn read_and_plan<'a>(
+    ctx: &Ctx,
+    id: &ServiceId,
+    spec: Option<&'a Spec>,
+    desired: impl FnOnce(&Current) -> Desired<'a>,
+) -> Result<Plan, ConsulError> {
+    let (current, _) = read_current(&ctx.client, &ctx.layout, id, spec).await?;
     let base_key = ctx.layout.base_key(id);
     let t = Target {
         id,
         base_key: &base_key,
     };
-    let stored = current.generation.unwrap_or(0);
-    let generation = if from_file { stored + 1 } else { stored };
-    Ok(plan::plan(
-        &t,
-        &Desired::Spec { spec, generation },
-        &current,
-    ))
+    Ok(plan::plan(&t, &desired(&current), &current))
 }
 
 /// The diffs of the entries that change, coloured on a terminal.

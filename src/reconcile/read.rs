@@ -82,6 +82,11 @@ async fn read(
     let (observed, _) = client.kv_get(&layout.observed_key(id), &consistent).await?;
     current.observed = observed.and_then(|o| serde_json::from_slice::<Observed>(&o.value).ok());
 
+    // base.json parsed once, when the caller did not bring its spec.
+    let parsed: Parsed = match (spec, &base) {
+        (Some(_), _) | (_, None) => None,
+        (None, Some(bytes)) => Some(parse(bytes)),
+    };
     let scoped = client.scoped(Scope::new(id.partition.clone(), id.namespace.clone()));
     for kind in Kind::OWN {
         match scoped
@@ -96,19 +101,11 @@ async fn read(
             // entry can be there; nothing more is read in that scope.
             Err(e) if e.is_enterprise_only() => {
                 current.unsupported = Some(e.to_string());
-                let parsed: Parsed = match (spec, &base) {
-                    (None, Some(bytes)) => Some(parse(bytes)),
-                    _ => None,
-                };
                 return Ok((current, base, parsed));
             }
             Err(e) => return Err(e),
         }
     }
-    let parsed: Parsed = match (spec, &base) {
-        (Some(_), _) | (_, None) => None,
-        (None, Some(bytes)) => Some(parse(bytes)),
-    };
     let spec = spec.or(parsed.as_ref().and_then(|p| p.as_ref().ok()));
     let names = Current::gateways_involved(spec, &current.records);
     current.gateways = read_gateways(&scoped, &names).await?;
