@@ -87,7 +87,7 @@ fn err(context: &str) -> impl Fn(svc_handler::consul::ConsulError) -> String + '
 // ---------------------------------------------------------------- settings
 
 /// The variables of the header, for the report.
-const VARIABLES: [(&str, &str, &str, &str); 15] = [
+const VARIABLES: [(&str, &str, &str, &str); 17] = [
     (
         "BENCH_CEILING_SECS",
         "seconds per ceiling measurement",
@@ -167,6 +167,18 @@ const VARIABLES: [(&str, &str, &str, &str); 15] = [
         "250",
     ),
     (
+        "BENCH_WORLD",
+        "sizes (services present) for \"Cost as the world grows\", comma-separated",
+        "100,5000,20000",
+        "5,20",
+    ),
+    (
+        "BENCH_WORLD_GAP_MS",
+        "pause before each change there",
+        "300",
+        "50",
+    ),
+    (
         "BENCH_WORKERS",
         "the daemon's `--workers`",
         "its default (4)",
@@ -198,7 +210,20 @@ struct Sizes {
     idle_gap: Duration,
     /// The same for the changes with the steady-state services present.
     steady_gap: Duration,
+    /// Services present for each row of "Cost as the world grows".
+    world: Vec<usize>,
+    /// Pause before each change there.
+    world_gap: Duration,
     output: Option<PathBuf>,
+}
+
+fn world_sizes(quick: bool) -> Res<Vec<usize>> {
+    let text = std::env::var("BENCH_WORLD")
+        .unwrap_or_else(|_| if quick { "5,20" } else { "100,5000,20000" }.to_string());
+    text.split(',')
+        .map(|n| n.trim().parse::<usize>().map(|n| n.max(1)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("BENCH_WORLD={text:?}: {e}"))
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Res<T> {
@@ -234,6 +259,11 @@ impl Sizes {
             steady_gap: Duration::from_millis(env_num(
                 "BENCH_STEADY_GAP_MS",
                 if quick { 250 } else { 3000 },
+            )?),
+            world: world_sizes(quick)?,
+            world_gap: Duration::from_millis(env_num(
+                "BENCH_WORLD_GAP_MS",
+                if quick { 50 } else { 300 },
             )?),
             workers: match std::env::var("BENCH_WORKERS") {
                 Ok(_) => Some(env_num("BENCH_WORKERS", 4)?.max(1)),
@@ -776,6 +806,22 @@ struct Steady {
     drift_list_bytes: f64,
 }
 
+/// One row of "Cost as the world grows": single changes with `services`
+/// present, per change.
+struct WorldRow {
+    services: usize,
+    changes: usize,
+    to_observed: Dist,
+    /// Every byte the daemon read from Consul.
+    bytes: f64,
+    /// What the desired watch read (shards and guard).
+    watch_bytes: f64,
+    daemon_cpu: f64,
+    consul_cpu: f64,
+    rss: Option<u64>,
+    shards: f64,
+}
+
 #[derive(Default)]
 struct Results {
     cores: usize,
@@ -786,6 +832,7 @@ struct Results {
     back_to_back: Option<Dist>,
     bulk: Option<Bulk>,
     steady: Option<Steady>,
+    world: Vec<WorldRow>,
     baseline: Option<Baseline>,
     parts: Vec<(String, Duration)>,
 }
@@ -1397,6 +1444,90 @@ async fn run(agent: &Agent, sizes: &Sizes, r: &mut Results) -> Res<()> {
     daemon_latency_and_bulk(agent, &client, sizes, r).await?;
     baseline(agent, &client, sizes, r).await?;
     steady_state(agent, &client, sizes, r).await?;
+    for &n in &sizes.world {
+        world(agent, &client, sizes, n, r).await?;
+    }
+    Ok(())
+}
+
+/// "Cost as the world grows": `n` services applied by one daemon, then
+/// single changes to random ones, `world_gap` apart, each timed from the
+/// put to observed.json; Consul's and the daemon's CPU from /proc.
+async fn world(
+    agent: &Agent,
+    client: &Client,
+    sizes: &Sizes,
+    n: usize,
+    r: &mut Results,
+) -> Res<()> {
+    let t = Instant::now();
+    let prefix = format!("bench/world-{n}");
+    let layout = Layout::new(&prefix).expect("a valid prefix");
+    let names: Vec<String> = (0..n).map(|i| format!("w{n}-{i}")).collect();
+    let d = start_daemon(&agent.url(), &prefix, &format!("bench-w{n}"), sizes);
+    wait_ready(
+        &d,
+        sizes.deadline(Duration::from_secs(60), Duration::from_secs(30)),
+    )
+    .await?;
+    let items = (names.iter())
+        .map(|name| {
+            let v = simple_spec("5s");
+            (layout.base_key(&sid(name)), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    let set: HashSet<String> = names.iter().cloned().collect();
+    let deadline = sizes.deadline(
+        Duration::from_secs(120 + n as u64 / 4),
+        Duration::from_secs(30),
+    );
+    let (p, w) = tokio::join!(
+        put_all(client, items, sizes.put_concurrency),
+        wait_all_applied(client, &layout, &set, None, deadline)
+    );
+    p?;
+    w.map_err(|e| format!("world {n} setup: {e}\n{}", tail(&d)))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, consul0) = (
+        Scrape::of(&d).await?,
+        cpu_seconds(agent.pid()).unwrap_or(0.0),
+    );
+    let mut obs = Vec::new();
+    for k in 0..sizes.watch_changes {
+        tokio::time::sleep(sizes.world_gap).await;
+        let name = &names[(k * 7919 + 1) % names.len()];
+        let timeout = timeout_for(k);
+        let deadline = sizes.deadline(Duration::from_secs(60), Duration::from_secs(20));
+        let spec = simple_spec(&timeout);
+        let (o, _) = timed_change(client, &layout, name, &spec, &timeout, true, deadline)
+            .await
+            .map_err(|e| format!("world {n} change {k}: {e}\n{}", tail(&d)))?;
+        obs.push(o.expect("measured"));
+    }
+    let (after, consul1) = (
+        Scrape::of(&d).await?,
+        cpu_seconds(agent.pid()).unwrap_or(0.0),
+    );
+    let x = delta(&before, &after);
+    let c = sizes.watch_changes as f64;
+    let watch = |s: &Scrape| s.bytes(Some("kv.list")) + s.bytes(Some("kv.keys"));
+    r.world.push(WorldRow {
+        services: n,
+        changes: sizes.watch_changes,
+        to_observed: dist(&obs),
+        bytes: x.all_bytes / c,
+        watch_bytes: (watch(&after) - watch(&before)) / c,
+        daemon_cpu: x.cpu / c,
+        consul_cpu: (consul1 - consul0) / c,
+        rss: peak_rss(d.pid()),
+        shards: after
+            .0
+            .get("svc_handler_watch_shards")
+            .copied()
+            .unwrap_or(0.0),
+    });
+    stop_daemon(d).await;
+    r.parts.push((format!("world {n}"), t.elapsed()));
     Ok(())
 }
 

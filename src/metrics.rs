@@ -45,6 +45,7 @@ pub struct Metrics {
     pub watch_wakeups: IntCounter,
     pub watch_errors: IntCounter,
     pub watch_index: IntGauge,
+    pub watch_shards: IntGauge,
     pub watch_last_success: Gauge,
     pub services: IntGaugeVec,
     pub consul_requests: IntCounterVec,
@@ -124,6 +125,10 @@ const WATCH_ERRORS: Def = Def(
 const WATCH_INDEX: Def = Def(
     "svc_handler_watch_index",
     "The X-Consul-Index the watch waits past.",
+);
+const WATCH_SHARDS: Def = Def(
+    "svc_handler_watch_shards",
+    "Blocking queries the desired prefix is watched with (its shards).",
 );
 const WATCH_LAST_SUCCESS: Def = Def(
     "svc_handler_watch_last_success_timestamp_seconds",
@@ -237,6 +242,7 @@ impl Metrics {
             watch_wakeups: b.counter(WATCH_WAKEUPS),
             watch_errors: b.counter(WATCH_ERRORS),
             watch_index: b.int_gauge(WATCH_INDEX),
+            watch_shards: b.int_gauge(WATCH_SHARDS),
             watch_last_success: b.gauge(WATCH_LAST_SUCCESS),
             services: b.int_gauge_vec(SERVICES, &["status"]),
             consul_requests: b.counter_vec(CONSUL_REQUESTS, &["op", "code"]),
@@ -349,6 +355,7 @@ mod tests {
             "svc_handler_watch_wakeups_total",
             "svc_handler_watch_errors_total",
             "svc_handler_watch_index",
+            "svc_handler_watch_shards",
             "svc_handler_watch_last_success_timestamp_seconds",
             "svc_handler_services{status=\"conflict\"}",
             "svc_handler_consul_requests_total{code=\"200\",op=\"kv.get\"}",

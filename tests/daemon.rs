@@ -925,3 +925,124 @@ async fn an_empty_prefix_is_ready_at_once_and_services_are_counted_by_status() {
     assert_eq!(d.metric(&series("invalid")).await, 1.0);
     assert_eq!(d.readyz().await, Some(200), "still ready");
 }
+
+/// Writes base.json of every service in `ids` at once with `body`.
+async fn put_all(f: &Fixture, ids: &[ServiceId], body: &Value) {
+    let mut puts = tokio::task::JoinSet::new();
+    for chunk in ids.chunks(20) {
+        let (c, layout, chunk) = (f.client.clone(), f.layout.clone(), chunk.to_vec());
+        let body = body.to_string();
+        puts.spawn(async move {
+            for id in chunk {
+                c.kv_put(&layout.base_key(&id), body.as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(r) = puts.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// True once every service in `ids` has neither entries nor observed.json.
+async fn all_gone(f: &Fixture, ids: &[ServiceId], timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        for id in ids {
+            if f.observed(id).await.is_some()
+                || f.entry("service-defaults", &id.name).await.is_some()
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+}
+
+/// With more services than one shard holds, the desired prefix is watched
+/// in shards. While shards are laid out again (new names outside every
+/// shard, a shard grown past its bound, the tree shrunk to one shard), and
+/// writes keep coming, no change is missed: every new, changed and deleted
+/// service ends as its base.json says.
+#[tokio::test]
+async fn the_sharded_watch_misses_no_change_while_shards_split_and_merge() {
+    let f = Fixture::new("shards", shared());
+    let http = json!({"defaults": {"Protocol": "http"}});
+    let first: Vec<ServiceId> = (0..200).map(|i| f.id(&format!("web{i:03}"))).collect();
+    put_all(&f, &first, &http).await;
+    let d = f.start("d1", &[], &[]);
+    assert!(
+        f.all_applied(&first, Duration::from_secs(180)).await,
+        "first 200 not applied:\n{}",
+        d.log_tail(40)
+    );
+    let split = d.metric("svc_handler_watch_shards").await;
+    assert!(split > 1.0, "200 services in {split} shard(s)");
+
+    // At the same time: 100 services under names no shard covers, 50
+    // changed, 20 deleted.
+    let letters = ['a', 'b', 'k', 'q', 'z'];
+    let new: Vec<ServiceId> = (0..100)
+        .map(|i| f.id(&format!("{}n{i}", letters[i % letters.len()])))
+        .collect();
+    let grpc = json!({"defaults": {"Protocol": "grpc"}});
+    let (changed, deleted) = (&first[..50], &first[150..170]);
+    let deletes = async {
+        for id in deleted {
+            f.client.kv_delete(&f.layout.base_key(id)).await.unwrap();
+        }
+    };
+    tokio::join!(
+        put_all(&f, &new, &http),
+        put_all(&f, changed, &grpc),
+        deletes
+    );
+
+    let kept: Vec<ServiceId> = (first.iter().chain(&new))
+        .filter(|id| !deleted.contains(id))
+        .cloned()
+        .collect();
+    assert!(
+        f.all_applied(&kept, Duration::from_secs(180)).await,
+        "a change was missed:\n{}",
+        d.log_tail(60)
+    );
+    for id in changed {
+        let e = f.entry("service-defaults", &id.name).await.unwrap();
+        assert_eq!(e["Protocol"], "grpc", "{id}");
+    }
+    assert!(
+        all_gone(&f, deleted, Duration::from_secs(60)).await,
+        "deletions missed"
+    );
+    assert!(
+        d.log_text().contains("laid out again"),
+        "the new names did not make a new layout:\n{}",
+        d.log_tail(40)
+    );
+
+    // Shrink to ten services: one shard again, and it still sees changes.
+    let (rest, gone) = kept.split_at(10);
+    for id in gone {
+        f.client.kv_delete(&f.layout.base_key(id)).await.unwrap();
+    }
+    assert!(
+        all_gone(&f, gone, Duration::from_secs(180)).await,
+        "deletions missed"
+    );
+    let merged = eventually(Duration::from_secs(60), || async {
+        d.metric("svc_handler_watch_shards").await == 1.0
+    })
+    .await;
+    assert!(
+        merged,
+        "still {} shards",
+        d.metric("svc_handler_watch_shards").await
+    );
+    put_all(&f, rest, &grpc).await;
+    assert!(
+        f.all_applied(rest, Duration::from_secs(60)).await,
+        "change after the merge missed"
+    );
+}

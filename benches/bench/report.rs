@@ -15,6 +15,7 @@ pub fn render(r: &Results, sizes: &Sizes, total: Duration, failure: Option<&str>
     throughput(&mut o, r, sizes);
     steady_state(&mut o, r, sizes);
     watch_cost(&mut o, r, sizes);
+    world(&mut o, r, sizes);
     drift(&mut o, r, sizes);
     baseline(&mut o, r);
     sizes_and_parts(&mut o, r);
@@ -535,6 +536,54 @@ fn watch_cost(o: &mut String, r: &Results, sizes: &Sizes) {
             }
         }
     }
+}
+
+/// 5a. Cost as the world grows: the same single change with more and more
+/// services present, against the targets of issue 13.
+fn world(o: &mut String, r: &Results, sizes: &Sizes) {
+    let Some(small) = r.world.first() else { return };
+    let _ = writeln!(o, "\n## 5a. Cost as the world grows\n");
+    let _ = writeln!(
+        o,
+        "For each size, one daemon applied that many simple services (written {} at a time), \
+         then {} single changes to services picked across them, {} ms apart, each timed from \
+         the base.json put to observed.json showing it applied. Per change: every byte the daemon \
+         read from Consul (`svc_handler_consul_response_bytes_total`, all operations), of it what \
+         `kv.list` and `kv.keys` read (the watch's shards and guard, and each reconcile's read of \
+         its service folder), the daemon's and the Consul agent's CPU from /proc. RSS is the daemon's \
+         peak (VmHWM, the setup included). Ratios are against the smallest size, in this run. \
+         The services of earlier rows and of part 4 stay in Consul.\n",
+        sizes.put_concurrency,
+        small.changes,
+        sizes.world_gap.as_millis()
+    );
+    let _ = writeln!(
+        o,
+        "| services | shards | p50 | p99 | read / change | kv.list+keys / change | daemon CPU / change | Consul CPU / change (× smallest) | daemon peak RSS |"
+    );
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for w in &r.world {
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {} | {} | {} | {} | {:.1} ms | {:.1} ms ({}) | {} |",
+            w.services,
+            w.shards,
+            ms(w.to_observed.p50),
+            ms(w.to_observed.p99),
+            bytes(w.bytes),
+            bytes(w.watch_bytes),
+            1000.0 * w.daemon_cpu,
+            1000.0 * w.consul_cpu,
+            ratio(w.consul_cpu, small.consul_cpu),
+            w.rss.map(|b| bytes(b as f64)).unwrap_or_else(|| "–".into())
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nTargets (issue 13): p50 ≤ 20 ms and p99 ≤ 60 ms at every size; ≤ 64 KiB read per change; \
+         Consul CPU per change at the largest size ≤ 2× the smallest's; RSS ≤ 64 MiB at 5,000 and \
+         ≤ 128 MiB at 20,000."
+    );
 }
 
 /// 5b. Drift correction with the steady-state services present.

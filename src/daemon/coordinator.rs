@@ -20,8 +20,13 @@ use crate::watch::{self, Snapshot};
 /// What the coordinator hears.
 #[derive(Debug)]
 pub enum Event {
-    /// A listing of the desired prefix.
+    /// A listing of the whole desired prefix (the first one, and after the
+    /// watch lost track).
     Listing(Snapshot),
+    /// Part of the desired prefix read again (one shard, or the shards a
+    /// new layout moved): what the last reads of those keys held, and what
+    /// they hold now.
+    Part { old: Snapshot, new: Snapshot },
     /// A listing of every config entry of one kind (the drift watches).
     Entries(Kind, Vec<ConfigEntry>),
     /// The periodic resync is due.
@@ -93,6 +98,7 @@ impl Coordinator {
         let mut out = Vec::new();
         match event {
             Event::Listing(snap) => self.on_listing(snap, now, &mut out),
+            Event::Part { old, new } => self.on_part(old, new, now, &mut out),
             Event::Entries(kind, entries) => self.on_entries(kind, &entries, &mut out),
             Event::Resync => self.on_resync(&mut out),
             Event::Done(report, action) => self.on_done(report, action, now, &mut out),
@@ -107,8 +113,8 @@ impl Coordinator {
     }
 
     fn on_listing(&mut self, snap: Snapshot, now: Instant, out: &mut Vec<Command>) {
-        let changes = watch::diff(self.previous.as_ref(), &snap);
-        for (key, reason, generation) in changes.invalid {
+        let mut changes = watch::diff(self.previous.as_ref(), &snap);
+        for (key, reason, generation) in std::mem::take(&mut changes.invalid) {
             out.push(Command::ReportInvalidKey {
                 key,
                 reason,
@@ -131,19 +137,51 @@ impl Coordinator {
                 self.enqueue(id, out);
             }
         } else {
-            for (id, generation) in changes.changed {
-                self.seen.insert(id.clone(), (generation, now));
-                self.enqueue(id, out);
-            }
-            for id in changes.gone {
-                self.seen.remove(&id);
-                if let Some(cmd) = self.remembered_link(&id, &snap) {
-                    out.push(cmd);
-                }
-                self.enqueue(id, out);
-            }
+            self.take_changes(changes, &snap, now, out);
         }
         self.previous = Some(snap);
+    }
+
+    /// A shard read again: the same as a listing, for the keys it owns.
+    fn on_part(&mut self, old: Snapshot, new: Snapshot, now: Instant, out: &mut Vec<Command>) {
+        if self.previous.is_none() {
+            return; // the first whole listing is always sent first
+        }
+        let mut changes = watch::diff(Some(&old), &new);
+        for (key, reason, generation) in std::mem::take(&mut changes.invalid) {
+            out.push(Command::ReportInvalidKey {
+                key,
+                reason,
+                generation,
+            });
+        }
+        self.take_changes(changes, &new, now, out);
+        if let Some(previous) = self.previous.as_mut() {
+            previous.remove_part(&old);
+            previous.add_part(new);
+        }
+    }
+
+    /// Queues changed and gone services (`next` holds what the watch sees
+    /// of them now; `self.previous` still what it saw before).
+    fn take_changes(
+        &mut self,
+        changes: watch::Changes,
+        next: &Snapshot,
+        now: Instant,
+        out: &mut Vec<Command>,
+    ) {
+        for (id, generation) in changes.changed {
+            self.seen.insert(id.clone(), (generation, now));
+            self.enqueue(id, out);
+        }
+        for id in changes.gone {
+            self.seen.remove(&id);
+            if let Some(cmd) = self.remembered_link(&id, next) {
+                out.push(cmd);
+            }
+            self.enqueue(id, out);
+        }
     }
 
     /// For a service gone from `next` whose link record the last listing

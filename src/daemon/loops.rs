@@ -11,22 +11,19 @@ use tokio::sync::{mpsc, watch as signal};
 use tokio::time::Instant;
 
 use super::coordinator::Event;
-use super::faults::FAULT_FREEZE_WATCH_ENV;
 use super::{notify, Daemon};
 use crate::consul::QueryOptions;
 
-/// The least time between two reads of the desired prefix.
-const WATCH_MIN_GAP: Duration = Duration::from_millis(5);
 use crate::http::Health;
 use crate::kind::Kind;
-use crate::watch::{drift_query, BlockingLoop, Snapshot};
+use crate::watch::{drift_query, BlockingLoop};
 
 /// Where the loops send their events.
 pub(super) type Events = mpsc::UnboundedSender<Event>;
 /// Turns `true` when the loops must stop.
 pub(super) type Stop = signal::Receiver<bool>;
 
-fn unix_now() -> f64 {
+pub(super) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -34,72 +31,6 @@ fn unix_now() -> f64 {
 }
 
 impl Daemon {
-    /// The blocking-query loop on the desired prefix.
-    pub(super) async fn watch_desired(self: Arc<Self>, events: Events, mut stop: Stop) {
-        let prefix = self.cfg.layout.desired_prefix();
-        // Limited by what it reads, not by a count of wake-ups: a change
-        // after idle, or right after the daemon's own record writes, is
-        // read at once.
-        let mut lp = BlockingLoop::by_cost(WATCH_MIN_GAP);
-        let mut outage_since: Option<Instant> = None;
-        loop {
-            self.health.beat();
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = lp.ready() => {}
-            }
-            let opts = lp.options(QueryOptions::consistent(), self.cfg.watch_wait);
-            let result = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                r = self.client.kv_list(&prefix, &opts) => r,
-            };
-            self.health.beat();
-            match result {
-                Ok((pairs, meta)) => {
-                    let previous = lp.answered(&meta);
-                    self.metrics.watch_wakeups.inc();
-                    self.metrics.watch_last_success.set(unix_now());
-                    if let Some(since) = outage_since.take() {
-                        tracing::info!(after = ?since.elapsed(), "Consul answers again; watching");
-                    }
-                    let index = lp.index();
-                    if index == 0 {
-                        tracing::info!(
-                            previous,
-                            returned = meta.index,
-                            "the watch index went backwards; re-reading"
-                        );
-                    }
-                    self.metrics.watch_index.set(index as i64);
-                    if index != previous || previous == 0 {
-                        let snap = Snapshot::from_pairs(&self.cfg.layout, &pairs);
-                        if events.send(Event::Listing(snap)).is_err() {
-                            return;
-                        }
-                    }
-                    if self.cfg.faults.freeze_watch {
-                        tracing::warn!("{FAULT_FREEZE_WATCH_ENV} is set: the watch loop freezes now (fault tests only)");
-                        std::future::pending::<()>().await;
-                    }
-                }
-                Err(e) => {
-                    self.metrics.watch_errors.inc();
-                    let delay = lp.failed();
-                    if outage_since.is_none() {
-                        outage_since = Some(Instant::now());
-                        tracing::error!(error = %e, retry_in = ?delay, "watch failed; Consul unreachable or erroring");
-                    } else {
-                        tracing::debug!(error = %e, retry_in = ?delay, "watch still failing");
-                    }
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-    }
-
     /// A blocking list of one config-entry kind, for the coordinator to find
     /// owned entries that no longer match their records. Consul 1.8 wakes it
     /// on any config write: it waits past this instance's own writes (for

@@ -5,6 +5,7 @@
 
 mod access;
 mod coordinator;
+mod desired;
 mod faults;
 mod loops;
 mod worker;

@@ -293,6 +293,12 @@ impl Agent {
     }
 
     /// `http://127.0.0.1:<port>`.
+    /// The agent's process id (for its CPU time in /proc).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.http)
     }

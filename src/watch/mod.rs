@@ -15,6 +15,8 @@ use crate::keys::{DesiredKey, Layout, ServiceId};
 use crate::kind::Kind;
 use serde::Deserialize;
 
+pub mod shards;
+
 /// The index to wait on after an answer carrying `returned`, per Consul's
 /// rules: an index that went backwards resets to 0 (the next read is a fresh,
 /// non-blocking one); otherwise never below 1, so that a blocking read never
@@ -103,6 +105,32 @@ impl Snapshot {
             .filter(|id| !snap.services.contains_key(id))
             .collect();
         snap
+    }
+
+    /// Takes out what `part` (a listing of one shard, or of several) holds:
+    /// its services, orphans, invalid keys and records.
+    pub fn remove_part(&mut self, part: &Snapshot) {
+        for id in part.services.keys() {
+            self.services.remove(id);
+        }
+        for id in &part.orphans {
+            self.orphans.remove(id);
+        }
+        for key in part.invalid.keys() {
+            self.invalid.remove(key);
+        }
+        for key in part.records.keys() {
+            self.records.remove(key);
+        }
+    }
+
+    /// Puts in what `part` holds. Shards own disjoint keys, and a service's
+    /// keys are always in one shard, so parts never overlap.
+    pub fn add_part(&mut self, part: Snapshot) {
+        self.services.extend(part.services);
+        self.orphans.extend(part.orphans);
+        self.invalid.extend(part.invalid);
+        self.records.extend(part.records);
     }
 }
 
@@ -383,6 +411,8 @@ pub struct BlockingLoop {
     bucket: Option<TokenBucket>,
     backoff: ExponentialBackoff,
     min_gap: Duration,
+    /// Pacing by size: the bytes a second the loop may read on average.
+    bytes_per_second: f64,
     asked: Instant,
     next_allowed: Instant,
 }
@@ -407,8 +437,18 @@ impl BlockingLoop {
             bucket: None,
             backoff: error_backoff(),
             min_gap,
+            bytes_per_second: WATCH_BYTES_PER_SECOND,
             asked: Instant::now(),
             next_allowed: Instant::now(),
+        }
+    }
+
+    /// Paced by cost at `bytes_per_second` (instead of
+    /// [`WATCH_BYTES_PER_SECOND`]), and not capped: a big listing read rarely.
+    pub fn by_rate(min_gap: Duration, bytes_per_second: f64) -> Self {
+        BlockingLoop {
+            bytes_per_second,
+            ..BlockingLoop::by_cost(min_gap)
         }
     }
 
@@ -427,6 +467,13 @@ impl BlockingLoop {
         self.asked = Instant::now();
     }
 
+    /// For a request made elsewhere (a spawned read): when it may go, by the
+    /// pacing of the last answer; counted as asked then.
+    pub fn start(&mut self) -> Instant {
+        self.asked = self.next_allowed.max(Instant::now());
+        self.asked
+    }
+
     /// `fresh` for a fresh read, else a blocking read past the index.
     pub fn options(&self, fresh: QueryOptions, wait: Duration) -> QueryOptions {
         if self.index == 0 {
@@ -439,7 +486,12 @@ impl BlockingLoop {
     /// Takes an answer in (index per Consul's rules, pacing, backoff reset);
     /// returns the index waited past before it.
     pub fn answered(&mut self, meta: &QueryMeta) -> u64 {
-        self.next_allowed = self.asked + pace(meta.body_bytes).max(self.min_gap);
+        let by_size = if self.bytes_per_second == WATCH_BYTES_PER_SECOND {
+            pace(meta.body_bytes)
+        } else {
+            Duration::from_secs_f64(meta.body_bytes as f64 / self.bytes_per_second)
+        };
+        self.next_allowed = self.asked + by_size.max(self.min_gap);
         self.backoff = error_backoff();
         let previous = self.index;
         self.index = next_index(previous, meta.index);
@@ -454,7 +506,9 @@ impl BlockingLoop {
     /// change it would not report.
     pub fn failed(&mut self) -> Duration {
         self.index = 0;
-        self.backoff.next().unwrap_or(Duration::from_secs(5))
+        let delay = self.backoff.next().unwrap_or(Duration::from_secs(5));
+        self.next_allowed = Instant::now() + delay;
+        delay
     }
 }
 

@@ -1,0 +1,385 @@
+//! The watch of the desired prefix, in shards (see [`crate::watch::shards`]):
+//! one whole listing at start, then a blocking query per shard, each read
+//! again only when something under it changed, and the guard, a paced
+//! keys-only listing that finds keys outside every shard and redoes the
+//! layout when shards grow or shrink.
+//!
+//! No change is missed across a new layout: every shard that gains or loses
+//! keys is read afresh, and what those reads hold is compared with what the
+//! old shards last held for the same keys; each shard then waits past the
+//! index its own fresh read returned.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+use super::coordinator::Event;
+use super::faults::FAULT_FREEZE_WATCH_ENV;
+use super::loops::{unix_now, Events, Stop};
+use super::Daemon;
+use crate::consul::{ConsulError, KvPair, QueryMeta, QueryOptions};
+use crate::watch::shards::{self, LIMITS};
+use crate::watch::{BlockingLoop, Snapshot};
+
+/// The least time between two reads of one shard.
+const SHARD_MIN_GAP: Duration = Duration::from_millis(5);
+/// The guard reads at most this many bytes a second on average: a keys-only
+/// listing of 5,000 services (about 2 MB) every 4 s.
+const GUARD_BYTES_PER_SECOND: f64 = 512.0 * 1024.0;
+/// The least time between two reads of the guard.
+const GUARD_MIN_GAP: Duration = Duration::from_millis(250);
+
+/// A shard's pacing and index, what it last held, and its read in flight
+/// (tagged with an epoch, so that an answer to a read from before a new
+/// layout is never taken for the new shard's).
+struct Shard {
+    lp: BlockingLoop,
+    part: Snapshot,
+    read: Option<AbortHandle>,
+    epoch: u64,
+}
+
+type ShardRead = Result<(Vec<KvPair>, QueryMeta), ConsulError>;
+
+/// What a spawned read brings back.
+enum Answer {
+    Shard(String, u64, ShardRead),
+    Guard(Result<(Vec<String>, QueryMeta), ConsulError>),
+}
+
+struct DesiredWatch {
+    d: Arc<Daemon>,
+    root: String,
+    events: Events,
+    shards: BTreeMap<String, Shard>,
+    guard: BlockingLoop,
+    guard_read: Option<AbortHandle>,
+    reads: JoinSet<Answer>,
+    outage_since: Option<Instant>,
+    epochs: u64,
+}
+
+impl Daemon {
+    /// The watch of the desired prefix (see the module docs).
+    pub(super) async fn watch_desired(self: Arc<Self>, events: Events, mut stop: Stop) {
+        let root = self.cfg.layout.desired_prefix();
+        let mut w = DesiredWatch {
+            d: self,
+            root,
+            events,
+            shards: BTreeMap::new(),
+            guard: BlockingLoop::by_rate(GUARD_MIN_GAP, GUARD_BYTES_PER_SECOND),
+            guard_read: None,
+            reads: JoinSet::new(),
+            outage_since: None,
+            epochs: 0,
+        };
+        let Some((pairs, meta)) = w.whole(&mut stop).await else {
+            return;
+        };
+        if !w.begin(pairs, meta) {
+            return;
+        }
+        if w.d.cfg.faults.freeze_watch {
+            tracing::warn!(
+                "{FAULT_FREEZE_WATCH_ENV} is set: the watch loop freezes now (fault tests only)"
+            );
+            std::future::pending::<()>().await;
+        }
+        loop {
+            w.d.health.beat();
+            let answer = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                a = w.reads.join_next() => a,
+            };
+            let ok = match answer {
+                Some(Ok(Answer::Shard(prefix, epoch, r))) => w.on_shard(prefix, epoch, r),
+                Some(Ok(Answer::Guard(r))) => w.on_guard(r).await,
+                Some(Err(_)) => true, // a read aborted by a new layout
+                None => std::future::pending().await,
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+}
+
+impl DesiredWatch {
+    /// The first, whole listing, retried until it succeeds; `None` on stop.
+    async fn whole(&mut self, stop: &mut Stop) -> Option<(Vec<KvPair>, QueryMeta)> {
+        let mut lp = BlockingLoop::by_cost(SHARD_MIN_GAP);
+        loop {
+            self.d.health.beat();
+            let opts = QueryOptions::consistent();
+            let result = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return None,
+                r = self.d.client.kv_list(&self.root, &opts) => r,
+            };
+            match result {
+                Ok(answer) => {
+                    self.answered(answer.1.index);
+                    return Some(answer);
+                }
+                Err(e) => {
+                    let delay = lp.failed();
+                    self.failed(&e, delay);
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the whole listing, lays the shards out over it and starts
+    /// their reads, each waiting past the listing's index. False when the
+    /// coordinator is gone.
+    fn begin(&mut self, pairs: Vec<KvPair>, meta: QueryMeta) -> bool {
+        let layout = &self.d.cfg.layout;
+        let units = shards::units(&self.root, pairs.iter().map(|p| p.key.as_str()));
+        let set = shards::layout(&self.root, &units, LIMITS);
+        let index = meta.index.max(1);
+        let mut by_shard: BTreeMap<&str, Vec<KvPair>> = BTreeMap::new();
+        for p in &pairs {
+            if let Some(owner) = shards::owner(&set, &p.key) {
+                by_shard.entry(owner).or_default().push(p.clone());
+            }
+        }
+        for prefix in &set {
+            let owned = by_shard.remove(prefix.as_str()).unwrap_or_default();
+            let mut lp = BlockingLoop::by_cost(SHARD_MIN_GAP);
+            lp.answered(&QueryMeta { index, ..meta });
+            let part = Snapshot::from_pairs(layout, &owned);
+            let shard = Shard {
+                lp,
+                part,
+                read: None,
+                epoch: 0,
+            };
+            self.shards.insert(prefix.clone(), shard);
+        }
+        let snap = Snapshot::from_pairs(layout, &pairs);
+        self.d.metrics.watch_index.set(index as i64);
+        self.d.metrics.watch_shards.set(set.len() as i64);
+        tracing::info!(
+            shards = set.len(),
+            services = snap.services.len(),
+            "watching the desired prefix"
+        );
+        if self.events.send(Event::Listing(snap)).is_err() {
+            return false;
+        }
+        for prefix in set {
+            self.spawn_shard(prefix);
+        }
+        self.guard.answered(&QueryMeta { index, ..meta });
+        self.spawn_guard();
+        true
+    }
+
+    fn spawn_shard(&mut self, prefix: String) {
+        let Some(shard) = self.shards.get_mut(&prefix) else {
+            return;
+        };
+        self.epochs += 1;
+        let epoch = self.epochs;
+        let at = shard.lp.start();
+        let opts = shard
+            .lp
+            .options(QueryOptions::consistent(), self.d.cfg.watch_wait);
+        let client = self.d.client.clone();
+        let abort = self.reads.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let r = client.kv_list(&prefix, &opts).await;
+            Answer::Shard(prefix, epoch, r)
+        });
+        shard.read = Some(abort);
+        shard.epoch = epoch;
+    }
+
+    /// Starts the guard's next read, unless one shard covers everything.
+    fn spawn_guard(&mut self) {
+        if let Some(old) = self.guard_read.take() {
+            old.abort();
+        }
+        let set: BTreeSet<String> = self.shards.keys().cloned().collect();
+        if shards::complete(&self.root, &set) {
+            return;
+        }
+        let at = self.guard.start();
+        let opts = self
+            .guard
+            .options(QueryOptions::consistent(), self.d.cfg.watch_wait);
+        let (client, root) = (self.d.client.clone(), self.root.clone());
+        self.guard_read = Some(self.reads.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            Answer::Guard(client.kv_keys(&root, None, &opts).await)
+        }));
+    }
+
+    /// A shard answered: hand the coordinator what changed, read again.
+    fn on_shard(&mut self, prefix: String, epoch: u64, r: ShardRead) -> bool {
+        let Some(shard) = self.shards.get_mut(&prefix).filter(|s| s.epoch == epoch) else {
+            return true; // dropped or read afresh by a new layout meanwhile
+        };
+        shard.read = None;
+        match r {
+            Ok((pairs, meta)) => {
+                let previous = shard.lp.answered(&meta);
+                let index = shard.lp.index();
+                self.d.metrics.watch_wakeups.inc();
+                self.answered(meta.index);
+                if index != previous || previous == 0 {
+                    let owned: Vec<KvPair> = {
+                        let set: BTreeSet<String> = self.shards.keys().cloned().collect();
+                        (pairs.into_iter())
+                            .filter(|p| shards::owner(&set, &p.key) == Some(prefix.as_str()))
+                            .collect()
+                    };
+                    let new = Snapshot::from_pairs(&self.d.cfg.layout, &owned);
+                    let Some(shard) = self.shards.get_mut(&prefix) else {
+                        return true;
+                    };
+                    let old = std::mem::replace(&mut shard.part, new.clone());
+                    if old != new && self.events.send(Event::Part { old, new }).is_err() {
+                        return false;
+                    }
+                }
+            }
+            Err(e) => {
+                let delay = shard.lp.failed();
+                self.failed(&e, delay);
+            }
+        }
+        self.spawn_shard(prefix);
+        true
+    }
+
+    /// The guard answered: redo the layout when a key lies outside every
+    /// shard, or the shards grew or shrank past their bounds.
+    async fn on_guard(&mut self, r: Result<(Vec<String>, QueryMeta), ConsulError>) -> bool {
+        self.guard_read = None;
+        let keys = match r {
+            Ok((keys, meta)) => {
+                self.guard.answered(&meta);
+                self.answered(meta.index);
+                keys
+            }
+            Err(e) => {
+                let delay = self.guard.failed();
+                self.failed(&e, delay);
+                self.spawn_guard();
+                return true;
+            }
+        };
+        let current: BTreeSet<String> = self.shards.keys().cloned().collect();
+        let units = shards::units(&self.root, keys.iter().map(String::as_str));
+        if shards::needs_relayout(&self.root, &current, &units, LIMITS) {
+            let next = shards::layout(&self.root, &units, LIMITS);
+            if !self.relayout(&current, next).await {
+                return false;
+            }
+        }
+        self.spawn_guard();
+        true
+    }
+
+    /// Moves to the `next` layout: reads afresh every shard whose keys
+    /// change, then hands the coordinator the old and new parts of them. A
+    /// failed read leaves the current layout as it is (the guard tries
+    /// again).
+    async fn relayout(&mut self, current: &BTreeSet<String>, next: BTreeSet<String>) -> bool {
+        let plan = shards::relayout(current, &next);
+        let mut fresh = Vec::new();
+        for prefix in &plan.read {
+            match self
+                .d
+                .client
+                .kv_list(prefix, &QueryOptions::consistent())
+                .await
+            {
+                Ok((pairs, meta)) => {
+                    self.answered(meta.index);
+                    let owned: Vec<KvPair> = (pairs.into_iter())
+                        .filter(|p| shards::owner(&next, &p.key) == Some(prefix.as_str()))
+                        .collect();
+                    fresh.push((prefix.clone(), owned, meta));
+                }
+                Err(e) => {
+                    let delay = self.guard.failed();
+                    self.failed(&e, delay);
+                    return true;
+                }
+            }
+        }
+        let mut old = Snapshot::default();
+        for prefix in plan.dropped.iter().chain(&plan.read) {
+            if let Some(mut shard) = self.shards.remove(prefix) {
+                if let Some(read) = shard.read.take() {
+                    read.abort();
+                }
+                old.add_part(shard.part);
+            }
+        }
+        let mut new = Snapshot::default();
+        for (prefix, owned, meta) in fresh {
+            let mut lp = BlockingLoop::by_cost(SHARD_MIN_GAP);
+            lp.answered(&QueryMeta {
+                index: meta.index.max(1),
+                ..meta
+            });
+            let part = Snapshot::from_pairs(&self.d.cfg.layout, &owned);
+            new.add_part(part.clone());
+            let shard = Shard {
+                lp,
+                part,
+                read: None,
+                epoch: 0,
+            };
+            self.shards.insert(prefix, shard);
+        }
+        tracing::info!(
+            shards = next.len(),
+            dropped = plan.dropped.len(),
+            read = plan.read.len(),
+            "the desired prefix's shards were laid out again"
+        );
+        self.d.metrics.watch_shards.set(next.len() as i64);
+        if old != new && self.events.send(Event::Part { old, new }).is_err() {
+            return false;
+        }
+        for prefix in plan.read {
+            self.spawn_shard(prefix);
+        }
+        true
+    }
+
+    /// Consul answered at `index`.
+    fn answered(&mut self, index: u64) {
+        self.d.health.beat();
+        self.d.metrics.watch_last_success.set(unix_now());
+        let shown = self.d.metrics.watch_index.get();
+        if index as i64 > shown {
+            self.d.metrics.watch_index.set(index as i64);
+        }
+        if let Some(since) = self.outage_since.take() {
+            tracing::info!(after = ?since.elapsed(), "Consul answers again; watching");
+        }
+    }
+
+    /// A read failed; it is retried after `delay`, as a fresh read.
+    fn failed(&mut self, e: &ConsulError, delay: Duration) {
+        self.d.metrics.watch_errors.inc();
+        if self.outage_since.is_none() {
+            self.outage_since = Some(Instant::now());
+            tracing::error!(error = %e, retry_in = ?delay, "watch failed; Consul unreachable or erroring");
+        } else {
+            tracing::debug!(error = %e, retry_in = ?delay, "watch still failing");
+        }
+    }
+}
