@@ -465,6 +465,62 @@ async fn a_folder_deleted_whole_takes_its_gateway_link_with_it() {
     );
 }
 
+/// `consul kv delete .../web/tgw.json` alone (base.json kept): the daemon
+/// saw the record in its last listing and the gateway still holds the link
+/// as recorded, so the record is written again, and the next change to web
+/// applies instead of ending `conflict` over a link nobody accounts for.
+#[tokio::test]
+async fn a_link_record_deleted_alone_is_written_again() {
+    let f = Fixture::new("tgwrecord", shared());
+    let d = f.start("tgwrecord", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let id = f.id("linked");
+    let gw = format!("egress-{}", f.tag);
+    let body = |sni: &str| {
+        json!({"defaults": {"Protocol": "http"},
+            "terminating_gateway": {"Gateway": gw, "SNI": sni}})
+        .to_string()
+    };
+    let first = body("api.example.com");
+    assert!(
+        f.put_and_wait(&id, first.as_bytes(), Duration::from_secs(30))
+            .await
+    );
+    let record_key = format!("{}tgw.json", f.layout.service_dir(&id));
+    let record = || async {
+        f.client
+            .kv_get(&record_key, &QueryOptions::consistent())
+            .await
+            .unwrap()
+            .0
+    };
+    let before = record().await.expect("tgw.json written");
+
+    consul_cli(&f.url, &["kv", "delete", &record_key]);
+    let back = eventually(Duration::from_secs(20), || async {
+        record()
+            .await
+            .is_some_and(|r| r.modify_index > before.modify_index)
+    })
+    .await;
+    assert!(back, "tgw.json not written again:\n{}", d.log_text());
+
+    let second = body("web.example.com");
+    assert!(
+        f.put_and_wait(&id, second.as_bytes(), Duration::from_secs(30))
+            .await,
+        "the change after the record went did not apply: {:?}\n{}",
+        f.observed(&id).await.map(|o| o.status),
+        d.log_tail(20)
+    );
+    let g = f.entry("terminating-gateway", &gw).await.unwrap();
+    let link = g["Services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|l| l["Name"] == id.name.as_str()).cloned())
+        .unwrap_or_default();
+    assert_eq!(link["SNI"], "web.example.com", "{g}");
+}
+
 /// A namespace on Consul's open-source edition (`desired/default/team/...`):
 /// `invalid` with Consul's words, final (not retried forever), and its
 /// deletion completes (it was `deleting` forever).
@@ -970,8 +1026,11 @@ async fn the_sharded_watch_misses_no_change_while_shards_split_and_merge() {
     let f = Fixture::new("shards", shared());
     let http = json!({"defaults": {"Protocol": "http"}});
     let first: Vec<ServiceId> = (0..200).map(|i| f.id(&format!("web{i:03}"))).collect();
-    put_all(&f, &first, &http).await;
+    // Started on an empty prefix: one shard, split as the services come.
     let d = f.start("d1", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(d.metric("svc_handler_watch_shards").await, 1.0);
+    put_all(&f, &first, &http).await;
     assert!(
         f.all_applied(&first, Duration::from_secs(180)).await,
         "first 200 not applied:\n{}",

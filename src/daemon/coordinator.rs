@@ -138,6 +138,9 @@ impl Coordinator {
             }
         } else {
             self.take_changes(changes, &snap, now, out);
+            if let Some(previous) = self.previous.take() {
+                self.take_lost_links(&previous, &snap, out);
+            }
         }
         self.previous = Some(snap);
     }
@@ -156,6 +159,7 @@ impl Coordinator {
             });
         }
         self.take_changes(changes, &new, now, out);
+        self.take_lost_links(&old, &new, out);
         if let Some(previous) = self.previous.as_mut() {
             previous.remove_part(&old);
             previous.add_part(new);
@@ -181,6 +185,34 @@ impl Coordinator {
                 out.push(cmd);
             }
             self.enqueue(id, out);
+        }
+    }
+
+    /// Services whose link record (tgw.json) went while their base.json
+    /// stayed: the record the watch saw last is remembered, and the service
+    /// checked again (its reconcile uses that record only if the gateway
+    /// still holds the link as recorded).
+    fn take_lost_links(&mut self, old: &Snapshot, new: &Snapshot, out: &mut Vec<Command>) {
+        let lost: Vec<(ServiceId, &watch::Seen)> = (old.records.iter())
+            .filter(|((id, kind), _)| {
+                *kind == Kind::TerminatingGateway
+                    && new.services.contains_key(id)
+                    && !new.records.contains_key(&(id.clone(), *kind))
+            })
+            .map(|((id, _), seen)| (id.clone(), seen))
+            .collect();
+        for (id, seen) in lost {
+            let Some(link) = seen.link.clone() else {
+                continue;
+            };
+            out.push(Command::RememberLink {
+                id: id.clone(),
+                gateway: seen.name.clone(),
+                link,
+            });
+            if !self.pending.contains(&id) {
+                self.enqueue(id, out);
+            }
         }
     }
 

@@ -96,7 +96,7 @@ impl Daemon {
                 a = w.reads.join_next() => a,
             };
             let ok = match answer {
-                Some(Ok(Answer::Shard(prefix, epoch, r))) => w.on_shard(prefix, epoch, r),
+                Some(Ok(Answer::Shard(prefix, epoch, r))) => w.on_shard(prefix, epoch, r).await,
                 Some(Ok(Answer::Guard(r))) => w.on_guard(r).await,
                 Some(Err(_)) => true, // a read aborted by a new layout
                 None => std::future::pending().await,
@@ -223,7 +223,7 @@ impl DesiredWatch {
     }
 
     /// A shard answered: hand the coordinator what changed, read again.
-    fn on_shard(&mut self, prefix: String, epoch: u64, r: ShardRead) -> bool {
+    async fn on_shard(&mut self, prefix: String, epoch: u64, r: ShardRead) -> bool {
         let Some(shard) = self.shards.get_mut(&prefix).filter(|s| s.epoch == epoch) else {
             return true; // dropped or read afresh by a new layout meanwhile
         };
@@ -235,12 +235,26 @@ impl DesiredWatch {
                 self.d.metrics.watch_wakeups.inc();
                 self.answered(meta.index);
                 if index != previous || previous == 0 {
-                    let owned: Vec<KvPair> = {
-                        let set: BTreeSet<String> = self.shards.keys().cloned().collect();
-                        (pairs.into_iter())
-                            .filter(|p| shards::owner(&set, &p.key) == Some(prefix.as_str()))
-                            .collect()
-                    };
+                    let set: BTreeSet<String> = self.shards.keys().cloned().collect();
+                    // One shard over everything has no guard: its own
+                    // listing is the whole tree, and tells when to split.
+                    if shards::complete(&self.root, &set) {
+                        let keys = pairs.iter().map(|p| p.key.as_str());
+                        let units = shards::units(&self.root, keys);
+                        if shards::needs_relayout(&self.root, &set, &units, LIMITS) {
+                            let next = shards::layout(&self.root, &units, LIMITS);
+                            match self.relayout(&set, next).await {
+                                Some(sent) => return sent && self.restart_guard(),
+                                // Not laid out: this answer is read again.
+                                None => self.reread(&prefix),
+                            }
+                            self.spawn_shard(prefix);
+                            return true;
+                        }
+                    }
+                    let owned: Vec<KvPair> = (pairs.into_iter())
+                        .filter(|p| shards::owner(&set, &p.key) == Some(prefix.as_str()))
+                        .collect();
                     let new = Snapshot::from_pairs(&self.d.cfg.layout, &owned);
                     let Some(shard) = self.shards.get_mut(&prefix) else {
                         return true;
@@ -281,7 +295,7 @@ impl DesiredWatch {
         let units = shards::units(&self.root, keys.iter().map(String::as_str));
         if shards::needs_relayout(&self.root, &current, &units, LIMITS) {
             let next = shards::layout(&self.root, &units, LIMITS);
-            if !self.relayout(&current, next).await {
+            if self.relayout(&current, next).await == Some(false) {
                 return false;
             }
         }
@@ -292,8 +306,12 @@ impl DesiredWatch {
     /// Moves to the `next` layout: reads afresh every shard whose keys
     /// change, then hands the coordinator the old and new parts of them. A
     /// failed read leaves the current layout as it is (the guard tries
-    /// again).
-    async fn relayout(&mut self, current: &BTreeSet<String>, next: BTreeSet<String>) -> bool {
+    /// again). `None` then; else whether the coordinator took the change.
+    async fn relayout(
+        &mut self,
+        current: &BTreeSet<String>,
+        next: BTreeSet<String>,
+    ) -> Option<bool> {
         let plan = shards::relayout(current, &next);
         let mut fresh = Vec::new();
         for prefix in &plan.read {
@@ -313,7 +331,7 @@ impl DesiredWatch {
                 Err(e) => {
                     let delay = self.guard.failed();
                     self.failed(&e, delay);
-                    return true;
+                    return None;
                 }
             }
         }
@@ -351,10 +369,26 @@ impl DesiredWatch {
         );
         self.d.metrics.watch_shards.set(next.len() as i64);
         if old != new && self.events.send(Event::Part { old, new }).is_err() {
-            return false;
+            return Some(false);
         }
         for prefix in plan.read {
             self.spawn_shard(prefix);
+        }
+        Some(true)
+    }
+
+    /// The next read of `prefix` is a fresh one (its last answer was not
+    /// taken in), after the error backoff.
+    fn reread(&mut self, prefix: &str) {
+        if let Some(shard) = self.shards.get_mut(prefix) {
+            shard.lp.failed();
+        }
+    }
+
+    /// Starts the guard after the layout went from one shard to several.
+    fn restart_guard(&mut self) -> bool {
+        if self.guard_read.is_none() {
+            self.spawn_guard();
         }
         true
     }

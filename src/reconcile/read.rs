@@ -109,10 +109,41 @@ async fn read(
     let spec = spec.or(parsed.as_ref().and_then(|p| p.as_ref().ok()));
     let names = Current::gateways_involved(spec, &current.records);
     current.gateways = read_gateways(&scoped, &names).await?;
+    if base.is_some() {
+        adopt_remembered_link(&scoped, id, &mut current, remembered).await?;
+    }
     if let Some(spec) = spec {
         current.others = Some(read_others(&scoped, spec, id).await?);
     }
     Ok((current, base, parsed))
+}
+
+/// tgw.json deleted on its own (base.json kept): when the gateway still
+/// holds the link exactly as the watch last saw it recorded, that record
+/// stands in for it, so the link is svc-handler's again instead of a
+/// `conflict` over a link nobody accounts for. A link that is gone or was
+/// changed since is left to the usual rules.
+async fn adopt_remembered_link(
+    scoped: &Client,
+    id: &ServiceId,
+    current: &mut Current,
+    remembered: Option<&Record>,
+) -> Result<(), ConsulError> {
+    let Some(r) = remembered else { return Ok(()) };
+    if current.records.contains_key(&Kind::TerminatingGateway) {
+        return Ok(());
+    }
+    if !current.gateways.contains_key(&r.name) {
+        let more = read_gateways(scoped, std::slice::from_ref(&r.name)).await?;
+        current.gateways.extend(more);
+    }
+    let still = (current.gateways.get(&r.name))
+        .and_then(|gw| entries::find_link(gw, id))
+        .is_some_and(|link| entries::links_equal(link, &r.object));
+    if still {
+        current.records.insert(Kind::TerminatingGateway, r.clone());
+    }
+    Ok(())
 }
 
 /// The entries the preflight rules need for `spec` ([`preflight::needs`]).
