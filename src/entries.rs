@@ -434,6 +434,31 @@ pub fn upsert_link(
     Some(Value::Object(entry))
 }
 
+/// True for a terminating gateway svc-handler created (its mark) that holds
+/// nothing any more: no link, and no field but `Kind`, `Name`, the mark and
+/// Consul's own (`Partition`, `Namespace`, the indexes). Such a gateway is
+/// deleted when its last link goes, so that a typo in
+/// `terminating_gateway.Gateway`, once fixed, leaves nothing behind.
+pub fn is_empty_own_gateway(gateway: &Value) -> bool {
+    let Some(fields) = gateway.as_object() else {
+        return false;
+    };
+    let ours = gateway["Meta"][META_MANAGED_BY] == MANAGED_BY_VALUE
+        && (gateway["Meta"].as_object())
+            .is_some_and(|m| m.keys().all(|k| k == META_MANAGED_BY || k == META_KEY));
+    const KNOWN: [&str; 8] = [
+        "Kind",
+        "Name",
+        "Meta",
+        "Services",
+        "Partition",
+        "Namespace",
+        "CreateIndex",
+        "ModifyIndex",
+    ];
+    ours && services(gateway).is_empty() && fields.keys().all(|k| KNOWN.contains(&k.as_str()))
+}
+
 /// The whole gateway entry without this service's link; `None` when it has none.
 /// Everything else is kept, even when no link is left.
 pub fn remove_link(gateway: &Value, id: &ServiceId) -> Option<Value> {
@@ -846,6 +871,27 @@ mod tests {
             link_object(&id("default", "team", "api"), &link("egress", None)),
             json!({"Name": "api", "Namespace": "team"})
         );
+    }
+
+    #[test]
+    fn only_an_empty_gateway_svc_handler_created_counts_as_empty_and_own() {
+        let made = upsert_link(None, "egress", &web(), &link("egress", None), BASE_KEY).unwrap();
+        assert!(!is_empty_own_gateway(&made), "it still has a link");
+        let empty = remove_link(&made, &web()).unwrap();
+        assert!(is_empty_own_gateway(&empty));
+        let mut indexed = empty.clone();
+        indexed["CreateIndex"] = json!(5);
+        indexed["ModifyIndex"] = json!(9);
+        assert!(is_empty_own_gateway(&indexed));
+        let mut foreign_field = empty.clone();
+        foreign_field["SomethingElse"] = json!("x");
+        assert!(!is_empty_own_gateway(&foreign_field));
+        let mut foreign_meta = empty.clone();
+        foreign_meta["Meta"]["team"] = json!("payments");
+        assert!(!is_empty_own_gateway(&foreign_meta));
+        let mut someone_elses = empty.clone();
+        someone_elses["Meta"] = json!({"managed-by": "terraform"});
+        assert!(!is_empty_own_gateway(&someone_elses));
     }
 
     #[test]

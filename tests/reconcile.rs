@@ -672,6 +672,10 @@ async fn router_and_link_removed_from_base_json_are_deleted() {
     let id = w.id("shrink");
     let gw_a = format!("gw-a-{}", w.tag);
     let gw_b = format!("gw-b-{}", w.tag);
+    // gw-b is the operator's; gw-a does not exist (a typo, say), so
+    // svc-handler creates it.
+    let operators = json!({"Kind": "terminating-gateway", "Name": gw_b});
+    w.client.config_put(&operators).await.unwrap();
     w.put(&id, &full_spec(&gw_a)).await;
     assert!(matches!(
         w.rec.reconcile_once(&id, true).await.outcome,
@@ -685,8 +689,11 @@ async fn router_and_link_removed_from_base_json_are_deleted() {
         w.rec.reconcile_once(&id, true).await.outcome,
         Outcome::Applied { .. }
     ));
-    let a = w.entry("terminating-gateway", &gw_a).await.unwrap();
-    assert_eq!(a["Services"], json!([]), "old link removed, gateway kept");
+    // The gateway svc-handler created goes with its last link.
+    assert!(
+        w.entry("terminating-gateway", &gw_a).await.is_none(),
+        "gw-a left behind"
+    );
     let b = w.entry("terminating-gateway", &gw_b).await.unwrap();
     assert_eq!(b["Services"][0]["Name"], id.name.as_str());
     assert_eq!(w.record(&id, "tgw.json").await.unwrap().name, gw_b);
@@ -703,6 +710,7 @@ async fn router_and_link_removed_from_base_json_are_deleted() {
     assert!(w.entry("service-router", &id.name).await.is_none());
     assert!(w.record(&id, "router.json").await.is_none());
     assert!(w.record(&id, "tgw.json").await.is_none());
+    // The operator's gateway stays, empty.
     let b = w.entry("terminating-gateway", &gw_b).await.unwrap();
     assert_eq!(b["Services"], json!([]));
     let obs = w.observed(&id).await.unwrap();

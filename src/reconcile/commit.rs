@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use super::outcome::Fail;
 use super::Reconciler;
 use crate::consul::{Client, ConfigEntry, ConsulError, QueryOptions};
+use crate::entries;
 use crate::keys::ServiceId;
 use crate::kind::{Kind, Step};
 use crate::plan::{self, Change, Target};
@@ -297,10 +298,21 @@ async fn write_batch(
         let index = read
             .as_ref()
             .map_or(0, |c| records::index(c, "ModifyIndex"));
+        if read.is_none() {
+            tracing::warn!(
+                gateway = name,
+                "terminating gateway {name:?} does not exist: svc-handler creates it (check \
+                 terminating_gateway.Gateway for a typo); it is deleted again when its last link goes"
+            );
+        }
         match rec.retry(|| scoped.config_cas(new, index)).await {
             Ok(()) => {
                 rec.count_write(kind, "ok");
-                let actual = get(rec, scoped, name).await?;
+                let mut actual = get(rec, scoped, name).await?;
+                if actual.as_ref().is_some_and(entries::is_empty_own_gateway) {
+                    delete_empty(rec, scoped, name).await?;
+                    actual = None;
+                }
                 return Ok((applied, actual, true));
             }
             Err(e) if e.is_cas_conflict() => {
@@ -317,6 +329,22 @@ async fn write_batch(
             }
         }
     }
+}
+
+/// Deletes a gateway svc-handler created once its last link went, right
+/// after the write that emptied it (Consul before 1.11 has no
+/// check-and-set delete for config entries: a link someone adds in the
+/// round trip between that write and this delete would go with it).
+async fn delete_empty(rec: &Reconciler, scoped: &Client, name: &str) -> Result<(), ConsulError> {
+    let kind = Kind::TerminatingGateway;
+    rec.retry(|| scoped.config_delete(kind.as_str(), name))
+        .await?;
+    rec.count_write(kind, "ok");
+    tracing::info!(
+        gateway = name,
+        "deleted the terminating gateway svc-handler created: its last link went"
+    );
+    Ok(())
 }
 
 /// The gateway, read with a consistent read.
