@@ -460,6 +460,8 @@ fn wait_times_out_then_reports_an_invalid_base_json() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(r.stderr.contains("timed out after 1s"), "{r:?}");
     assert!(r.stderr.contains("no observed.json yet"), "{r:?}");
+    // What Consul shows of daemons: other tests' may hold sessions here.
+    assert!(r.stderr.contains("session"), "{r:?}");
     let r = w.run(&["wait", &name, "--timeout", "300ms", "-o", "json"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert_eq!(r.json()["result"], "timeout");

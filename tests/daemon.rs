@@ -465,6 +465,39 @@ async fn a_folder_deleted_whole_takes_its_gateway_link_with_it() {
     );
 }
 
+/// observed.json deleted by hand (to reset a status, by a tool, by a
+/// partial restore) is written again at once, not at the next resync
+/// (`--resync-interval` is 10 minutes by default).
+#[tokio::test]
+async fn a_deleted_observed_json_is_written_again_at_once() {
+    let f = Fixture::new("observedgone", shared());
+    let d = f.start("observedgone", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let id = f.id("web");
+    assert!(
+        f.put_and_wait(
+            &id,
+            br#"{"defaults": {"Protocol": "http"}}"#,
+            Duration::from_secs(30)
+        )
+        .await
+    );
+    let key = f.layout.observed_key(&id);
+    consul_cli(&f.url, &["kv", "delete", &key]);
+    assert!(f.observed(&id).await.is_none());
+    let t = Instant::now();
+    assert!(
+        f.all_applied(std::slice::from_ref(&id), Duration::from_secs(15))
+            .await,
+        "observed.json not written again:\n{}",
+        d.log_tail(20)
+    );
+    println!(
+        "observed.json written again {:?} after its delete",
+        t.elapsed()
+    );
+}
+
 /// `consul kv delete .../web/tgw.json` alone (base.json kept): the daemon
 /// saw the record in its last listing and the gateway still holds the link
 /// as recorded, so the record is written again, and the next change to web
@@ -846,6 +879,56 @@ async fn a_wiped_consul_is_watched_again_at_once() {
     );
     let e = f.entry("service-defaults", &after.name).await.unwrap();
     assert_eq!(e["Protocol"], "grpc");
+}
+
+/// Consul restored from a snapshot (`consul snapshot restore`, after a
+/// lost cluster or a bad change): every blocking query is woken, indexes go
+/// back to the snapshot's, and the daemon reads afresh: what the restore put
+/// back is in sync again, and a change made after it is applied at once.
+#[tokio::test]
+async fn a_snapshot_restore_is_watched_again_at_once() {
+    let agent = Agent::dev();
+    let f = Fixture::new("restore", &agent);
+    let d = f.start("restore", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let web = f.id("web");
+    assert!(
+        f.put_and_wait(
+            &web,
+            br#"{"defaults": {"Protocol": "http"}}"#,
+            Duration::from_secs(30)
+        )
+        .await
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("backup.snap");
+    let snap = snap.to_str().unwrap();
+    consul_cli(&f.url, &["snapshot", "save", snap]);
+    // A change after the backup, and filler to move the index on.
+    assert!(
+        f.put_and_wait(
+            &web,
+            br#"{"defaults": {"Protocol": "grpc"}}"#,
+            Duration::from_secs(30)
+        )
+        .await
+    );
+    for i in 0..40 {
+        let key = format!("{}/filler/{i}", f.prefix);
+        f.client.kv_put(&key, b"x").await.unwrap();
+    }
+
+    consul_cli(&f.url, &["snapshot", "restore", snap]);
+    let t = Instant::now();
+    let after = f.id("after");
+    let body = br#"{"defaults": {"Protocol": "grpc"}}"#;
+    let ok = f.put_and_wait(&after, body, Duration::from_secs(30)).await;
+    assert!(ok, "not applied after the restore:\n{}", d.log_tail(30));
+    println!("applied {:?} after the snapshot restore", t.elapsed());
+    // web is as the backup had it, base.json and entry alike, and applied.
+    assert!(f.applied(&web).await, "{:?}", f.observed(&web).await);
+    let e = f.entry("service-defaults", &web.name).await.unwrap();
+    assert_eq!(e["Protocol"], "http");
 }
 
 #[tokio::test]

@@ -401,6 +401,30 @@ async fn a_token_that_cannot_read_the_prefix_is_never_ready() {
         "run --once did something"
     );
 
+    // An operator's `wait` (with a token that can read) tells why nothing
+    // comes: no daemon holds a session, or its token cannot create one.
+    let wait = Command::new(env!("CARGO_BIN_EXE_svc-handler"))
+        .args([
+            "wait",
+            &id.name,
+            "--timeout",
+            "1s",
+            "--http-addr",
+            &agent.url(),
+        ])
+        .env("CONSUL_HTTP_TOKEN", ROOT)
+        .env_remove("CONSUL_HTTP_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wait.stderr);
+    assert_eq!(wait.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no svc-handler daemon holds a session")
+            && stderr.contains("its token cannot create sessions"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(ROOT), "the token leaked: {stderr}");
+
     std::fs::write(&token_file, format!("{good}\n")).unwrap();
     d.signal(libc::SIGHUP);
     d.wait_ready(Duration::from_secs(30)).await;

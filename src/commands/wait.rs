@@ -170,6 +170,33 @@ pub fn describe(o: &Observed) -> String {
     format!("{} at generation {}{step}{message}", o.status, o.generation)
 }
 
+/// What Consul shows of running daemons, for a wait that timed out: each
+/// holds a session named `svc-handler <holder>` while it runs.
+async fn daemons_seen(ctx: &Ctx) -> String {
+    let prefix = ctx.layout.prefix();
+    match ctx.client.session_list().await {
+        Err(e) => format!("the sessions could not be listed ({e})"),
+        Ok(all) => {
+            let holders: Vec<&str> = (all.iter())
+                .filter_map(|s| s.name.strip_prefix("svc-handler "))
+                .collect();
+            if holders.is_empty() {
+                format!(
+                    "no svc-handler daemon holds a session on this Consul: none is running \
+                     (`svc-handler run --prefix {prefix}`), or its token cannot create sessions"
+                )
+            } else {
+                format!(
+                    "svc-handler sessions are held by {} but none wrote this generation's outcome: \
+                     check that one runs with `--prefix {prefix}`, and its /readyz and logs \
+                     (a token that cannot write the prefix keeps it not ready, naming the permission)",
+                    holders.join(", ")
+                )
+            }
+        }
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
     let id = ctx.service(&args.service)?;
     let end = wait_applied(ctx, &id, args.timeout, args.fail_fast).await?;
@@ -225,16 +252,14 @@ pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
             unreachable: None,
         } => {
             let seen = match &observed {
-                None => format!(
-                    "there is no observed.json yet (is `svc-handler run --prefix {}` running?)",
-                    ctx.layout.prefix()
-                ),
+                None => "there is no observed.json yet".to_string(),
                 Some(o) => format!("observed.json still shows {}", describe(o)),
             };
+            let daemons = daemons_seen(ctx).await;
             Err(Failure::new(
                 EXIT_TIMEOUT,
                 format!(
-                    "{id}: timed out after {}: base.json is at generation {generation}, {seen}",
+                    "{id}: timed out after {}: base.json is at generation {generation}, {seen}; {daemons}",
                     human_duration(args.timeout)
                 ),
             ))

@@ -152,6 +152,19 @@ impl Client {
         Ok(())
     }
 
+    /// `GET /v1/session/list`: every session in the datacenter.
+    pub async fn session_list(&self) -> Result<Vec<SessionInfo>, ConsulError> {
+        const OP: &str = "session.list";
+        let url = self.url(&["v1", "session", "list"], true);
+        let opts = QueryOptions::default();
+        let a = self
+            .send(OP, Method::GET, url, Some(&opts), None)
+            .await?
+            .ok(OP)?;
+        let list: Option<Vec<SessionInfo>> = a.json(OP)?;
+        Ok(list.unwrap_or_default())
+    }
+
     /// `GET /v1/session/info/<id>`: the session, or `None` when it is gone.
     pub async fn session_info(
         &self,

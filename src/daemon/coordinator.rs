@@ -4,7 +4,7 @@
 //! apply latencies, service counts and readiness. No I/O, no Consul: the run
 //! loop carries the commands out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use tokio::time::Instant;
 
@@ -29,6 +29,9 @@ pub enum Event {
     Part { old: Snapshot, new: Snapshot },
     /// A listing of every config entry of one kind (the drift watches).
     Entries(Kind, Vec<ConfigEntry>),
+    /// The services that have an observed.json now (a keys-only listing of
+    /// `<prefix>/observed/`).
+    Observed(BTreeSet<ServiceId>),
     /// The periodic resync is due.
     Resync,
     /// A worker finished one service, and what it did with it in the queue.
@@ -100,6 +103,7 @@ impl Coordinator {
             Event::Listing(snap) => self.on_listing(snap, now, &mut out),
             Event::Part { old, new } => self.on_part(old, new, now, &mut out),
             Event::Entries(kind, entries) => self.on_entries(kind, &entries, &mut out),
+            Event::Observed(have) => self.on_observed(&have, &mut out),
             Event::Resync => self.on_resync(&mut out),
             Event::Done(report, action) => self.on_done(report, action, now, &mut out),
         }
@@ -239,6 +243,21 @@ impl Coordinator {
                 continue;
             }
             tracing::info!(service = %id, "an owned entry changed behind svc-handler's back; re-checking");
+            self.enqueue(id, out);
+        }
+    }
+
+    /// observed.json deleted (by hand, a tool, a restore) for a service this
+    /// instance has an outcome for: checked again, which writes it back.
+    fn on_observed(&mut self, have: &BTreeSet<ServiceId>, out: &mut Vec<Command>) {
+        let Some(snap) = &self.previous else { return };
+        let missing: Vec<ServiceId> = (snap.services.keys())
+            .filter(|id| !have.contains(*id) && self.statuses.contains_key(*id))
+            .filter(|id| !self.pending.contains(*id))
+            .cloned()
+            .collect();
+        for id in missing {
+            tracing::info!(service = %id, "observed.json is gone; checking the service again to write it");
             self.enqueue(id, out);
         }
     }

@@ -342,6 +342,7 @@ impl Daemon {
     /// Starts the watches, the resync ticker and the systemd watchdog pings.
     fn spawn_loops(self: &Arc<Self>, tasks: &mut JoinSet<()>, events: &Events, stop: &Stop) {
         tasks.spawn(Arc::clone(self).watch_desired(events.clone(), stop.clone()));
+        tasks.spawn(Arc::clone(self).watch_observed(events.clone(), stop.clone()));
         for kind in Kind::ALL.into_iter().filter(|_| self.cfg.drift_budget > 0) {
             let watch = Arc::clone(self).watch_entries(kind, events.clone(), stop.clone());
             tasks.spawn(watch);
