@@ -13,6 +13,10 @@ use svc_handler::consul::{Client, QueryOptions};
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::records::{Observed, Status};
 
+/// The simplest base.json, and a change of it.
+const HTTP: &[u8] = br#"{"defaults": {"Protocol": "http"}}"#;
+const GRPC: &[u8] = br#"{"defaults": {"Protocol": "grpc"}}"#;
+
 fn consul_cli(url: &str, args: &[&str]) {
     let out = Command::new(consul_bin())
         .args(args)
@@ -90,6 +94,13 @@ impl Fixture {
             .kv_put(&self.layout.base_key(id), body)
             .await
             .unwrap();
+    }
+
+    /// A daemon started with no extra flags, once ready.
+    async fn ready_daemon(&self, instance: &str) -> DaemonProc {
+        let d = self.start(instance, &[], &[]);
+        d.wait_ready(Duration::from_secs(30)).await;
+        d
     }
 
     /// Writes base.json; true once observed.json shows it applied.
@@ -471,17 +482,9 @@ async fn a_folder_deleted_whole_takes_its_gateway_link_with_it() {
 #[tokio::test]
 async fn a_deleted_observed_json_is_written_again_at_once() {
     let f = Fixture::new("observedgone", shared());
-    let d = f.start("observedgone", &[], &[]);
-    d.wait_ready(Duration::from_secs(30)).await;
+    let d = f.ready_daemon("observedgone").await;
     let id = f.id("web");
-    assert!(
-        f.put_and_wait(
-            &id,
-            br#"{"defaults": {"Protocol": "http"}}"#,
-            Duration::from_secs(30)
-        )
-        .await
-    );
+    assert!(f.put_and_wait(&id, HTTP, Duration::from_secs(30)).await);
     let key = f.layout.observed_key(&id);
     consul_cli(&f.url, &["kv", "delete", &key]);
     assert!(f.observed(&id).await.is_none());
@@ -889,30 +892,15 @@ async fn a_wiped_consul_is_watched_again_at_once() {
 async fn a_snapshot_restore_is_watched_again_at_once() {
     let agent = Agent::dev();
     let f = Fixture::new("restore", &agent);
-    let d = f.start("restore", &[], &[]);
-    d.wait_ready(Duration::from_secs(30)).await;
+    let d = f.ready_daemon("restore").await;
     let web = f.id("web");
-    assert!(
-        f.put_and_wait(
-            &web,
-            br#"{"defaults": {"Protocol": "http"}}"#,
-            Duration::from_secs(30)
-        )
-        .await
-    );
+    assert!(f.put_and_wait(&web, HTTP, Duration::from_secs(30)).await);
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("backup.snap");
     let snap = snap.to_str().unwrap();
     consul_cli(&f.url, &["snapshot", "save", snap]);
     // A change after the backup, and filler to move the index on.
-    assert!(
-        f.put_and_wait(
-            &web,
-            br#"{"defaults": {"Protocol": "grpc"}}"#,
-            Duration::from_secs(30)
-        )
-        .await
-    );
+    assert!(f.put_and_wait(&web, GRPC, Duration::from_secs(30)).await);
     for i in 0..40 {
         let key = format!("{}/filler/{i}", f.prefix);
         f.client.kv_put(&key, b"x").await.unwrap();
