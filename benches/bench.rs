@@ -701,7 +701,7 @@ async fn wait_all_applied(
                     Status::Invalid | Status::Conflict => {
                         final_bad.push(format!("{name}: {:?}: {:?}", o.status, o.message))
                     }
-                    Status::Error => {}
+                    Status::Error | Status::Paused => {}
                 }
             }
             if !final_bad.is_empty() {

@@ -206,6 +206,10 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Write base.json from the entries already in Consul (with "adopt": true), where there is none.
     Import(ImportArgs),
+    /// Hold a service: the daemon writes none of its entries (no apply, no drift correction, no deletion) until resume.
+    Pause(PauseArgs),
+    /// Let the daemon handle a paused service again, at its latest base.json.
+    Resume(ResumeArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -340,6 +344,25 @@ pub struct DeleteArgs {
     /// Only say what the daemon would remove; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PauseArgs {
+    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
+    pub service: String,
+    /// Why (shown by `status` and `wait`, and in observed.json).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ResumeArgs {
+    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
+    pub service: String,
     #[command(flatten)]
     pub output: OutputArgs,
 }

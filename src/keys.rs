@@ -12,6 +12,8 @@ pub const MAX_NAME_LEN: usize = 63;
 
 /// File name of the user-written desired state of one service.
 pub const BASE_FILE: &str = "base.json";
+/// The file beside base.json that holds a service paused (`svc-handler pause`).
+pub const PAUSE_FILE: &str = "pause.json";
 
 /// File name of the daemon-written outcome of the last reconcile.
 pub const OBSERVED_FILE: &str = "observed.json";
@@ -150,6 +152,8 @@ pub enum DesiredKey {
     Base(ServiceId),
     /// `<prefix>/desired/<p>/<ns>/<name>/<record file>`.
     Record(ServiceId, Kind),
+    /// `<prefix>/desired/<p>/<ns>/<name>/pause.json`.
+    Pause(ServiceId),
     /// Under the desired prefix, but not a key of the layout.
     Invalid { key: String, reason: String },
     /// Not under the desired prefix, or a folder marker (a key ending in `/`, as the
@@ -237,6 +241,11 @@ impl Layout {
         format!("{}{}", self.service_dir(id), BASE_FILE)
     }
 
+    /// `<prefix>/desired/<p>/<ns>/<name>/pause.json`
+    pub fn pause_key(&self, id: &ServiceId) -> String {
+        format!("{}{}", self.service_dir(id), PAUSE_FILE)
+    }
+
     /// `<prefix>/desired/<p>/<ns>/<name>/<record file>`
     pub fn record_key(&self, id: &ServiceId, kind: Kind) -> String {
         format!("{}{}", self.service_dir(id), kind.file_name())
@@ -262,10 +271,11 @@ impl Layout {
             Split::Other => DesiredKey::Other,
             Split::Invalid(reason) => invalid(reason),
             Split::Service(id, BASE_FILE) => DesiredKey::Base(id),
+            Split::Service(id, PAUSE_FILE) => DesiredKey::Pause(id),
             Split::Service(id, file) => match Kind::from_file_name(file) {
                 Some(kind) => DesiredKey::Record(id, kind),
                 None => invalid(format!(
-                    "unknown file name {}: expected {BASE_FILE}, {}",
+                    "unknown file name {}: expected {BASE_FILE}, {PAUSE_FILE}, {}",
                     quote(file),
                     Kind::ALL.map(Kind::file_name).join(", ")
                 )),

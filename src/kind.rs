@@ -101,11 +101,13 @@ pub enum Step {
     Observed,
     /// base.json is gone: removing what svc-handler owned.
     Delete,
+    /// `svc-handler pause` holds the service: nothing is written.
+    Pause,
 }
 
 impl Step {
     /// Every step, in the order a reconcile meets them.
-    pub const ALL: [Step; 11] = [
+    pub const ALL: [Step; 12] = [
         Step::Lock,
         Step::Read,
         Step::Parse,
@@ -117,6 +119,7 @@ impl Step {
         Step::TerminatingGateway,
         Step::Observed,
         Step::Delete,
+        Step::Pause,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -132,6 +135,7 @@ impl Step {
             Step::TerminatingGateway => "terminating_gateway",
             Step::Observed => "observed",
             Step::Delete => "delete",
+            Step::Pause => "pause",
         }
     }
 }

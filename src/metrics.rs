@@ -210,7 +210,7 @@ pub const RESULTS: &[&str] = &[
     "deleted",
 ];
 /// Statuses, as in observed.json and `svc_handler_services{status}`.
-pub const STATUSES: &[&str] = &["applied", "error", "invalid", "conflict"];
+pub const STATUSES: &[&str] = &["applied", "error", "invalid", "conflict", "paused"];
 /// Object kinds, as in the `kind` label.
 pub const KINDS: &[&str] = &[
     "service-defaults",

@@ -42,6 +42,8 @@ pub struct Current {
     /// read; base.json is `invalid` at step `preflight`, and its deletion
     /// only forgets the records.
     pub unsupported: Option<String>,
+    /// pause.json, when the service is paused (`svc-handler pause`).
+    pub paused: Option<records::Pause>,
 }
 
 impl Current {

@@ -18,6 +18,8 @@ pub enum Status {
     Error,
     Invalid,
     Conflict,
+    /// `svc-handler pause` holds the service (pause.json beside base.json).
+    Paused,
 }
 
 impl Status {
@@ -27,6 +29,7 @@ impl Status {
             Status::Error => "error",
             Status::Invalid => "invalid",
             Status::Conflict => "conflict",
+            Status::Paused => "paused",
         }
     }
 }
@@ -34,6 +37,40 @@ impl Status {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// pause.json, beside base.json: while it is there the daemon writes none of
+/// the service's entries (no apply, no drift correction, no deletion) and
+/// observed.json says `paused` with the reason.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Why, as `svc-handler pause --reason` was given it.
+    #[serde(default)]
+    pub reason: String,
+    /// Who paused it (`$USER@host`, as the CLI saw it).
+    #[serde(default)]
+    pub by: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub paused_at: String,
+}
+
+impl Pause {
+    /// observed.json's message for it.
+    pub fn message(&self) -> String {
+        let reason = if self.reason.is_empty() {
+            "no reason given".to_string()
+        } else {
+            self.reason.clone()
+        };
+        match (self.by.is_empty(), self.paused_at.is_empty()) {
+            (false, false) => format!(
+                "paused by {} at {}: {reason}; `svc-handler resume` to go on",
+                self.by, self.paused_at
+            ),
+            _ => format!("paused: {reason}; `svc-handler resume` to go on"),
+        }
     }
 }
 

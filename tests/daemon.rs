@@ -501,6 +501,102 @@ async fn a_deleted_observed_json_is_written_again_at_once() {
     );
 }
 
+/// Runs a human command of `svc-handler` against the fixture's prefix;
+/// its standard output (it must succeed).
+fn svc_cli(f: &Fixture, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_svc-handler"))
+        .args(args)
+        .args(["--http-addr", f.url.as_str(), "--prefix", f.prefix.as_str()])
+        .env_remove("CONSUL_HTTP_ADDR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "svc-handler {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `svc-handler pause`: while paused, a base.json change is not applied
+/// and a hand edit of an entry stays; observed.json and `status` say
+/// `paused` with the reason, and `svc_handler_services{status="paused"}`
+/// counts it. `svc-handler resume`: the latest base.json is applied and the
+/// hand edit put back.
+#[tokio::test]
+async fn a_paused_service_is_left_alone_until_resumed() {
+    let f = Fixture::new("pause", shared());
+    let d = f.ready_daemon("pause").await;
+    let id = f.id("web");
+    assert!(f.put_and_wait(&id, HTTP, Duration::from_secs(30)).await);
+    svc_cli(&f, &["pause", &id.name, "--reason", "incident 42"]);
+    let paused = |generation: u64| {
+        let f = &f;
+        let id = &id;
+        async move {
+            f.observed(id).await.is_some_and(|o| {
+                o.status == Status::Paused
+                    && o.generation == generation
+                    && o.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("incident 42"))
+            })
+        }
+    };
+    let g1 = f.generation(&id).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || paused(g1)).await,
+        "{:?}\n{}",
+        f.observed(&id).await,
+        d.log_tail(20)
+    );
+    let counted = eventually(Duration::from_secs(10), || async {
+        d.metric(r#"svc_handler_services{status="paused"}"#).await == 1.0
+    })
+    .await;
+    assert!(counted, "not counted as paused");
+    let status = svc_cli(&f, &["status", &id.name]);
+    assert!(
+        status.contains("paused") && status.contains("incident 42"),
+        "{status}"
+    );
+
+    // A hand edit and a base.json change while paused: neither is acted on.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edit.json");
+    let edit = json!({"Kind": "service-defaults", "Name": id.name, "Protocol": "grpc"});
+    std::fs::write(&file, edit.to_string()).unwrap();
+    consul_cli(&f.url, &["config", "write", file.to_str().unwrap()]);
+    let change = br#"{"defaults": {"Protocol": "http"}, "resolver": {"ConnectTimeout": "7s"}}"#;
+    f.put(&id, change).await;
+    let g2 = f.generation(&id).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || paused(g2)).await,
+        "{:?}",
+        f.observed(&id).await
+    );
+    assert_eq!(
+        f.entry("service-defaults", &id.name).await.unwrap()["Protocol"],
+        "grpc"
+    );
+    let r = f.entry("service-resolver", &id.name).await.unwrap();
+    assert!(
+        r.get("ConnectTimeout").is_none(),
+        "applied while paused: {r}"
+    );
+
+    svc_cli(&f, &["resume", &id.name]);
+    assert!(
+        f.all_applied(std::slice::from_ref(&id), Duration::from_secs(30))
+            .await,
+        "{:?}\n{}",
+        f.observed(&id).await,
+        d.log_tail(20)
+    );
+    assert_eq!(
+        f.entry("service-defaults", &id.name).await.unwrap()["Protocol"],
+        "http"
+    );
+    let r = f.entry("service-resolver", &id.name).await.unwrap();
+    assert_eq!(r["ConnectTimeout"], "7s");
+}
+
 /// `consul kv delete .../web/tgw.json` alone (base.json kept): the daemon
 /// saw the record in its last listing and the gateway still holds the link
 /// as recorded, so the record is written again, and the next change to web

@@ -10,6 +10,7 @@ pub mod delete;
 pub mod diff;
 pub mod import;
 pub mod output;
+pub mod pause;
 pub mod status;
 pub mod validate;
 pub mod wait;
@@ -90,6 +91,8 @@ pub async fn dispatch(cli: &Cli) -> Exit {
         }
         Command::Delete(args) => delete::run(&Ctx::new(cli)?, args).await,
         Command::Import(args) => import::run(&Ctx::new(cli)?, args).await,
+        Command::Pause(args) => pause::pause(&Ctx::new(cli)?, args).await,
+        Command::Resume(args) => pause::resume(&Ctx::new(cli)?, args).await,
     }
 }
 

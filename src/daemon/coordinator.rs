@@ -654,6 +654,7 @@ mod tests {
             ("error", 2),
             ("invalid", 1),
             ("conflict", 1),
+            ("paused", 0),
         ]
         .into();
         assert_eq!(counts(&out), want);

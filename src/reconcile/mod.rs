@@ -28,7 +28,7 @@ use crate::kind::{Kind, Step};
 use crate::lock::{self, LockAttempt, Session, SessionConfig};
 use crate::metrics::Metrics;
 use crate::plan::{self, Current, Desired, Target};
-use crate::records::{now_rfc3339, Objects, Observed, Record, Status};
+use crate::records::{now_rfc3339, Objects, Observed, Pause, Record, Status};
 use crate::spec::{self, ParseOptions, Spec};
 
 use commit::GatewayCommitter;
@@ -242,6 +242,11 @@ impl Reconciler {
             base_key: &base_key,
         };
         let observed = current.observed.as_ref();
+        if let Some(pause) = &current.paused {
+            let _enter = span.enter();
+            return paused_settled(pause, observed, current.generation)
+                .map(|outcome| self.finish(id, outcome, current.generation, started));
+        }
         let outcome = match parsed {
             None => {
                 let plan = plan::plan(&t, &Desired::Gone { prune }, &current);
@@ -414,6 +419,13 @@ impl Reconciler {
             changed: false,
             drifted: Vec::new(),
         };
+        let previous = current.observed.as_ref();
+        if let Some(pause) = &current.paused {
+            // Nothing of the service is written, deleted or corrected.
+            run.objects = execute::recorded_objects(&current.records);
+            let fail = Fail::new(Status::Paused, Step::Pause, pause.message());
+            return (self.commit(&mut run, Err(fail), current.generation, started, previous)).await;
+        }
         let Some(parsed) = parsed else {
             return self.delete(&mut run, prune, &current).await;
         };
@@ -429,7 +441,6 @@ impl Reconciler {
             }
             Ok(spec) => self.apply(&mut run, &spec, &current).await,
         };
-        let previous = current.observed.as_ref();
         self.commit(&mut run, result, generation, started, previous)
             .await
     }
@@ -746,6 +757,13 @@ fn desired<'a>(spec: Option<&'a Spec>, current: &Current, prune: bool) -> Desire
 fn log_outcome(id: &ServiceId, outcome: &Outcome, generation: Option<u64>, duration: Duration) {
     match outcome {
         Outcome::Failed {
+            status: Status::Paused,
+            message,
+            ..
+        } => {
+            tracing::info!(service = %id, generation, reason = %message, "paused: nothing written")
+        }
+        Outcome::Failed {
             status,
             step,
             message,
@@ -771,4 +789,20 @@ fn log_outcome(id: &ServiceId, outcome: &Outcome, generation: Option<u64>, durat
             tracing::info!(service = %id, generation, result, duration_ms, drifted, "reconciled")
         }
     }
+}
+
+/// A paused service whose observed.json already says so, with the same
+/// message, for this generation: nothing to do.
+fn paused_settled(
+    pause: &Pause,
+    observed: Option<&Observed>,
+    generation: Option<u64>,
+) -> Option<Outcome> {
+    let o = observed?;
+    let same = o.status == Status::Paused
+        && o.message.as_deref() == Some(pause.message().as_str())
+        && generation.is_none_or(|g| g == o.generation);
+    same.then_some(Outcome::Settled {
+        status: Status::Paused,
+    })
 }

@@ -57,12 +57,16 @@ impl Outcome {
         }
     }
 
-    /// True for the outcomes `--once` exits non-zero on.
+    /// True for the outcomes `--once` exits non-zero on (a paused service
+    /// is not a failure).
     pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Failed { .. } | Outcome::LockLost { .. } | Outcome::Settled { .. }
-        )
+        match self {
+            Outcome::Failed { status, .. } | Outcome::Settled { status } => {
+                *status != Status::Paused
+            }
+            Outcome::LockLost { .. } => true,
+            _ => false,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::keys::{DesiredKey, Layout, ServiceId};
 use crate::kind::Kind;
 use crate::plan::Current;
 use crate::preflight::{self, Others};
-use crate::records::{Observed, Record};
+use crate::records::{Observed, Pause, Record};
 use crate::spec::{self, Spec, SpecError};
 
 /// base.json as parsed by the reader: `None` when it does not exist.
@@ -53,25 +53,7 @@ async fn read(
     let consistent = QueryOptions::consistent();
     let dir = layout.service_dir(id);
     let (pairs, _) = client.kv_list(&dir, &consistent).await?;
-    let mut current = Current::default();
-    let mut base = None;
-    for p in pairs {
-        match layout.parse_desired_key(&p.key) {
-            DesiredKey::Base(_) => {
-                current.generation = Some(p.modify_index);
-                base = Some(p.value);
-            }
-            DesiredKey::Record(_, kind) => match serde_json::from_slice::<Record>(&p.value) {
-                Ok(r) => {
-                    current.records.insert(kind, r);
-                }
-                Err(e) => {
-                    tracing::warn!(key = %p.key, error = %e, "ignoring an unreadable record")
-                }
-            },
-            _ => {}
-        }
-    }
+    let (mut current, base) = folder(layout, pairs);
     // A folder deleted whole took the link record with it: the one the
     // watch saw last stands in for it (see `Reconciler::remember_link`).
     if base.is_none() && !current.records.contains_key(&Kind::TerminatingGateway) {
@@ -116,6 +98,38 @@ async fn read(
         current.others = Some(read_others(&scoped, spec, id).await?);
     }
     Ok((current, base, parsed))
+}
+
+/// What the service's folder holds: base.json (its bytes; its ModifyIndex
+/// as the generation), the readable records, and pause.json.
+fn folder(layout: &Layout, pairs: Vec<crate::consul::KvPair>) -> (Current, Option<Vec<u8>>) {
+    let mut current = Current::default();
+    let mut base = None;
+    for p in pairs {
+        match layout.parse_desired_key(&p.key) {
+            DesiredKey::Base(_) => {
+                current.generation = Some(p.modify_index);
+                base = Some(p.value);
+            }
+            // An unreadable pause.json still pauses: the operator meant it.
+            DesiredKey::Pause(_) => {
+                current.paused = Some(serde_json::from_slice(&p.value).unwrap_or_else(|_| Pause {
+                    reason: "(pause.json is not readable JSON)".into(),
+                    ..Pause::default()
+                }));
+            }
+            DesiredKey::Record(_, kind) => match serde_json::from_slice::<Record>(&p.value) {
+                Ok(r) => {
+                    current.records.insert(kind, r);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %p.key, error = %e, "ignoring an unreadable record")
+                }
+            },
+            _ => {}
+        }
+    }
+    (current, base)
 }
 
 /// tgw.json deleted on its own (base.json kept): when the gateway still

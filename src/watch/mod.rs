@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub invalid: BTreeMap<String, (String, u64)>,
     /// What the drift check needs of each record found (readable ones only).
     pub records: HashMap<(ServiceId, Kind), Seen>,
+    /// Paused services (a pause.json), and its ModifyIndex.
+    pub paused: BTreeMap<ServiceId, u64>,
 }
 
 /// What the drift check needs of a record, and no more: the snapshot is
@@ -97,6 +99,9 @@ impl Snapshot {
                 DesiredKey::Invalid { key, reason } => {
                     snap.invalid.insert(key, (reason, p.modify_index));
                 }
+                DesiredKey::Pause(id) => {
+                    snap.paused.insert(id, p.modify_index);
+                }
                 DesiredKey::Other => {}
             }
         }
@@ -122,6 +127,9 @@ impl Snapshot {
         for key in part.records.keys() {
             self.records.remove(key);
         }
+        for id in part.paused.keys() {
+            self.paused.remove(id);
+        }
     }
 
     /// Puts in what `part` holds. Shards own disjoint keys, and a service's
@@ -131,6 +139,7 @@ impl Snapshot {
         self.orphans.extend(part.orphans);
         self.invalid.extend(part.invalid);
         self.records.extend(part.records);
+        self.paused.extend(part.paused);
     }
 }
 
@@ -172,7 +181,8 @@ pub fn diff(previous: Option<&Snapshot>, next: &Snapshot) -> Changes {
         }
         Some(prev) => {
             for (id, g) in &next.services {
-                if prev.services.get(id) != Some(g) {
+                // A pause or resume counts as a change of the service.
+                if prev.services.get(id) != Some(g) || prev.paused.get(id) != next.paused.get(id) {
                     out.changed.push((id.clone(), *g));
                 }
             }

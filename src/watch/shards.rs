@@ -79,13 +79,14 @@ pub struct Limits {
     pub max_shards: usize,
 }
 
-/// What the daemon uses: about 64 services a shard (a read of 100–300 KiB
+/// What the daemon uses: about 16 services a shard (a read of 30–60 KiB
 /// with records), and at most 64 shards: a daemon then holds at most
-/// 64 + 1 guard + 4 drift watches = 69 long-polls, about a third of Consul's
-/// default `http_max_conns_per_client` (200), with room for its writes, the
-/// CLI and another client on the same host.
+/// 64 + 1 guard + 4 drift watches + 1 observed.json watch = 70 long-polls,
+/// about a third of Consul's default `http_max_conns_per_client` (200),
+/// with room for its writes, the CLI and another client on the same host.
+/// Past 64 × 16 = 1,024 services the shard count binds and shards grow.
 pub const LIMITS: Limits = Limits {
-    per_shard: 64,
+    per_shard: 16,
     max_shards: 64,
 };
 
@@ -218,6 +219,11 @@ mod tests {
     use super::*;
 
     const ROOT: &str = "svc/desired/";
+    /// The algorithm's tests use fixed limits, not the daemon's.
+    const L64: Limits = Limits {
+        per_shard: 64,
+        max_shards: 64,
+    };
 
     fn set(items: &[&str]) -> BTreeSet<String> {
         items.iter().map(|s| s.to_string()).collect()
@@ -228,6 +234,33 @@ mod tests {
             .iter()
             .map(|n| format!("{ROOT}default/default/{n}/"))
             .collect()
+    }
+
+    #[test]
+    fn the_daemons_limits_keep_small_shards_and_bound_the_long_polls() {
+        let count = |n: usize| {
+            let names: Vec<String> = (0..n).map(|i| format!("svc-{i}")).collect();
+            let units = service_units(&names);
+            let shards = layout(ROOT, &units, LIMITS);
+            let biggest = (shards.iter())
+                .map(|s| {
+                    units
+                        .iter()
+                        .filter(|u| owner(&shards, u) == Some(s.as_str()))
+                        .count()
+                })
+                .max()
+                .unwrap_or(0);
+            (shards.len(), biggest)
+        };
+        assert_eq!(count(16), (1, 16));
+        let (shards, biggest) = count(100);
+        assert!(
+            shards > 1 && biggest <= LIMITS.per_shard,
+            "{shards} shards, {biggest}"
+        );
+        let (shards, _) = count(20_000);
+        assert!(shards <= LIMITS.max_shards, "{shards}");
     }
 
     #[test]
@@ -254,7 +287,7 @@ mod tests {
     #[test]
     fn small_trees_are_one_shard_and_need_no_guard() {
         let names: Vec<String> = (0..64).map(|i| format!("s{i}")).collect();
-        let shards = layout(ROOT, &service_units(&names), LIMITS);
+        let shards = layout(ROOT, &service_units(&names), L64);
         assert_eq!(shards, set(&[ROOT]));
         assert!(complete(ROOT, &shards));
     }
@@ -263,8 +296,8 @@ mod tests {
     fn big_trees_split_into_bounded_shards_that_own_every_unit_once() {
         let names: Vec<String> = (0..5000).map(|i| format!("service-{i:05}")).collect();
         let units = service_units(&names);
-        let shards = layout(ROOT, &units, LIMITS);
-        assert!(shards.len() <= LIMITS.max_shards, "{}", shards.len());
+        let shards = layout(ROOT, &units, L64);
+        assert!(shards.len() <= L64.max_shards, "{}", shards.len());
         assert!(shards.len() >= 30, "{shards:?}");
         let mut per: BTreeMap<&str, usize> = BTreeMap::new();
         for u in &units {
@@ -287,13 +320,13 @@ mod tests {
             .map(|i| format!("{}x{i}", (b'a' + (i % 26) as u8) as char))
             .collect();
         let units = service_units(&names);
-        let shards = layout(ROOT, &units, LIMITS);
+        let shards = layout(ROOT, &units, L64);
         for s in &shards {
             let n = units
                 .iter()
                 .filter(|u| owner(&shards, u) == Some(s.as_str()))
                 .count();
-            assert!(n <= LIMITS.per_shard, "{s}: {n}");
+            assert!(n <= L64.per_shard, "{s}: {n}");
         }
     }
 
@@ -301,8 +334,8 @@ mod tests {
     fn layout_is_deterministic_and_keys_outside_present_prefixes_are_not_owned() {
         let names: Vec<String> = (0..200).map(|i| format!("web-{i}")).collect();
         let units = service_units(&names);
-        let a = layout(ROOT, &units, LIMITS);
-        assert_eq!(a, layout(ROOT, &units, LIMITS));
+        let a = layout(ROOT, &units, L64);
+        assert_eq!(a, layout(ROOT, &units, L64));
         assert!(!complete(ROOT, &a));
         // A name no present one shares a prefix with: the guard's business.
         assert_eq!(owner(&a, "svc/desired/default/default/zz/base.json"), None);
@@ -313,7 +346,7 @@ mod tests {
     fn a_unit_equal_to_its_prefix_or_a_dot_segment_stops_the_split() {
         let mut units = service_units(&(0..100).map(|i| format!("a{i}")).collect::<Vec<_>>());
         units.insert(format!("{ROOT}default/default/a"));
-        let shards = layout(ROOT, &units, LIMITS);
+        let shards = layout(ROOT, &units, L64);
         // `.../a` (a stray key) is one unit and must keep its shard whole.
         assert!(
             shards
@@ -322,38 +355,38 @@ mod tests {
             "{shards:?}"
         );
         let dots: BTreeSet<String> = (0..100).map(|i| format!("{ROOT}./x{i}/y/")).collect();
-        assert_eq!(layout(ROOT, &dots, LIMITS), set(&[ROOT]));
+        assert_eq!(layout(ROOT, &dots, L64), set(&[ROOT]));
     }
 
     #[test]
     fn relayout_is_needed_for_uncovered_keys_growth_and_shrinkage_only() {
         let names: Vec<String> = (0..300).map(|i| format!("web-{i}")).collect();
         let units = service_units(&names);
-        let current = layout(ROOT, &units, LIMITS);
-        assert!(!needs_relayout(ROOT, &current, &units, LIMITS));
+        let current = layout(ROOT, &units, L64);
+        assert!(!needs_relayout(ROOT, &current, &units, L64));
         // A few more services under present prefixes: no new layout.
         let mut more = units.clone();
         more.extend(service_units(&[
             "web-10x".to_string(),
             "web-20y".to_string(),
         ]));
-        assert!(!needs_relayout(ROOT, &current, &more, LIMITS));
+        assert!(!needs_relayout(ROOT, &current, &more, L64));
         // A name outside every shard.
         let mut outside = units.clone();
         outside.extend(service_units(&["api".to_string()]));
-        assert!(needs_relayout(ROOT, &current, &outside, LIMITS));
+        assert!(needs_relayout(ROOT, &current, &outside, L64));
         // Grown past twice the bound under one shard.
         let mut grown = units.clone();
         grown.extend(service_units(
             &(0..200).map(|i| format!("web-10{i}z")).collect::<Vec<_>>(),
         ));
-        assert!(needs_relayout(ROOT, &current, &grown, LIMITS));
+        assert!(needs_relayout(ROOT, &current, &grown, L64));
         // Shrunk to a handful: one shard again.
         let few: BTreeSet<String> = units.iter().take(10).cloned().collect();
-        assert!(needs_relayout(ROOT, &current, &few, LIMITS));
-        assert_eq!(layout(ROOT, &few, LIMITS), set(&[ROOT]));
+        assert!(needs_relayout(ROOT, &current, &few, L64));
+        assert_eq!(layout(ROOT, &few, L64), set(&[ROOT]));
         // One shard over everything never needs another for a small tree.
-        assert!(!needs_relayout(ROOT, &set(&[ROOT]), &few, LIMITS));
+        assert!(!needs_relayout(ROOT, &set(&[ROOT]), &few, L64));
     }
 
     #[test]
