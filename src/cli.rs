@@ -10,10 +10,21 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::consul::{ConsulError, Secret, Settings};
 
+/// `-V` and `svc-handler version`: the version, the commit and the build
+/// date (from build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SVC_HANDLER_COMMIT"),
+    ", built ",
+    env!("SVC_HANDLER_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "svc-handler",
-    version,
+    version = VERSION,
     about = "Reconciles Consul config entries from desired state kept in Consul KV",
     propagate_version = true
 )]
@@ -202,6 +213,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Show what a reconcile would change in Consul (exit 0 no change, 1 changes, 2 error).
     Diff(DiffArgs),
+    /// One line per service: in sync, would change which entries, blocked, invalid, pending or paused (exit 0 in sync, 2 changes, 1 error).
+    Plan(PlanArgs),
     /// Delete a service's base.json; the daemon then removes what it owns.
     Delete(DeleteArgs),
     /// Write base.json from the entries already in Consul (with "adopt": true), where there is none.
@@ -212,6 +225,8 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+    /// Print the version, the commit and the build date.
+    Version(OutputArgs),
 }
 
 /// How a command prints what it found.
@@ -344,6 +359,17 @@ pub struct DeleteArgs {
     /// Only say what the daemon would remove; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PlanArgs {
+    /// The services to plan (NAME, NAMESPACE/NAME or PARTITION/NAMESPACE/NAME;
+    /// a NAME ending in `*` matches the names that begin with what comes
+    /// before). Default: every service with a base.json or an observed.json.
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -97,6 +97,18 @@ pub enum Action {
 }
 
 impl Action {
+    /// The word `-o json` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::None => "none",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::Link => "link",
+            Action::Unlink => "unlink",
+        }
+    }
+
     /// True when the change writes a config entry.
     pub fn writes(self) -> bool {
         self != Action::None

@@ -597,6 +597,19 @@ fn validate_reports_every_error_for_a_target_version() {
 
 #[test]
 fn schema_completions_and_offline_errors() {
+    // The version with the commit and the build date, both ways.
+    for args in [&["--version"][..], &["-V"], &["version"]] {
+        let r = run_bare(args);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stdout.starts_with("svc-handler 0."), "{r:?}");
+        assert!(
+            r.stdout.contains("(commit ") && r.stdout.contains(", built 20"),
+            "{r:?}"
+        );
+    }
+    let v = run_bare(&["version", "-o", "json"]).json();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+
     let r = run_bare(&["schema"]);
     assert_eq!(r.code, 0, "{r:?}");
     let printed = r.json();
@@ -954,4 +967,98 @@ fn schema_agrees_with_validate() {
         let newest = svc_handler::spec::parse(case.body.as_bytes());
         assert_eq!(v.is_valid(&doc), newest.is_ok(), "{}", case.name);
     }
+}
+
+/// `svc-handler plan`: one line per service from the reconcile's own plan,
+/// every kind of line, `-o json`, and exit codes like `terraform plan
+/// -detailed-exitcode` (0 nothing would change, 2 changes, 1 an error).
+#[test]
+fn plan_shows_every_service_and_exits_like_terraform() {
+    let w = world("plan");
+    let http = w.file("http.json", &json!({"defaults": {"Protocol": "http"}}));
+    let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|n| w.name(n));
+    {
+        let daemon = w.daemon();
+        daemon.wait_ready_blocking(Duration::from_secs(30));
+        for name in [&a, &e] {
+            assert_eq!(w.run(&["apply", name, "-f", &http]).code, 0);
+            assert_eq!(w.run(&["wait", name, "--timeout", "30s"]).code, 0);
+        }
+    }
+    // No daemon from here: what it would do is only planned.
+    let r = w.run(&["plan", &a]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("default/default/{a}: in sync")),
+        "{r:?}"
+    );
+
+    assert_eq!(w.run(&["apply", &b, "-f", &http]).code, 0);
+    kv_put(&w.base_key(&c), br#"{"adopt": "yes"}"#);
+    let foreign = json!({"Kind": "service-defaults", "Name": d, "Protocol": "http"});
+    block_on(async { shared().client().config_put(&foreign).await.unwrap() });
+    assert_eq!(w.run(&["apply", &d, "-f", &http]).code, 0);
+    // The same document again: a new generation Consul already matches.
+    kv_put(&w.base_key(&a), br#"{"defaults": {"Protocol": "http"}} "#);
+    assert_eq!(w.run(&["pause", &e, "--reason", "drill"]).code, 0);
+
+    let r = w.run(&["plan", "-o", "json"]);
+    assert_eq!(r.code, 1, "invalid and blocked are errors: {r:?}");
+    let lines = r.json();
+    let state = |name: &str| -> Value {
+        let l = lines
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .cloned();
+        l.unwrap_or_else(|| panic!("{name} missing: {lines}"))
+    };
+    assert_eq!(state(&a)["state"], "pending", "{lines}");
+    assert_eq!(state(&b)["state"], "changes", "{lines}");
+    let writes = state(&b)["writes"].clone();
+    assert!(
+        writes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["kind"] == "service-defaults" && w["action"] == "create"),
+        "{writes}"
+    );
+    assert_eq!(state(&c)["state"], "invalid", "{lines}");
+    assert!(
+        state(&c)["message"].as_str().unwrap().contains("adopt"),
+        "{lines}"
+    );
+    assert_eq!(state(&d)["state"], "blocked", "{lines}");
+    assert_eq!(state(&e)["state"], "paused", "{lines}");
+    assert!(
+        state(&e)["message"].as_str().unwrap().contains("drill"),
+        "{lines}"
+    );
+
+    // Text, one line each, and the exit codes without the errors.
+    let r = w.run(&["plan", &a, &b]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("{b}: would change service-defaults/{b} (create)")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("2 services: 1 would change, 1 pending"),
+        "{r:?}"
+    );
+    let r = w.run(&["plan", &format!("{}*", &a[..2])]);
+    assert_eq!(
+        r.code, 0,
+        "a pending service changes nothing in Consul: {r:?}"
+    );
+    block_on(async {
+        shared()
+            .client()
+            .config_delete("service-defaults", &d)
+            .await
+            .unwrap()
+    });
 }

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod import;
 pub mod output;
 pub mod pause;
+pub mod plan;
 pub mod status;
 pub mod validate;
 pub mod wait;
@@ -78,6 +79,18 @@ pub async fn dispatch(cli: &Cli) -> Exit {
             output::emit(BASE_SCHEMA);
             Ok(EXIT_OK)
         }
+        Command::Version(args) => {
+            if args.json() {
+                output::print_json(&serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "commit": env!("SVC_HANDLER_COMMIT"),
+                    "build_date": env!("SVC_HANDLER_BUILD_DATE"),
+                }));
+            } else {
+                crate::outln!("svc-handler {}", crate::cli::VERSION);
+            }
+            Ok(EXIT_OK)
+        }
         Command::Completions(args) => {
             completions(args.shell);
             Ok(EXIT_OK)
@@ -91,6 +104,7 @@ pub async fn dispatch(cli: &Cli) -> Exit {
         }
         Command::Delete(args) => delete::run(&Ctx::new(cli)?, args).await,
         Command::Import(args) => import::run(&Ctx::new(cli)?, args).await,
+        Command::Plan(args) => plan::run(&Ctx::new(cli)?, args).await,
         Command::Pause(args) => pause::pause(&Ctx::new(cli)?, args).await,
         Command::Resume(args) => pause::resume(&Ctx::new(cli)?, args).await,
     }

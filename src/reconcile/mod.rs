@@ -744,7 +744,10 @@ impl Reconciler {
 }
 
 /// What base.json asks for: its spec, or (when gone) the removal.
-fn desired<'a>(spec: Option<&'a Spec>, current: &Current, prune: bool) -> Desired<'a> {
+/// What a reconcile aims at: base.json's spec at its generation, or, with
+/// base.json gone, the removal (`prune`) or only the forgetting of what it
+/// owns. `svc-handler plan` uses the same.
+pub fn desired<'a>(spec: Option<&'a Spec>, current: &Current, prune: bool) -> Desired<'a> {
     match spec {
         Some(spec) => Desired::Spec {
             spec,
