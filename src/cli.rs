@@ -219,6 +219,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Write base.json from the entries already in Consul (with "adopt": true), where there is none.
     Import(ImportArgs),
+    /// Show a service's last outcomes, newest first (observed.json keeps 20).
+    History(HistoryArgs),
     /// Hold a service: the daemon writes none of its entries (no apply, no drift correction, no deletion) until resume.
     Pause(PauseArgs),
     /// Let the daemon handle a paused service again, at its latest base.json.
@@ -370,6 +372,14 @@ pub struct PlanArgs {
     /// before). Default: every service with a base.json or an observed.json.
     #[arg(value_name = "SERVICE")]
     pub services: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct HistoryArgs {
+    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
+    pub service: String,
     #[command(flatten)]
     pub output: OutputArgs,
 }

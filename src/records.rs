@@ -273,9 +273,87 @@ pub struct Observed {
     /// changes.
     #[serde(default)]
     pub retry: bool,
+    /// The outcomes before this one, newest first, at most
+    /// [`HISTORY_LEN`]: one entry each time the outcome changed. Written
+    /// with this outcome, in the same fenced transaction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// How many earlier outcomes observed.json keeps.
+pub const HISTORY_LEN: usize = 20;
+/// The longest message a history entry keeps (characters).
+const HISTORY_MESSAGE_CHARS: usize = 400;
+
+/// One earlier outcome, as `svc-handler history` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub status: Status,
+    pub generation: u64,
+    #[serde(default)]
+    pub step: Option<Step>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// When it was written (its `updated_at`).
+    pub at: String,
+    pub holder: String,
+}
+
+impl HistoryEntry {
+    /// `o` without its history, its message cut to a bounded length.
+    pub fn of(o: &Observed) -> HistoryEntry {
+        let message = o.message.as_ref().map(|m| {
+            if m.chars().count() > HISTORY_MESSAGE_CHARS {
+                let cut: String = m.chars().take(HISTORY_MESSAGE_CHARS).collect();
+                format!("{cut}…")
+            } else {
+                m.clone()
+            }
+        });
+        HistoryEntry {
+            status: o.status,
+            generation: o.generation,
+            step: o.step,
+            message,
+            at: o.updated_at.clone(),
+            holder: o.holder.clone(),
+        }
+    }
 }
 
 impl Observed {
+    /// An outcome for unit tests: no message, no step, no objects.
+    #[cfg(test)]
+    pub fn example(status: Status, generation: u64) -> Observed {
+        Observed {
+            status,
+            generation,
+            message: None,
+            step: None,
+            objects: Objects::default(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            duration_ms: 1,
+            holder: "h".into(),
+            base_key: "k".into(),
+            retry: false,
+            history: Vec::new(),
+        }
+    }
+
+    /// This outcome with `previous` (the observed.json it replaces) and
+    /// that one's history behind it, newest first, at most
+    /// [`HISTORY_LEN`] entries.
+    pub fn after(mut self, previous: Option<&Observed>) -> Observed {
+        self.history = match previous {
+            None => Vec::new(),
+            Some(p) => std::iter::once(HistoryEntry::of(p))
+                .chain(p.history.iter().cloned())
+                .take(HISTORY_LEN)
+                .collect(),
+        };
+        self
+    }
+
     /// True when both tell the same outcome: status, generation, step,
     /// message, objects and whether it is retried (not when, by whom, or how
     /// long it took).
@@ -304,6 +382,35 @@ pub fn now_rfc3339() -> String {
 }
 
 #[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    fn outcome(generation: u64) -> Observed {
+        Observed {
+            message: Some("m".repeat(1000)),
+            updated_at: format!("t{generation}"),
+            ..Observed::example(Status::Applied, generation)
+        }
+    }
+
+    #[test]
+    fn history_is_newest_first_bounded_and_short() {
+        let mut last: Option<Observed> = None;
+        for g in 1..=30 {
+            last = Some(outcome(g).after(last.as_ref()));
+        }
+        let o = last.unwrap();
+        assert_eq!(o.history.len(), HISTORY_LEN);
+        let gens: Vec<u64> = o.history.iter().map(|e| e.generation).collect();
+        assert_eq!(gens, (10..=29).rev().collect::<Vec<_>>());
+        let m = o.history[0].message.as_ref().unwrap();
+        assert_eq!(m.chars().count(), HISTORY_MESSAGE_CHARS + 1);
+        // Bounded in size: 20 entries of at most 400 characters each.
+        assert!(serde_json::to_vec(&o).unwrap().len() < 12_000);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -321,6 +428,7 @@ mod tests {
             holder: "node-1:42".into(),
             base_key: "svc-handler/desired/default/default/web/base.json".into(),
             retry: false,
+            history: Vec::new(),
         };
         let v = serde_json::to_value(&o).unwrap();
         for f in [

@@ -514,6 +514,60 @@ fn svc_cli(f: &Fixture, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// observed.json keeps the outcomes before the current one, newest first,
+/// at most 20, written with each new outcome; `svc-handler history` shows
+/// them.
+#[tokio::test]
+async fn history_keeps_the_last_twenty_outcomes_newest_first() {
+    let f = Fixture::new("history", shared());
+    let d = f.ready_daemon("history").await;
+    let id = f.id("web");
+    let mut generations = Vec::new();
+    for i in 0..24 {
+        let body = if i == 5 {
+            br#"{"adopt": "yes"}"#.to_vec()
+        } else {
+            format!(r#"{{"defaults": {{"Protocol": "http"}}, "resolver": {{"ConnectTimeout": "{}s"}}}}"#, i + 1).into_bytes()
+        };
+        f.put(&id, &body).await;
+        let g = f.generation(&id).await.unwrap();
+        let done = eventually(Duration::from_secs(20), || async {
+            f.observed(&id).await.is_some_and(|o| o.generation == g)
+        })
+        .await;
+        assert!(done, "generation {g} not recorded:\n{}", d.log_tail(10));
+        generations.push(g);
+    }
+    let out = svc_cli(&f, &["history", &id.name, "-o", "json"]);
+    let entries: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        entries.len(),
+        21,
+        "the current outcome and 20 before it: {out}"
+    );
+    let shown: Vec<u64> = entries
+        .iter()
+        .map(|e| e["generation"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = generations.iter().rev().take(21).copied().collect();
+    assert_eq!(shown, want);
+    // The invalid outcome in between is kept with its status; the three
+    // oldest went.
+    let invalid = entries.iter().find(|e| e["generation"] == generations[5]);
+    assert_eq!(
+        invalid.map(|e| e["status"].clone()),
+        Some(json!("invalid")),
+        "{out}"
+    );
+    assert!(!shown.contains(&generations[2]), "{out}");
+    let text = svc_cli(&f, &["history", &id.name]);
+    assert!(text.contains("21 outcome(s), newest first"), "{text}");
+    assert!(
+        text.contains(&format!("applied at generation {}", generations[23])),
+        "{text}"
+    );
+}
+
 /// `svc-handler pause`: while paused, a base.json change is not applied
 /// and a hand edit of an entry stays; observed.json and `status` say
 /// `paused` with the reason, and `svc_handler_services{status="paused"}`

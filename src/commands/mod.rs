@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod delete;
 pub mod diff;
+pub mod history;
 pub mod import;
 pub mod output;
 pub mod pause;
@@ -105,6 +106,7 @@ pub async fn dispatch(cli: &Cli) -> Exit {
         Command::Delete(args) => delete::run(&Ctx::new(cli)?, args).await,
         Command::Import(args) => import::run(&Ctx::new(cli)?, args).await,
         Command::Plan(args) => plan::run(&Ctx::new(cli)?, args).await,
+        Command::History(args) => history::run(&Ctx::new(cli)?, args).await,
         Command::Pause(args) => pause::pause(&Ctx::new(cli)?, args).await,
         Command::Resume(args) => pause::resume(&Ctx::new(cli)?, args).await,
     }

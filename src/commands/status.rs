@@ -309,21 +309,10 @@ async fn acl_warning(ctx: &Ctx) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{Objects, Status};
+    use crate::records::Status;
 
     fn observed(status: Status, generation: u64) -> Observed {
-        Observed {
-            status,
-            generation,
-            message: None,
-            step: None,
-            objects: Objects::default(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-            duration_ms: 1,
-            holder: "h".into(),
-            base_key: "k".into(),
-            retry: false,
-        }
+        Observed::example(status, generation)
     }
 
     #[test]

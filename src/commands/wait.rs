@@ -270,20 +270,12 @@ pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::Objects;
 
     fn observed(status: Status, generation: u64) -> Observed {
         Observed {
-            status,
-            generation,
             message: (status != Status::Applied).then(|| "boom".to_string()),
             step: (status != Status::Applied).then_some(crate::kind::Step::Defaults),
-            objects: Objects::default(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-            duration_ms: 1,
-            holder: "h".into(),
-            base_key: "k".into(),
-            retry: false,
+            ..Observed::example(status, generation)
         }
     }
 

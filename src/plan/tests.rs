@@ -427,6 +427,7 @@ fn in_sync_needs_a_noop_plan_and_observed_applied_for_this_generation() {
         holder: String::new(),
         base_key: KEY.into(),
         retry: false,
+        history: Vec::new(),
     };
     let objects = p.objects(&t);
     assert_eq!(objects.defaults.as_ref().unwrap().modify_index, 10);
@@ -478,6 +479,7 @@ fn the_write_budget_suppresses_and_reports_what_consul_stored_differently() {
         holder: String::new(),
         base_key: KEY.into(),
         retry: false,
+        history: Vec::new(),
     };
     assert_eq!(p.settled(Some(&o)), Some(Status::Error));
     o.retry = true;

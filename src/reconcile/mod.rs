@@ -496,6 +496,7 @@ impl Reconciler {
             // The same outcome as observed.json tells already: not rewritten.
             self.count_suppressed("observed");
         } else {
+            let observed = observed.after(previous);
             let value = serde_json::to_vec(&observed).expect("observed serializes");
             let key = self.layout().observed_key(run.id);
             extra.insert(0, TxnKvOp::Set { key, value });
@@ -621,6 +622,7 @@ impl Reconciler {
             duration_ms: started.elapsed().as_millis() as u64,
             holder: self.cfg.holder.clone(),
             base_key: run.base_key.clone(),
+            history: Vec::new(),
         }
     }
 
@@ -732,6 +734,7 @@ impl Reconciler {
             holder: self.cfg.holder.clone(),
             base_key: key.to_string(),
             retry: false,
+            history: Vec::new(),
         };
         let bytes = serde_json::to_vec(&observed).expect("observed serializes");
         self.client.kv_put(&observed_key, &bytes).await?;
