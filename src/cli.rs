@@ -273,11 +273,20 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct ApplyArgs {
-    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
-    pub service: String,
-    /// The base.json to write; `-` reads standard input.
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    /// The service (NAME, NAMESPACE/NAME or PARTITION/NAMESPACE/NAME); give
+    /// none with a folder: each file's name (without `.json`) names its service.
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// The base.json to write; `-` reads standard input. A folder: every
+    /// `*.json` in it, all checked before any is written.
+    #[arg(short = 'f', long = "file", value_name = "FILE|DIR")]
     pub file: PathBuf,
+    /// Then wait until the daemon has applied each (exit 1 on a failure, 2 on timeout).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (for all of them together).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Write only if base.json is still at this generation (its ModifyIndex, as
     /// `status` shows it; 0: only if it does not exist yet). Default: the
     /// generation read just before writing.
@@ -555,7 +564,7 @@ mod tests {
         let Command::Apply(a) = cli.command else {
             panic!("not apply")
         };
-        assert_eq!(a.service, "team/web");
+        assert_eq!(a.service.as_deref(), Some("team/web"));
         assert_eq!(a.file, PathBuf::from("web.json"));
         assert_eq!(a.expect_generation, Some(7));
         assert!(!a.force && a.output.json());

@@ -1062,3 +1062,49 @@ fn plan_shows_every_service_and_exits_like_terraform() {
             .unwrap()
     });
 }
+
+/// `apply -f DIR`: every `*.json`, named by its file; one invalid file and
+/// nothing is written; then `--wait` until the daemon applied them all.
+#[test]
+fn apply_a_folder_checks_every_file_first_then_waits_for_all() {
+    let w = world("applydir");
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = ["a", "b"].map(|n| w.name(n));
+    let write = |name: &str, body: &[u8]| std::fs::write(dir.path().join(name), body).unwrap();
+    write(
+        &format!("{a}.json"),
+        br#"{"defaults": {"Protocol": "http"}}"#,
+    );
+    write(
+        &format!("{b}.json"),
+        br#"{"defaults": {"Protocol": "grpc"}}"#,
+    );
+    write("bad.json", br#"{"adopt": "yes"}"#);
+    write("notes.txt", b"not a base.json");
+    let folder = dir.path().display().to_string();
+
+    let r = w.run(&["apply", "-f", &folder]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("bad.json") && r.stderr.contains("nothing was written"),
+        "{r:?}"
+    );
+    assert!(
+        kv_value(&w.base_key(&a)).is_none(),
+        "written despite an invalid file"
+    );
+
+    std::fs::remove_file(dir.path().join("bad.json")).unwrap();
+    let daemon = w.daemon();
+    daemon.wait_ready_blocking(Duration::from_secs(30));
+    let r = w.run(&["apply", "-f", &folder, "--wait", "--timeout", "60s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("{a}: base.json written")),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("2 of 2 applied"), "{r:?}");
+    assert_eq!(entry("service-defaults", &b).unwrap()["Protocol"], "grpc");
+    // A SERVICE with a folder is refused.
+    assert_eq!(w.run(&["apply", &a, "-f", &folder]).code, 1);
+}

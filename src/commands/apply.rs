@@ -1,10 +1,11 @@
-//! `svc-handler apply SERVICE -f FILE`: validates a base.json and writes it,
+//! `svc-handler apply SERVICE -f FILE` (or `-f DIR`, see [`super::apply_dir`]): validates a base.json and writes it,
 //! normalized, with check-and-set so that a concurrent edit is never lost.
 
 use serde::Serialize;
 
 use super::{read_spec, Ctx, Exit, Failure, EXIT_OK};
 use crate::cli::ApplyArgs;
+use crate::keys::ServiceId;
 use crate::spec;
 
 /// What `apply` did, as `--output json` prints it.
@@ -21,10 +22,36 @@ pub struct Applied {
 }
 
 pub async fn run(ctx: &Ctx, args: &ApplyArgs) -> Exit {
-    let id = ctx.service(&args.service)?;
+    if args.file.is_dir() {
+        return super::apply_dir::run(ctx, args).await;
+    }
+    let Some(service) = &args.service else {
+        return Err(Failure::failed(
+            "give the SERVICE to write the file for (only a folder names services by its file names)",
+        ));
+    };
+    let id = ctx.service(service)?;
     let spec = read_spec(&args.file)?;
-    let value = spec::to_canonical_json(&spec);
+    let (generation, changed) = write(ctx, &id, &spec, args).await?;
     let key = ctx.layout.base_key(&id);
+    report(&id, key, generation, changed, args.output.json())?;
+    if args.wait {
+        return super::apply_dir::wait_all(ctx, &[id], args.timeout).await;
+    }
+    Ok(EXIT_OK)
+}
+
+/// Writes `spec` as `id`'s base.json with check-and-set (unless `--force`;
+/// not at all when it holds the same document). The generation now, and
+/// whether it was written.
+pub async fn write(
+    ctx: &Ctx,
+    id: &ServiceId,
+    spec: &crate::spec::Spec,
+    args: &ApplyArgs,
+) -> Result<(u64, bool), Failure> {
+    let value = spec::to_canonical_json(spec);
+    let key = ctx.layout.base_key(id);
 
     let current = ctx.get(&key).await?;
     let read_index = current.as_ref().map_or(0, |p| p.modify_index);
@@ -40,7 +67,7 @@ pub async fn run(ctx: &Ctx, args: &ApplyArgs) -> Exit {
     }
     let unchanged = current.as_ref().is_some_and(|p| p.value == value);
     if unchanged && !args.force {
-        return report(&id, key, read_index, false, args.output.json());
+        return Ok((read_index, false));
     }
     if args.force {
         ctx.client.kv_put(&key, &value).await?;
@@ -75,7 +102,7 @@ pub async fn run(ctx: &Ctx, args: &ApplyArgs) -> Exit {
             )))
         }
     };
-    report(&id, key, generation, true, args.output.json())
+    Ok((generation, true))
 }
 
 fn stale_message(key: &str, expected: u64, now: u64, what: &str) -> String {
@@ -96,13 +123,7 @@ fn stale_message(key: &str, expected: u64, now: u64, what: &str) -> String {
     )
 }
 
-fn report(
-    id: &crate::keys::ServiceId,
-    key: String,
-    generation: u64,
-    changed: bool,
-    json: bool,
-) -> Exit {
+pub fn report(id: &ServiceId, key: String, generation: u64, changed: bool, json: bool) -> Exit {
     let applied = Applied {
         name: id.name.clone(),
         partition: id.partition.clone(),

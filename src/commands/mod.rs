@@ -6,6 +6,7 @@
 //! and never carry the ACL token (no [`ConsulError`] does).
 
 pub mod apply;
+pub mod apply_dir;
 pub mod delete;
 pub mod diff;
 pub mod history;
