@@ -29,6 +29,12 @@ const SHARD_MIN_GAP: Duration = Duration::from_millis(5);
 /// The guard reads at most this many bytes a second on average: a keys-only
 /// listing of 5,000 services (about 2 MB) every 4 s.
 const GUARD_BYTES_PER_SECOND: f64 = 512.0 * 1024.0;
+/// The longest a shard's or the guard's blocking query waits. Consul 1.8
+/// serves a blocking query to its end even when its client has gone (a
+/// daemon stopped or restarted), counting it against the client address's
+/// `http_max_conns_per_client` (200) meanwhile: a short wait frees those
+/// slots within a minute.
+const SHARD_MAX_WAIT: Duration = Duration::from_secs(60);
 /// The least time between two reads of the guard.
 const GUARD_MIN_GAP: Duration = Duration::from_millis(250);
 
@@ -183,15 +189,14 @@ impl DesiredWatch {
     }
 
     fn spawn_shard(&mut self, prefix: String) {
+        let wait = self.shard_wait();
         let Some(shard) = self.shards.get_mut(&prefix) else {
             return;
         };
         self.epochs += 1;
         let epoch = self.epochs;
         let at = shard.lp.start();
-        let opts = shard
-            .lp
-            .options(QueryOptions::consistent(), self.d.cfg.watch_wait);
+        let opts = shard.lp.options(QueryOptions::consistent(), wait);
         let client = self.d.client.clone();
         let abort = self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
@@ -214,7 +219,7 @@ impl DesiredWatch {
         let at = self.guard.start();
         let opts = self
             .guard
-            .options(QueryOptions::consistent(), self.d.cfg.watch_wait);
+            .options(QueryOptions::consistent(), self.shard_wait());
         let (client, root) = (self.d.client.clone(), self.root.clone());
         self.guard_read = Some(self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
@@ -338,9 +343,11 @@ impl DesiredWatch {
         let mut old = Snapshot::default();
         for prefix in plan.dropped.iter().chain(&plan.read) {
             if let Some(mut shard) = self.shards.remove(prefix) {
-                if let Some(read) = shard.read.take() {
-                    read.abort();
-                }
+                // Its read in flight is left to finish (its answer is
+                // dropped by epoch): Consul 1.8 keeps serving a blocking
+                // query whose client went away until the query ends, and
+                // counts it against `http_max_conns_per_client` meanwhile.
+                drop(shard.read.take());
                 old.add_part(shard.part);
             }
         }
@@ -383,6 +390,13 @@ impl DesiredWatch {
         if let Some(shard) = self.shards.get_mut(prefix) {
             shard.lp.failed();
         }
+    }
+
+    /// How long a shard's or the guard's blocking query may wait: at most
+    /// [`SHARD_MAX_WAIT`], so that the queries a stopped or restarted
+    /// daemon leaves behind free their slots in Consul soon.
+    fn shard_wait(&self) -> Duration {
+        self.d.cfg.watch_wait.min(SHARD_MAX_WAIT)
     }
 
     /// Starts the guard after the layout went from one shard to several.

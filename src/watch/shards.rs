@@ -80,14 +80,17 @@ pub struct Limits {
 }
 
 /// What the daemon uses: about 16 services a shard (a read of 30–60 KiB
-/// with records), and at most 64 shards: a daemon then holds at most
-/// 64 + 1 guard + 4 drift watches + 1 observed.json watch = 70 long-polls,
-/// about a third of Consul's default `http_max_conns_per_client` (200),
-/// with room for its writes, the CLI and another client on the same host.
-/// Past 64 × 16 = 1,024 services the shard count binds and shards grow.
+/// with records), and at most 32 shards: a daemon then holds at most
+/// 32 + 1 guard + 4 drift watches + 1 observed.json watch = 38 long-polls.
+/// Every client on a node shares the local agent's
+/// `http_max_conns_per_client` (200 by default), and Consul 1.8 counts a
+/// blocking query whose client went away until the query ends: a daemon
+/// restarted leaves its old long-polls counted for up to a minute, so two
+/// generations of one daemon must fit with room for everything else.
+/// Past 32 × 16 = 512 services the shard count binds and shards grow.
 pub const LIMITS: Limits = Limits {
     per_shard: 16,
-    max_shards: 64,
+    max_shards: 32,
 };
 
 /// The shards for `units` under `root` (see the module docs). Deterministic:
