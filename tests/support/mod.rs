@@ -92,12 +92,26 @@ pub fn free_local_port() -> u16 {
     free_port(Ipv4Addr::LOCALHOST)
 }
 
+/// A port below the kernel's ephemeral range (`ip_local_port_range`), free
+/// when asked and never handed out twice in this process. A port the kernel
+/// picks (`bind :0`) comes from that range, where any outgoing connection
+/// (a daemon's long-polls, say) may take it as its local port before the
+/// test binds it.
 fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .expect("bind a free port")
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let top = low.clamp(12_000, 32_768);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = fastrand::u16(10_000..top);
+        if !given.contains(&port) && TcpListener::bind((ip, port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Ports of one agent (DNS and gRPC stay off).
