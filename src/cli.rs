@@ -345,8 +345,9 @@ pub struct ImportArgs {
         conflicts_with = "all"
     )]
     pub services: Vec<String>,
-    /// Every service with a service-defaults, service-resolver or
-    /// service-router that carries no ownership mark, in the client's scope.
+    /// Every service with a service-defaults, service-resolver,
+    /// service-splitter or service-router that carries no ownership mark, in
+    /// the client's scope.
     #[arg(long)]
     pub all: bool,
     /// Print the documents; write nothing.

@@ -152,7 +152,13 @@ fn canon(v: &Value, key: &str) -> Option<Value> {
         Value::Array(items) => {
             let items: Vec<Value> = items
                 .iter()
-                .map(|item| canon(item, "").unwrap_or(Value::Null))
+                .map(|item| match item {
+                    // A split names its target like a Destination does.
+                    Value::Object(t) if key == "Splits" => {
+                        canon_object(t, true).map_or(Value::Null, Value::Object)
+                    }
+                    other => canon(other, "").unwrap_or(Value::Null),
+                })
                 .collect();
             (!items.is_empty()).then_some(Value::Array(items))
         }
@@ -190,7 +196,7 @@ fn canon_number(n: &serde_json::Number) -> Option<Value> {
     Some(Value::Number(n.clone()))
 }
 
-/// `scoped`: inside a Redirect, Destination or Failover target, where `""` and
+/// `scoped`: inside a Redirect, Destination, split or Failover target, where `""` and
 /// `"default"` Namespace/Partition mean the same as absent.
 fn canon_object(m: &Map<String, Value>, scoped: bool) -> Option<Map<String, Value>> {
     let out: Map<String, Value> = m
@@ -550,6 +556,7 @@ mod tests {
             [
                 "service-defaults",
                 "service-resolver",
+                "service-splitter",
                 "service-router",
                 "terminating-gateway"
             ]

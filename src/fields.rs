@@ -504,6 +504,7 @@ pub fn schema() -> Value {
         "properties": {
             "defaults": body_schema(Body::ServiceDefaults, "The body of the ServiceDefaults entry, in Consul's field names (as `consul config read` prints them)."),
             "resolver": body_schema(Body::ServiceResolver, "The body of the ServiceResolver entry."),
+            "splitter": body_schema(Body::ServiceSplitter, "The body of the ServiceSplitter entry: weighted Splits (summing to 100) over subsets of this service or other services. Written between the resolver and the router; when absent, the splitter svc-handler owns is deleted."),
             "router": body_schema(Body::ServiceRouter, "The body of the ServiceRouter entry. When absent, the router svc-handler owns is deleted."),
             "terminating_gateway": tgw_schema(),
             "adopt": {
@@ -516,8 +517,7 @@ pub fn schema() -> Value {
                 "description": "A Go duration: \"5s\", \"500ms\", \"1m30s\", \"0\".",
                 "type": ["string", "null"],
                 "pattern": "^([+-]?0|[+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|\u{b5}s|\u{3bc}s|ms|s|m|h))+)$"
-            },
-            "serviceSplitter": body_schema(Body::ServiceSplitter, "The body of a ServiceSplitter entry (not yet a key of base.json).")
+            }
         }
     })
 }
@@ -747,7 +747,7 @@ mod tests {
             subsets["additionalProperties"]["additionalProperties"],
             false
         );
-        let splits = &s["$defs"]["serviceSplitter"]["properties"]["Splits"];
+        let splits = &s["properties"]["splitter"]["properties"]["Splits"];
         assert_eq!(
             splits["items"]["properties"]["Weight"]["type"],
             json!(["number", "null"])

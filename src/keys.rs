@@ -463,7 +463,13 @@ mod tests {
         let names: Vec<_> = Kind::ALL.iter().map(|k| k.file_name()).collect();
         assert_eq!(
             names,
-            ["defaults.json", "resolver.json", "router.json", "tgw.json"]
+            [
+                "defaults.json",
+                "resolver.json",
+                "splitter.json",
+                "router.json",
+                "tgw.json"
+            ]
         );
         let kinds: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(
@@ -471,6 +477,7 @@ mod tests {
             [
                 "service-defaults",
                 "service-resolver",
+                "service-splitter",
                 "service-router",
                 "terminating-gateway"
             ]

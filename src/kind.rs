@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub enum Kind {
     ServiceDefaults,
     ServiceResolver,
+    ServiceSplitter,
     ServiceRouter,
     /// A link in a shared terminating gateway (the entry is not ours alone).
     TerminatingGateway,
@@ -18,17 +19,19 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order they are written.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::ServiceDefaults,
         Kind::ServiceResolver,
+        Kind::ServiceSplitter,
         Kind::ServiceRouter,
         Kind::TerminatingGateway,
     ];
 
     /// The kinds that are a service's own entry (named after the service).
-    pub const OWN: [Kind; 3] = [
+    pub const OWN: [Kind; 4] = [
         Kind::ServiceDefaults,
         Kind::ServiceResolver,
+        Kind::ServiceSplitter,
         Kind::ServiceRouter,
     ];
 
@@ -37,6 +40,7 @@ impl Kind {
         match self {
             Kind::ServiceDefaults => "service-defaults",
             Kind::ServiceResolver => "service-resolver",
+            Kind::ServiceSplitter => "service-splitter",
             Kind::ServiceRouter => "service-router",
             Kind::TerminatingGateway => "terminating-gateway",
         }
@@ -52,6 +56,7 @@ impl Kind {
         match self {
             Kind::ServiceDefaults => "defaults.json",
             Kind::ServiceResolver => "resolver.json",
+            Kind::ServiceSplitter => "splitter.json",
             Kind::ServiceRouter => "router.json",
             Kind::TerminatingGateway => "tgw.json",
         }
@@ -67,6 +72,7 @@ impl Kind {
         match self {
             Kind::ServiceDefaults => Step::Defaults,
             Kind::ServiceResolver => Step::Resolver,
+            Kind::ServiceSplitter => Step::Splitter,
             Kind::ServiceRouter => Step::Router,
             Kind::TerminatingGateway => Step::TerminatingGateway,
         }
@@ -95,6 +101,7 @@ pub enum Step {
     Key,
     Defaults,
     Resolver,
+    Splitter,
     Router,
     TerminatingGateway,
     /// The fenced transaction with observed.json and the lock's release.
@@ -107,7 +114,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a reconcile meets them.
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::Lock,
         Step::Read,
         Step::Parse,
@@ -115,6 +122,7 @@ impl Step {
         Step::Key,
         Step::Defaults,
         Step::Resolver,
+        Step::Splitter,
         Step::Router,
         Step::TerminatingGateway,
         Step::Observed,
@@ -131,6 +139,7 @@ impl Step {
             Step::Key => "key",
             Step::Defaults => "defaults",
             Step::Resolver => "resolver",
+            Step::Splitter => "splitter",
             Step::Router => "router",
             Step::TerminatingGateway => "terminating_gateway",
             Step::Observed => "observed",

@@ -215,6 +215,7 @@ pub const STATUSES: &[&str] = &["applied", "error", "invalid", "conflict", "paus
 pub const KINDS: &[&str] = &[
     "service-defaults",
     "service-resolver",
+    "service-splitter",
     "service-router",
     "terminating-gateway",
 ];

@@ -29,7 +29,7 @@ pub struct Current {
     /// The records found beside base.json.
     pub records: BTreeMap<Kind, Record>,
     pub observed: Option<Observed>,
-    /// The service's own entries (defaults, resolver, router) in Consul.
+    /// The service's own entries (defaults, resolver, splitter, router) in Consul.
     pub entries: BTreeMap<Kind, Value>,
     /// The terminating gateways involved, by name; an absent one is missing.
     pub gateways: BTreeMap<String, Value>,
@@ -556,7 +556,7 @@ fn unchanged_since(r: &Record, entry: &Value, object: &Value) -> bool {
         || entries::canonical(object) == entries::canonical(&r.object)
 }
 
-/// The removal of one of the service's own entries (a router gone from
+/// The removal of one of the service's own entries (a router or splitter gone from
 /// base.json, or base.json gone): deleted only when svc-handler owns it.
 pub fn removal_change(
     t: &Target<'_>,
@@ -671,18 +671,16 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
     let entry = |k: Kind| cur.entries.get(&k);
     let record = |k: Kind| cur.records.get(&k);
     let mut changes = Vec::new();
-    // A router that left base.json goes first: while it exists, the
-    // defaults cannot go back to a protocol the router cannot use.
-    if spec.router.is_none() {
-        let k = Kind::ServiceRouter;
+    // A router or splitter that left base.json goes first (the router
+    // before the splitter): while one exists, the defaults cannot go back
+    // to a protocol it cannot use, nor the resolver drop a subset it names.
+    let optional = [Kind::ServiceRouter, Kind::ServiceSplitter];
+    for k in optional.into_iter().filter(|k| spec.body(*k).is_none()) {
         changes.push(removal_change(t, k, entry(k), record(k)));
     }
-    for (k, body) in [
-        (Kind::ServiceDefaults, spec.defaults.as_ref()),
-        (Kind::ServiceResolver, spec.resolver.as_ref()),
-        (Kind::ServiceRouter, spec.router.as_ref()),
-    ] {
-        if k == Kind::ServiceRouter && body.is_none() {
+    for k in Kind::OWN {
+        let body = spec.body(k);
+        if optional.contains(&k) && body.is_none() {
             continue;
         }
         changes.push(entry_change(
@@ -807,6 +805,7 @@ fn plan_gone(t: &Target<'_>, prune: bool, cur: &Current) -> Plan {
         }
         for k in [
             Kind::ServiceRouter,
+            Kind::ServiceSplitter,
             Kind::ServiceResolver,
             Kind::ServiceDefaults,
         ] {

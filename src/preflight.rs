@@ -37,9 +37,10 @@
 //! - Chains of *other* services that reach this one (Consul compiles them
 //!   too) are not checked, nor the order of writes (each entry is checked
 //!   against the final state, not the state between two writes).
-//! - A splitter section does not exist in base.json yet: it would add a
-//!   `splitter_rules` beside `router_rules` and a hop in
-//!   the walk where a destination without a subset meets a splitter.
+//! - The splitter is entered where Consul enters it: a route (or the
+//!   service itself) reaching this service without naming a subset. A split
+//!   to another service goes to that service's resolver; its splitter, if it
+//!   has one, is not read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -146,7 +147,8 @@ pub fn needs(spec: &Spec, id: &ServiceId) -> Needs {
     walk.run();
     let mut needs = walk.needs;
     needs.proxy_defaults = !needs.defaults.is_empty()
-        || (spec.defaults.is_none() && (spec.router.is_some() || !needs.resolvers.is_empty()));
+        || (spec.defaults.is_none()
+            && (spec.router.is_some() || spec.splitter.is_some() || !needs.resolvers.is_empty()));
     needs
 }
 
@@ -165,6 +167,9 @@ fn run_checks(spec: &Spec, id: &ServiceId, others: Option<&Others>) -> Vec<Viola
     let mut out = Vec::new();
     if let Some(resolver) = &spec.resolver {
         resolver_rules(resolver, &id.name, &mut out);
+    }
+    if let Some(splitter) = &spec.splitter {
+        splitter_rules(splitter, id, &mut out);
     }
     if let Some(router) = &spec.router {
         router_rules(router, &mut out);
@@ -364,6 +369,87 @@ fn failover_rules(
             "a datacenter name is empty",
             format!("Bad Failover[{key:?}].Datacenters: found empty datacenter"),
         ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// service-splitter Validate() (1.8), plus two rules of svc-handler's own.
+
+/// Consul keeps a weight to two decimal places (it scales by 100 and rounds).
+fn scaled_weight(w: f64) -> i64 {
+    (w * 100.0).round() as i64
+}
+
+/// The splitter's own rules. Consul 1.8 refuses no splits, a destination
+/// named twice and weights that do not sum to 100 (to 0.01). svc-handler also
+/// refuses a weight outside 0..=100 (Consul 1.8.7 accepts 110 and -10, which
+/// Envoy cannot use) and one with more than two decimals (Consul would store
+/// 33.333 as 33.33, and the entry could never read back as written).
+pub(crate) fn splitter_rules(
+    splitter: &Map<String, Value>,
+    id: &ServiceId,
+    out: &mut Vec<Violation>,
+) {
+    let splits = array(splitter, "Splits");
+    if splits.is_empty() {
+        let what = "a splitter needs at least one split";
+        out.push(refused(
+            "$.splitter.Splits".into(),
+            what,
+            "no splits configured",
+        ));
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    let mut sum = 0;
+    for (i, split) in splits.iter().enumerate() {
+        let Value::Object(split) = split else {
+            continue;
+        };
+        let path = format!("$.splitter.Splits[{i}]");
+        let weight = split.get("Weight").and_then(Value::as_f64).unwrap_or(0.0);
+        sum += scaled_weight(weight);
+        weight_rules(weight, &path, out);
+        let or = |key: &str, default: &str| -> String {
+            Some(text(split, key))
+                .filter(|s| !s.is_empty())
+                .unwrap_or(default)
+                .to_string()
+        };
+        let service = or("Service", &id.name);
+        let subset = text(split, "ServiceSubset").to_string();
+        let namespace = or("Namespace", &id.namespace);
+        if !seen.insert((service.clone(), subset.clone(), namespace.clone())) {
+            out.push(refused(
+                path,
+                format!("this split repeats an earlier one's destination (service {service:?}, subset {subset:?}, namespace {namespace:?})"),
+                format!("split destination occurs more than once: service={service:?}, subset={subset:?}"),
+            ));
+        }
+    }
+    if sum != 10_000 {
+        let total = sum as f64 / 100.0;
+        out.push(refused(
+            "$.splitter.Splits".into(),
+            format!("the weights sum to {total}, not 100"),
+            format!("the sum of all split weights must be 100, not {total:.6}"),
+        ));
+    }
+}
+
+fn weight_rules(weight: f64, path: &str, out: &mut Vec<Violation>) {
+    let at_weight = format!("{path}.Weight");
+    if !(0.0..=100.0).contains(&weight) {
+        out.push(Violation {
+            path: at_weight,
+            message: format!("a weight is a percentage from 0 to 100, found {weight}"),
+        });
+    } else if ((weight * 100.0) - scaled_weight(weight) as f64).abs() > 1e-6 {
+        let stored = scaled_weight(weight) as f64 / 100.0;
+        out.push(Violation {
+            path: at_weight,
+            message: format!("a weight has at most two decimal places ({weight} would be stored by Consul as {stored})"),
+        });
     }
 }
 
@@ -571,8 +657,11 @@ impl<'a> Walk<'a> {
     /// the service itself).
     fn run(&mut self) {
         let start = self.start();
+        if self.spec.splitter.is_some() {
+            self.http_needed("$.splitter", "service-splitter");
+        }
         if let Some(router) = self.spec.router.as_ref() {
-            self.router_protocol();
+            self.http_needed("$.router", "service-router");
             for (i, route) in array(router, "Routes").iter().enumerate() {
                 let from = format!("$.router.Routes[{i}].Destination");
                 let Some(dest) = route.as_object().and_then(|r| obj(r, "Destination")) else {
@@ -587,24 +676,45 @@ impl<'a> Walk<'a> {
                     text(dest, "ServiceSubset"),
                     "",
                 );
-                self.visit(hop);
+                self.enter(hop);
             }
         }
-        self.visit(start);
+        self.enter(start);
     }
 
-    /// A router needs an HTTP-like protocol.
-    fn router_protocol(&mut self) {
+    /// A router or splitter (`what`, at `path`) needs an HTTP-like protocol.
+    fn http_needed(&mut self, path: &str, what: &str) {
         let Some(p) = self.protocol.clone() else {
             return;
         };
         if !http_like(&p) {
             let name = &self.id.name;
             self.found.push(refused(
-                "$.router".into(),
-                format!("a service-router needs protocol http, http2 or grpc; {name:?} has {p:?}"),
+                path.into(),
+                format!("a {what} needs protocol http, http2 or grpc; {name:?} has {p:?}"),
                 format!("discovery chain {name:?} uses a protocol {p:?} that does not permit advanced routing or splitting behavior"),
             ));
+        }
+    }
+
+    /// Consul's `getSplitterOrResolverNode`: this service reached without a
+    /// subset goes through its splitter, when base.json has one.
+    fn enter(&mut self, hop: Hop) {
+        let own_whole = hop.target.service == self.id.name && hop.target.subset.is_empty();
+        let Some(splitter) = self.spec.splitter.as_ref().filter(|_| own_whole) else {
+            return self.visit(hop);
+        };
+        for (i, split) in array(splitter, "Splits").iter().enumerate() {
+            let Some(split) = split.as_object() else {
+                continue;
+            };
+            if self.elsewhere(split) {
+                continue;
+            }
+            let from = format!("$.splitter.Splits[{i}]");
+            let service = text(split, "Service");
+            let next = hop.rewrite(&from, service, text(split, "ServiceSubset"), "");
+            self.visit(next);
         }
     }
 
@@ -780,6 +890,147 @@ mod tests {
 
     fn router_to(dest: Value) -> Value {
         json!({"defaults": {"Protocol": "http"}, "router": {"Routes": [{"Destination": dest}]}})
+    }
+
+    fn split(splits: Value) -> Value {
+        json!({
+            "defaults": {"Protocol": "http"},
+            "resolver": {"Subsets": {"v1": {"Filter": "x"}, "v2": {"Filter": "y"}}},
+            "splitter": {"Splits": splits}
+        })
+    }
+
+    #[test]
+    fn splitter_weights_sum_to_100_to_a_hundredth() {
+        let ok = split(
+            json!([{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v2"}]),
+        );
+        assert!(offline(ok).is_empty());
+        let thirds = split(
+            json!([{"Weight": 33.33, "ServiceSubset": "v1"}, {"Weight": 66.67, "ServiceSubset": "v2"}]),
+        );
+        assert!(offline(thirds).is_empty());
+        let v = offline(split(
+            json!([{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 5, "ServiceSubset": "v2"}]),
+        ));
+        assert_eq!(paths(&v), ["$.splitter.Splits"]);
+        assert!(
+            v[0].message
+                .ends_with("the sum of all split weights must be 100, not 95.000000"),
+            "{}",
+            v[0].message
+        );
+        assert!(
+            v[0].message.starts_with("the weights sum to 95, not 100"),
+            "{}",
+            v[0]
+        );
+    }
+
+    #[test]
+    fn splitter_weight_out_of_range_or_too_precise() {
+        let v = offline(split(
+            json!([{"Weight": 110, "ServiceSubset": "v1"}, {"Weight": -10, "ServiceSubset": "v2"}]),
+        ));
+        assert_eq!(
+            paths(&v),
+            ["$.splitter.Splits[0].Weight", "$.splitter.Splits[1].Weight"]
+        );
+        let v = offline(split(
+            json!([{"Weight": 33.333, "ServiceSubset": "v1"}, {"Weight": 66.667, "ServiceSubset": "v2"}]),
+        ));
+        assert_eq!(
+            paths(&v),
+            ["$.splitter.Splits[0].Weight", "$.splitter.Splits[1].Weight"]
+        );
+        assert!(
+            v[0].message.contains("would be stored by Consul as 33.33"),
+            "{}",
+            v[0]
+        );
+    }
+
+    #[test]
+    fn splitter_needs_splits_and_distinct_destinations() {
+        let v = offline(split(json!([])));
+        assert_eq!(paths(&v), ["$.splitter.Splits"]);
+        assert!(v[0].message.ends_with("no splits configured"), "{}", v[0]);
+        // "" is the splitter's own service: these two are the same place.
+        let v = offline(split(json!([
+            {"Weight": 50, "ServiceSubset": "v1"},
+            {"Weight": 50, "Service": "api", "ServiceSubset": "v1"}
+        ])));
+        assert_eq!(paths(&v), ["$.splitter.Splits[1]"]);
+        assert!(
+            v[0].message
+                .contains("split destination occurs more than once"),
+            "{}",
+            v[0]
+        );
+    }
+
+    #[test]
+    fn splitter_subsets_must_exist_here_and_there() {
+        let v = offline(split(
+            json!([{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v3"}]),
+        ));
+        assert_eq!(paths(&v), ["$.splitter.Splits[1].ServiceSubset"]);
+        assert!(
+            v[0].message.contains("does not have a subset named \"v3\""),
+            "{}",
+            v[0]
+        );
+        // Another service's subset needs its resolver, read from Consul.
+        let body = split(
+            json!([{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "Service": "web", "ServiceSubset": "canary"}]),
+        );
+        assert!(offline(body.clone()).is_empty());
+        let needs = needs(&spec(body.clone()), &api());
+        assert!(
+            needs.resolvers.contains("web") && needs.defaults.contains("web"),
+            "{needs:?}"
+        );
+        let has = others(&[("web", "http")], &[("web", &["canary"])]);
+        assert!(at_with(body.clone(), &has).is_empty());
+        let lacks = others(&[("web", "http")], &[("web", &["v1"])]);
+        assert_eq!(
+            at_with(body.clone(), &lacks),
+            ["$.splitter.Splits[1].ServiceSubset"]
+        );
+        let tcp = others(&[("web", "tcp")], &[("web", &["canary"])]);
+        assert_eq!(at_with(body, &tcp), ["$.splitter.Splits[1].Service"]);
+    }
+
+    #[test]
+    fn splitter_needs_an_http_protocol() {
+        let v = offline(
+            json!({"defaults": {"Protocol": "tcp"}, "splitter": {"Splits": [{"Weight": 100}]}}),
+        );
+        assert_eq!(paths(&v), ["$.splitter"]);
+        assert!(
+            v[0].message
+                .contains("a service-splitter needs protocol http, http2 or grpc"),
+            "{}",
+            v[0]
+        );
+        // Without defaults, the protocol comes from Consul.
+        let body = json!({"splitter": {"Splits": [{"Weight": 100}]}});
+        assert!(needs(&spec(body.clone()), &api()).proxy_defaults);
+        assert_eq!(at_with(body, &Others::default()), ["$.splitter"]);
+    }
+
+    #[test]
+    fn a_route_without_subset_goes_through_the_splitter() {
+        let mut body = split(json!([{"Weight": 100, "ServiceSubset": "v9"}]));
+        body["router"] = json!({"Routes": [
+            {"Match": {"HTTP": {"PathPrefix": "/a"}}, "Destination": {"ServiceSubset": "v2"}}
+        ]});
+        // v9 is reached through the splitter (by the catch-all); the route
+        // naming v2 goes to the resolver directly.
+        assert_eq!(
+            paths(&offline(body)),
+            ["$.splitter.Splits[0].ServiceSubset"]
+        );
     }
 
     #[test]

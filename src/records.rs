@@ -1,5 +1,5 @@
 //! What the daemon writes back to KV: the per-object records (`defaults.json`,
-//! `resolver.json`, `router.json`, `tgw.json`) and `observed.json`. Pure data,
+//! `resolver.json`, `splitter.json`, `router.json`, `tgw.json`) and `observed.json`. Pure data,
 //! with the contract's field names.
 
 use std::time::SystemTime;
@@ -216,6 +216,7 @@ pub struct ObjectRef {
 pub struct Objects {
     pub defaults: Option<ObjectRef>,
     pub resolver: Option<ObjectRef>,
+    pub splitter: Option<ObjectRef>,
     pub router: Option<ObjectRef>,
     pub terminating_gateway: Option<ObjectRef>,
 }
@@ -226,6 +227,7 @@ impl Objects {
         match kind {
             Kind::ServiceDefaults => &mut self.defaults,
             Kind::ServiceResolver => &mut self.resolver,
+            Kind::ServiceSplitter => &mut self.splitter,
             Kind::ServiceRouter => &mut self.router,
             Kind::TerminatingGateway => &mut self.terminating_gateway,
         }
@@ -244,6 +246,7 @@ impl Objects {
         match kind {
             Kind::ServiceDefaults => self.defaults.as_ref(),
             Kind::ServiceResolver => self.resolver.as_ref(),
+            Kind::ServiceSplitter => self.splitter.as_ref(),
             Kind::ServiceRouter => self.router.as_ref(),
             Kind::TerminatingGateway => self.terminating_gateway.as_ref(),
         }
@@ -446,7 +449,7 @@ mod tests {
         assert_eq!(v["status"], "conflict");
         assert_eq!(
             v["objects"],
-            json!({"defaults": null, "resolver": null, "router": null, "terminating_gateway": null})
+            json!({"defaults": null, "resolver": null, "splitter": null, "router": null, "terminating_gateway": null})
         );
         assert!(v["updated_at"].as_str().unwrap().ends_with('Z'));
         let back: Observed = serde_json::from_value(v).unwrap();

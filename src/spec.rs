@@ -22,9 +22,10 @@ pub const MAX_BASE_JSON_BYTES: usize = 512 * 1024;
 pub const MAX_DEPTH: usize = 64;
 
 /// The top-level keys of base.json, in the order they are printed.
-pub const TOP_LEVEL_KEYS: [&str; 5] = [
+pub const TOP_LEVEL_KEYS: [&str; 6] = [
     "defaults",
     "resolver",
+    "splitter",
     "router",
     "terminating_gateway",
     "adopt",
@@ -97,6 +98,8 @@ pub struct Spec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolver: Option<Map<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub splitter: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub router: Option<Map<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub terminating_gateway: Option<TgwLinkSpec>,
@@ -145,6 +148,7 @@ impl Spec {
         match kind {
             Kind::ServiceDefaults => self.defaults.as_ref(),
             Kind::ServiceResolver => self.resolver.as_ref(),
+            Kind::ServiceSplitter => self.splitter.as_ref(),
             Kind::ServiceRouter => self.router.as_ref(),
             Kind::TerminatingGateway => None,
         }
@@ -535,9 +539,10 @@ fn check_document(doc: &Value, target: Version, errors: &mut Vec<SpecError>) {
 }
 
 /// The top-level keys that hold a config entry body, and which body.
-const BODY_KEYS: [(&str, Body); 3] = [
+const BODY_KEYS: [(&str, Body); 4] = [
     ("defaults", Body::ServiceDefaults),
     ("resolver", Body::ServiceResolver),
+    ("splitter", Body::ServiceSplitter),
     ("router", Body::ServiceRouter),
 ];
 
@@ -549,6 +554,7 @@ fn build(doc: &Value) -> Spec {
     Spec {
         defaults: body("defaults"),
         resolver: body("resolver"),
+        splitter: body("splitter"),
         router: body("router"),
         terminating_gateway: get("terminating_gateway")
             .and_then(Value::as_object)
@@ -888,6 +894,8 @@ mod tests {
   "defaults": { "Protocol": "http" },
   "resolver": { "ConnectTimeout": "5s", "DefaultSubset": "v1",
                 "Subsets": { "v1": { "Filter": "Service.Meta.version == v1" } } },
+  "splitter": { "Splits": [ { "Weight": 90, "ServiceSubset": "v1" },
+                            { "Weight": 10, "ServiceSubset": "v2" } ] },
   "router":   { "Routes": [ { "Match": { "HTTP": { "PathPrefix": "/admin" } },
                               "Destination": { "Service": "admin" } } ] },
   "terminating_gateway": { "Gateway": "egress", "SNI": "api.example.com" },
@@ -904,6 +912,7 @@ mod tests {
             resolver["Subsets"]["v1"]["Filter"],
             "Service.Meta.version == v1"
         );
+        assert_eq!(spec.splitter.unwrap()["Splits"][1]["Weight"], 10);
         assert_eq!(
             spec.router.unwrap()["Routes"][0]["Destination"]["Service"],
             "admin"
@@ -926,6 +935,7 @@ mod tests {
         let empty = Spec {
             defaults: None,
             resolver: None,
+            splitter: None,
             router: None,
             terminating_gateway: None,
             adopt: Adopt::No,
@@ -933,7 +943,7 @@ mod tests {
         assert_eq!(ok("{}"), empty);
         assert_eq!(
             ok(
-                r#"{"defaults":null,"resolver":null,"router":null,"terminating_gateway":null,"adopt":null}"#
+                r#"{"defaults":null,"resolver":null,"splitter":null,"router":null,"terminating_gateway":null,"adopt":null}"#
             ),
             empty
         );
@@ -1048,7 +1058,7 @@ mod tests {
 
     #[test]
     fn forbidden_fields() {
-        for body in ["defaults", "resolver", "router"] {
+        for body in ["defaults", "resolver", "splitter", "router"] {
             for key in [
                 "Kind",
                 "Name",
@@ -1317,7 +1327,7 @@ mod tests {
         assert!(e.message.contains("unknown key \"default\""), "{e}");
         assert!(
             e.message
-                .contains("adopt, defaults, resolver, router, terminating_gateway"),
+                .contains("adopt, defaults, resolver, router, splitter, terminating_gateway"),
             "{e}"
         );
         let e = err(r#"{"Defaults":{}}"#);

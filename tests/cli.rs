@@ -303,9 +303,11 @@ fn apply_wait_status_diff_delete() {
         .collect();
     assert_eq!(
         actions,
-        // In the order a reconcile makes them: a router leaving goes first.
+        // In the order a reconcile makes them: a router leaving goes first,
+        // then a splitter leaving (there is none).
         [
             ("service-router".to_string(), "delete".to_string()),
+            ("service-splitter".into(), "none".into()),
             ("service-defaults".into(), "none".into()),
             ("service-resolver".into(), "update".into()),
             ("terminating-gateway".into(), "link".into()),

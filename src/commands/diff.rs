@@ -20,7 +20,8 @@ const EXIT_TROUBLE: u8 = EXIT_TIMEOUT;
 /// One entry's comparison, as `--output json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct EntryDiff {
-    /// `service-defaults`, `service-resolver`, `service-router`, `terminating-gateway`.
+    /// `service-defaults`, `service-resolver`, `service-splitter`, `service-router`,
+    /// `terminating-gateway`.
     pub kind: String,
     /// The entry's name (the gateway's, for a link).
     pub name: String,

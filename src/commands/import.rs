@@ -59,6 +59,7 @@ async fn document(ctx: &Ctx, id: &ServiceId) -> Result<(Value, Vec<String>), Str
     for (field, kind) in [
         ("defaults", Kind::ServiceDefaults),
         ("resolver", Kind::ServiceResolver),
+        ("splitter", Kind::ServiceSplitter),
         ("router", Kind::ServiceRouter),
     ] {
         let (entry, _) = scoped
@@ -111,7 +112,7 @@ async fn document(ctx: &Ctx, id: &ServiceId) -> Result<(Value, Vec<String>), Str
     }
     if doc.is_empty() {
         return Err(format!(
-            "no service-defaults, service-resolver or service-router named {} in Consul",
+            "no service-defaults, service-resolver, service-splitter or service-router named {} in Consul",
             id.name
         ));
     }
@@ -200,8 +201,8 @@ async fn import_one(ctx: &Ctx, id: &ServiceId, dry_run: bool) -> Imported {
     out
 }
 
-/// Every service with an unmarked service-defaults, service-resolver or
-/// service-router in the client's scope.
+/// Every service with an unmarked service-defaults, service-resolver,
+/// service-splitter or service-router in the client's scope.
 async fn all_services(ctx: &Ctx) -> Result<Vec<ServiceId>, ConsulError> {
     let mut names = std::collections::BTreeSet::new();
     for kind in Kind::OWN {

@@ -236,6 +236,7 @@ pub fn render_details(s: &ServiceStatus, paint: Paint) -> String {
         let objects = [
             ("defaults", &o.objects.defaults),
             ("resolver", &o.objects.resolver),
+            ("splitter", &o.objects.splitter),
             ("router", &o.objects.router),
             ("terminating_gateway", &o.objects.terminating_gateway),
         ];

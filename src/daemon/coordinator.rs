@@ -315,6 +315,7 @@ impl Coordinator {
             for (kind, r) in [
                 (Kind::ServiceDefaults, &objects.defaults),
                 (Kind::ServiceResolver, &objects.resolver),
+                (Kind::ServiceSplitter, &objects.splitter),
                 (Kind::ServiceRouter, &objects.router),
                 (Kind::TerminatingGateway, &objects.terminating_gateway),
             ] {

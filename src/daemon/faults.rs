@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::reconcile::{BoxFuture, FlowHook};
 
 /// Fault injection for tests, documented in the README: when set to a step
-/// name (`defaults`, `resolver`, `router`, `terminating_gateway`, `observed`,
+/// name (`defaults`, `resolver`, `splitter`, `router`, `terminating_gateway`, `observed`,
 /// `delete`), every reconcile hangs just before that step's fenced write, as
 /// a daemon stuck (or about to be killed) while it holds a lock would.
 pub const FAULT_PAUSE_ENV: &str = "SVC_HANDLER_FAULT_PAUSE_BEFORE";

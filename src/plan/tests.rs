@@ -186,6 +186,10 @@ fn router() -> Value {
     json!({"Routes": [{"Match": {"HTTP": {"PathPrefix": "/a"}}}]})
 }
 
+fn splitter() -> Value {
+    json!({"Splits": [{"Weight": 100, "Service": "other"}]})
+}
+
 fn with_gw(g: &str) -> Value {
     json!({"defaults": {"Protocol": "http"}, "terminating_gateway": {"Gateway": g, "SNI": "x"}})
 }
@@ -194,59 +198,74 @@ fn with_gw(g: &str) -> Value {
 fn entry_rows() -> Vec<Row> {
     let router = router();
     let with_router = json!({"defaults": {"Protocol": "http"}, "router": router});
+    let splitter = splitter();
+    let with_splitter = json!({"defaults": {"Protocol": "http"}, "splitter": splitter});
     vec![
         row("all absent", Some(HTTP()), State::default(),
-            &["service-router:web:none", "service-defaults:web:create", "service-resolver:web:create"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:create", "service-resolver:web:create"], true, false),
         row("all equal", Some(HTTP()), base_state(),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
         row("defaults different (a new generation)", Some(json!({"defaults": {"Protocol": "grpc"}})), older(base_state()),
-            &["service-router:web:none", "service-defaults:web:update", "service-resolver:web:none"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:update", "service-resolver:web:none"], true, false),
         row("as written for this generation, Consul shows it otherwise", Some(json!({"defaults": {"Protocol": "grpc"}})), base_state(),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
         row("stored differently for this generation", Some(json!({"defaults": {"Protocol": "grpc"}})), differs(base_state(), Kind::ServiceDefaults),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
         row("changed by someone after our write for this generation", Some(HTTP()),
             base_state().entry(Kind::ServiceResolver, ours(Kind::ServiceResolver, json!({"ConnectTimeout": "9s"}), 12)),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:update"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:update"], true, false),
         row("equal, records of an older generation", Some(HTTP()),
             State::default()
                 .entry(Kind::ServiceDefaults, ours(Kind::ServiceDefaults, json!({"Protocol": "http"}), 10))
                 .recorded(Kind::ServiceDefaults, &ours(Kind::ServiceDefaults, json!({"Protocol": "http"}), 10), GEN - 1)
                 .in_place(Kind::ServiceResolver, json!({})),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
         row("unmarked defaults", Some(HTTP()),
             State::default().entry(Kind::ServiceDefaults, with_meta(Kind::ServiceDefaults, json!({"Protocol": "tcp"}), Value::Null)),
-            &["service-router:web:none", "service-defaults:web:update!", "service-resolver:web:create"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:update!", "service-resolver:web:create"], false, false),
         row("unmarked defaults, adopt", Some(json!({"defaults": {"Protocol": "http"}, "adopt": true})),
             State::default().entry(Kind::ServiceDefaults, with_meta(Kind::ServiceDefaults, json!({"Protocol": "tcp"}), Value::Null)),
-            &["service-router:web:none", "service-defaults:web:update", "service-resolver:web:create"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:update", "service-resolver:web:create"], true, false),
         row("unmarked but recorded (rewritten by hand)", Some(HTTP()),
             base_state().entry(Kind::ServiceDefaults, with_meta(Kind::ServiceDefaults, json!({"Protocol": "http"}), Value::Null)),
-            &["service-router:web:none", "service-defaults:web:update", "service-resolver:web:none"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:update", "service-resolver:web:none"], true, false),
         row("marked for another key", Some(HTTP()),
             State::default().entry(Kind::ServiceDefaults, with_meta(Kind::ServiceDefaults, json!({"Protocol": "http"}), entries::ownership_meta("other/base.json"))),
-            &["service-router:web:none", "service-defaults:web:update!", "service-resolver:web:create"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:update!", "service-resolver:web:create"], false, false),
         row("owned by consul-k8s", Some(HTTP()),
             State::default().entry(Kind::ServiceResolver, with_meta(Kind::ServiceResolver, json!({}), json!({"external-source": "kubernetes"}))),
-            &["service-router:web:none", "service-defaults:web:create", "service-resolver:web:update!"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:create", "service-resolver:web:update!"], true, false),
         row("router removed, ours", Some(HTTP()), base_state().in_place(Kind::ServiceRouter, router.clone()),
-            &["service-router:web:delete", "service-defaults:web:none", "service-resolver:web:none"], true, false),
+            &["service-router:web:delete", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], true, false),
         row("router removed, someone else's", Some(HTTP()),
             base_state().entry(Kind::ServiceRouter, with_meta(Kind::ServiceRouter, router.clone(), Value::Null)),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
         row("router removed, record without entry", Some(HTTP()),
             base_state().recorded(Kind::ServiceRouter, &ours(Kind::ServiceRouter, router.clone(), 9), GEN),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
         row("router asked, record without entry", Some(with_router.clone()),
             base_state().recorded(Kind::ServiceRouter, &ours(Kind::ServiceRouter, router.clone(), 9), GEN),
-            &["service-defaults:web:none", "service-resolver:web:none", "service-router:web:create"], true, false),
+            &["service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "service-router:web:create"], true, false),
         row("router asked and in place", Some(with_router.clone()), base_state().in_place(Kind::ServiceRouter, router.clone()),
-            &["service-defaults:web:none", "service-resolver:web:none", "service-router:web:none"], false, true),
+            &["service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "service-router:web:none"], false, true),
+        row("splitter asked: written after the resolver, before the router", Some(with_splitter.clone()), base_state(),
+            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "service-splitter:web:create"], true, false),
+        row("splitter and router asked and in place", Some(json!({"defaults": {"Protocol": "http"}, "splitter": splitter, "router": router})),
+            base_state().in_place(Kind::ServiceSplitter, splitter.clone()).in_place(Kind::ServiceRouter, router.clone()),
+            &["service-defaults:web:none", "service-resolver:web:none", "service-splitter:web:none", "service-router:web:none"], false, true),
+        row("splitter removed, ours: deleted first", Some(HTTP()), base_state().in_place(Kind::ServiceSplitter, splitter.clone()),
+            &["service-router:web:none", "service-splitter:web:delete", "service-defaults:web:none", "service-resolver:web:none"], true, false),
+        row("router and splitter removed: the router first", Some(HTTP()),
+            base_state().in_place(Kind::ServiceSplitter, splitter.clone()).in_place(Kind::ServiceRouter, router.clone()),
+            &["service-router:web:delete", "service-splitter:web:delete", "service-defaults:web:none", "service-resolver:web:none"], true, false),
+        row("splitter removed, someone else's", Some(HTTP()),
+            base_state().entry(Kind::ServiceSplitter, with_meta(Kind::ServiceSplitter, splitter.clone(), Value::Null)),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, true),
         row("entries without records", Some(HTTP()),
             State::default()
                 .entry(Kind::ServiceDefaults, ours(Kind::ServiceDefaults, json!({"Protocol": "http"}), 10))
                 .entry(Kind::ServiceResolver, ours(Kind::ServiceResolver, json!({}), 10)),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none"], false, false),
     ]
 }
 
@@ -256,32 +275,32 @@ fn gateway_rows() -> Vec<Row> {
     let gw_b_linked = gateway("b", &[link("x")], 21);
     vec![
         row("first link, gateway absent", Some(with_gw("a")), base_state(),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:link"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:link"], true, false),
         row("link in place", Some(with_gw("a")), base_state().gw(gw_a_linked.clone()).link_record(&gw_a_linked, None, GEN),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none"], false, true),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none"], false, true),
         row("link present, no record", Some(with_gw("a")), base_state().gw(gw_a_linked.clone()),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none!"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none!"], false, false),
         row("link present, no record, adopt", Some(json!({"defaults": {"Protocol": "http"}, "adopt": true, "terminating_gateway": {"Gateway": "a", "SNI": "x"}})),
             base_state().gw(gw_a_linked.clone()),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none"], false, false),
         row("link changed", Some(with_gw("a")),
             base_state().gw(gateway("a", &[link("old")], 20)).link_record(&gateway("a", &[link("old")], 20), None, GEN - 1),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:link"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:link"], true, false),
         row("link as written for this generation", Some(with_gw("a")),
             base_state().gw(gateway("a", &[link("old")], 20)).link_record(&gateway("a", &[link("old")], 20), None, GEN),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none"], false, true),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:none"], false, true),
         row("gateway moved", Some(with_gw("b")), base_state().gw(gw_a_linked.clone()).link_record(&gw_a_linked, None, GEN),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:link", "terminating-gateway:a:unlink"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:link", "terminating-gateway:a:unlink"], true, false),
         row("crash in the middle of a move", Some(with_gw("b")),
             base_state().gw(gw_a_linked.clone()).gw(gw_b_linked.clone()).link_record(&gw_b_linked, Some("a"), GEN),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:none", "terminating-gateway:a:unlink"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:none", "terminating-gateway:a:unlink"], true, false),
         row("crash after the move, before the record", Some(with_gw("b")),
             base_state().gw(gateway("a", &[], 22)).gw(gw_b_linked.clone()).link_record(&gw_b_linked, Some("a"), GEN),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:none", "terminating-gateway:a:none"], false, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:none", "terminating-gateway:a:none"], false, false),
         row("link present in another gateway", Some(with_gw("b")), base_state().gw(gateway("c", &[link("x")], 30)),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:link"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:b:link"], true, false),
         row("link removed from base.json", Some(HTTP()), base_state().gw(gw_a_linked.clone()).link_record(&gw_a_linked, None, GEN),
-            &["service-router:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:unlink"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-defaults:web:none", "service-resolver:web:none", "terminating-gateway:a:unlink"], true, false),
     ]
 }
 
@@ -292,10 +311,13 @@ fn gone_rows() -> Vec<Row> {
     vec![
         row("gone, pruned", None,
             base_state().in_place(Kind::ServiceRouter, router.clone()).gw(gw_a_linked.clone()).link_record(&gw_a_linked, None, GEN),
-            &["terminating-gateway:a:unlink", "service-router:web:delete", "service-resolver:web:delete", "service-defaults:web:delete"], true, false),
+            &["terminating-gateway:a:unlink", "service-router:web:delete", "service-splitter:web:none", "service-resolver:web:delete", "service-defaults:web:delete"], true, false),
+        row("gone, pruned, with a splitter: router, splitter, resolver, defaults", None,
+            base_state().in_place(Kind::ServiceRouter, router.clone()).in_place(Kind::ServiceSplitter, splitter()),
+            &["service-router:web:delete", "service-splitter:web:delete", "service-resolver:web:delete", "service-defaults:web:delete"], true, false),
         row("gone, entry taken over by another tool", None,
             base_state().entry(Kind::ServiceResolver, with_meta(Kind::ServiceResolver, json!({}), json!({"managed-by": "terraform"}))),
-            &["service-router:web:none", "service-resolver:web:none", "service-defaults:web:delete"], true, false),
+            &["service-router:web:none", "service-splitter:web:none", "service-resolver:web:none", "service-defaults:web:delete"], true, false),
         row("gone, nothing left", None, State::default(), &[], false, true),
     ]
 }
@@ -393,7 +415,7 @@ fn drift_is_a_write_over_what_this_generation_recorded() {
         ours(Kind::ServiceDefaults, json!({"Protocol": "grpc"}), 11),
     );
     let p = plan_of(Some(HTTP()), &state);
-    assert!(p.changes[1].drift, "{p:#?}");
+    assert!(p.changes[2].drift, "{p:#?}");
     // A new generation asking for something else is a change, not drift.
     let mut older = base_state();
     older
@@ -402,8 +424,8 @@ fn drift_is_a_write_over_what_this_generation_recorded() {
         .values_mut()
         .for_each(|r| r.generation = GEN - 1);
     let p = plan_of(Some(json!({"defaults": {"Protocol": "http2"}})), &older);
-    assert_eq!(p.changes[1].action, Action::Update);
-    assert!(!p.changes[1].drift, "{p:#?}");
+    assert_eq!(p.changes[2].action, Action::Update);
+    assert!(!p.changes[2].drift, "{p:#?}");
 }
 
 #[test]
@@ -455,7 +477,7 @@ fn the_write_budget_suppresses_and_reports_what_consul_stored_differently() {
     let spec = Some(json!({"defaults": {"Protocol": "grpc"}}));
     let p = plan_of(spec.clone(), &base_state());
     assert!(
-        p.changes[1].suppressed && p.changes[1].stuck.is_none(),
+        p.changes[2].suppressed && p.changes[2].stuck.is_none(),
         "{p:#?}"
     );
     assert_eq!(p.stops_at(), None);

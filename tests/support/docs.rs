@@ -46,6 +46,10 @@ pub fn applied_rows() -> Vec<(&'static str, Value, Expect)> {
         ("router-exact-rewrite", http(json!({"router": {"Routes": [{"Match": {"HTTP": {"PathExact": "/old"}}, "Destination": {"PrefixRewrite": "/new", "RequestTimeout": "5s", "NumRetries": 3, "RetryOnConnectFailure": true, "RetryOnStatusCodes": [503]}}]}})), Applied),
         ("router-header-query", http(json!({"router": {"Routes": [{"Match": {"HTTP": {"Header": [{"Name": "x-debug", "Exact": "1"}], "QueryParam": [{"Name": "canary", "Present": true}], "Methods": ["GET", "HEAD"]}}, "Destination": {"Service": BACKEND}}]}})), Applied),
         ("router-to-subset", http(json!({"resolver": {"Subsets": subsets()}, "router": {"Routes": [{"Match": {"HTTP": {"PathPrefix": "/v2"}}, "Destination": {"ServiceSubset": "v2"}}]}})), Applied),
+        ("splitter-canary", http(json!({"resolver": {"DefaultSubset": "v1", "Subsets": subsets()}, "splitter": {"Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v2"}]}})), Applied),
+        ("splitter-migration", http(json!({"splitter": {"Splits": [{"Weight": 50}, {"Weight": 50, "Service": BACKEND}]}})), Applied),
+        ("splitter-thirds", http(json!({"resolver": {"Subsets": subsets()}, "splitter": {"Splits": [{"Weight": 33.33, "ServiceSubset": "v1"}, {"Weight": 33.33, "ServiceSubset": "v2"}, {"Weight": 33.34}]}})), Applied),
+        ("splitter-and-router", http(json!({"resolver": {"Subsets": subsets()}, "splitter": {"Splits": [{"Weight": 99.5, "ServiceSubset": "v1"}, {"Weight": 0.5, "ServiceSubset": "v2"}]}, "router": {"Routes": [{"Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}}, "Destination": {"ServiceSubset": "v2"}}]}})), Applied),
     ]
 }
 
@@ -75,6 +79,11 @@ pub fn invalid_rows() -> Vec<(&'static str, Value, Expect)> {
         ("preflight-router-explicit-tcp", json!({"defaults": {"Protocol": "tcp"}, "router": {"Routes": [{"Match": {"HTTP": {"PathPrefix": "/a"}}}]}}), Invalid(Step::Preflight, "protocol")),
         ("preflight-route-missing-subset", http(json!({"resolver": {"Subsets": subsets()}, "router": {"Routes": [{"Destination": {"ServiceSubset": "v9"}}]}})), Invalid(Step::Preflight, "v9")),
         ("preflight-default-subset", json!({"resolver": {"DefaultSubset": "v3", "Subsets": subsets()}}), Invalid(Step::Preflight, "v3")),
+        ("preflight-splitter-sum", http(json!({"resolver": {"Subsets": subsets()}, "splitter": {"Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 5, "ServiceSubset": "v2"}]}})), Invalid(Step::Preflight, "not 95")),
+        ("preflight-splitter-on-tcp", json!({"splitter": {"Splits": [{"Weight": 100}]}}), Invalid(Step::Preflight, "protocol")),
+        ("preflight-splitter-missing-subset", http(json!({"splitter": {"Splits": [{"Weight": 100, "ServiceSubset": "v1"}]}})), Invalid(Step::Preflight, "base.json has no resolver")),
+        ("preflight-splitter-twice", http(json!({"splitter": {"Splits": [{"Weight": 50}, {"Weight": 50}]}})), Invalid(Step::Preflight, "more than once")),
+        ("newer-split-request-headers", http(json!({"splitter": {"Splits": [{"Weight": 100, "RequestHeaders": {"Set": {"x-a": "b"}}}]}})), Invalid(Step::Parse, "RequestHeaders")),
         ("preflight-failover-key", json!({"resolver": {"Subsets": subsets(), "Failover": {"v7": {"Datacenters": ["dc2"]}}}}), Invalid(Step::Preflight, "v7")),
     ]
 }

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod invalid;
 pub mod proxy;
 pub mod rewrite;
+pub mod world;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
