@@ -332,7 +332,7 @@ async fn drift_watches_read_within_their_budget_and_still_correct_drift() {
         .await;
 
     // What was read, against the budget: its rate over the time, the one
-    // second's worth it may save up, and the listings of the four kinds
+    // second's worth it may save up, and the listings of the five kinds
     // that may be in flight when the budget runs out (at most twice their
     // size now, the shared agent's other tests writing meanwhile).
     let (bytes, secs) = (listed().await - bytes0, t0.elapsed().as_secs_f64());
@@ -340,6 +340,7 @@ async fn drift_watches_read_within_their_budget_and_still_correct_drift() {
     for kind in [
         "service-defaults",
         "service-resolver",
+        "service-splitter",
         "service-router",
         "terminating-gateway",
     ] {
@@ -351,7 +352,7 @@ async fn drift_watches_read_within_their_budget_and_still_correct_drift() {
         let bodies: Vec<&Value> = entries.iter().map(|e| &e.0).collect();
         largest = largest.max(serde_json::to_vec(&bodies).unwrap().len());
     }
-    let bound = budget_kib * 1024.0 * (secs + 1.0) + 4.0 * 2.0 * largest as f64;
+    let bound = budget_kib * 1024.0 * (secs + 1.0) + 5.0 * 2.0 * largest as f64;
     println!(
         "{n} foreign config writes; config.list read {bytes:.0} bytes in {secs:.1} s; \
          bound {bound:.0} (largest listing {largest} bytes)"
@@ -361,6 +362,43 @@ async fn drift_watches_read_within_their_budget_and_still_correct_drift() {
         bytes <= bound,
         "read {bytes} bytes in {secs:.1} s, over the bound {bound}"
     );
+}
+
+/// A weighted canary edited by hand (`consul config write`, 50/50) is put
+/// back to what base.json says by the running daemon's drift watch.
+#[tokio::test]
+async fn a_hand_edited_splitter_is_put_back_by_the_daemon() {
+    let f = Fixture::new("splitdrift", shared());
+    let d = f.start("d1", &[], &[]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    let id = f.id("canary");
+    let body = json!({
+        "defaults": {"Protocol": "http"},
+        "resolver": {"Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                                 "v2": {"Filter": "Service.Meta.version == v2"}}},
+        "splitter": {"Splits": [{"Weight": 90, "ServiceSubset": "v1"},
+                                {"Weight": 10, "ServiceSubset": "v2"}]}
+    });
+    let applied = f
+        .put_and_wait(&id, body.to_string().as_bytes(), Duration::from_secs(30))
+        .await;
+    assert!(applied, "not applied:\n{}", d.log_text());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("half.json");
+    let edit = json!({"Kind": "service-splitter", "Name": id.name, "Splits": [
+        {"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "ServiceSubset": "v2"}]});
+    std::fs::write(&file, edit.to_string()).unwrap();
+    consul_cli(&f.url, &["config", "write", file.to_str().unwrap()]);
+    let restored = eventually(Duration::from_secs(60), || async {
+        let e = f.entry("service-splitter", &id.name).await.unwrap();
+        e["Splits"][0]["Weight"] == 90 && e["Meta"]["managed-by"] == "svc-handler"
+    })
+    .await;
+    assert!(restored, "drift not corrected:\n{}", d.log_text());
+    let corrected = d
+        .metric(r#"svc_handler_drift_corrections_total{kind="service-splitter"}"#)
+        .await;
+    assert!(corrected >= 1.0, "drift corrections: {corrected}");
 }
 
 /// Logs a machine keeps: JSON lines whose keys are unique (jq keeps the
