@@ -229,6 +229,10 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the version, the commit and the build date.
     Version(OutputArgs),
+    /// Write the man pages (svc-handler.1 and one per command) to a folder,
+    /// for packagers (scripts/package).
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// How a command prints what it found.
@@ -411,6 +415,13 @@ pub struct ResumeArgs {
     pub service: String,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ManArgs {
+    /// The folder to write the pages to (created when missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args, Clone)]

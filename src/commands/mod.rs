@@ -97,6 +97,7 @@ pub async fn dispatch(cli: &Cli) -> Exit {
             completions(args.shell);
             Ok(EXIT_OK)
         }
+        Command::Man(args) => man_pages(&args.dir),
         Command::Apply(args) => apply::run(&Ctx::new(cli)?, args).await,
         Command::Wait(args) => wait::run(&Ctx::new(cli)?, args).await,
         Command::Status(args) => status::run(&Ctx::new(cli)?, args).await,
@@ -119,6 +120,16 @@ pub fn completions(shell: clap_complete::Shell) {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "svc-handler", &mut script);
     output::emit_bytes(&script);
+}
+
+/// `svc-handler man DIR`: the man pages generated from the command line's
+/// own definitions (clap_mangen), svc-handler.1 and svc-handler-COMMAND.1.
+fn man_pages(dir: &std::path::Path) -> Result<u8, Failure> {
+    let failed = |e: std::io::Error| Failure::new(EXIT_FAILED, format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(cmd, dir).map_err(failed)?;
+    Ok(EXIT_OK)
 }
 
 /// What the Consul commands share: a client in the settings' scope (where
