@@ -305,8 +305,11 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct WaitArgs {
-    #[arg(value_name = "SERVICE", help = SERVICE_HELP)]
-    pub service: String,
+    /// The services to wait for (NAME, NAMESPACE/NAME or
+    /// PARTITION/NAMESPACE/NAME); with more than one, a progress line on a
+    /// terminal, and all must be applied within --timeout.
+    #[arg(value_name = "SERVICE", required = true, num_args = 1..)]
+    pub services: Vec<String>,
     /// Give up (exit 2) after this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,

@@ -1109,4 +1109,26 @@ fn apply_a_folder_checks_every_file_first_then_waits_for_all() {
     assert_eq!(entry("service-defaults", &b).unwrap()["Protocol"], "grpc");
     // A SERVICE with a folder is refused.
     assert_eq!(w.run(&["apply", &a, "-f", &folder]).code, 1);
+
+    // `wait` on several services: all applied (a report each with -o json);
+    // one without a base.json is named, and the others still waited for.
+    let r = w.run(&["wait", &a, &b, "-o", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let reports = r.json();
+    let results: Vec<(&str, &str)> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["name"].as_str().unwrap(), x["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(results, [(a.as_str(), "applied"), (b.as_str(), "applied")]);
+    let missing = w.name("never");
+    let r = w.run(&["wait", &missing, &a, "--timeout", "20s"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("1 of 2 applied"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("{missing}/base.json does not exist")),
+        "{r:?}"
+    );
 }

@@ -36,7 +36,7 @@ pub async fn run(ctx: &Ctx, args: &ApplyArgs) -> Exit {
     let key = ctx.layout.base_key(&id);
     report(&id, key, generation, changed, args.output.json())?;
     if args.wait {
-        return super::apply_dir::wait_all(ctx, &[id], args.timeout).await;
+        return super::wait::wait_many(ctx, &[id], args.timeout, false, false).await;
     }
     Ok(EXIT_OK)
 }

@@ -4,13 +4,9 @@
 //! line on a terminal (indicatif) while the daemon applies them.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::apply::{report, write};
-use super::wait::{wait_applied, WaitEnd};
-use super::{read_spec, Ctx, Exit, Failure, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT};
+use super::{read_spec, Ctx, Exit, Failure, EXIT_OK};
 use crate::cli::ApplyArgs;
 use crate::keys::ServiceId;
 use crate::spec::Spec;
@@ -86,41 +82,5 @@ pub async fn run(ctx: &Ctx, args: &ApplyArgs) -> Exit {
         return Ok(EXIT_OK);
     }
     let ids: Vec<ServiceId> = all.into_iter().map(|(id, _)| id).collect();
-    wait_all(ctx, &ids, args.timeout).await
-}
-
-/// Waits for each service in turn, all within `timeout`; a progress line
-/// on a terminal. Exit 0 when all are applied, 1 when one failed (named on
-/// standard error), 2 when time ran out.
-pub async fn wait_all(ctx: &Ctx, ids: &[ServiceId], timeout: Duration) -> Exit {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let bar = ProgressBar::new(ids.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{pos}/{len} applied {wide_bar} {msg}")
-            .expect("a valid template"),
-    );
-    let (mut failed, mut timed_out) = (0usize, Vec::new());
-    for id in ids {
-        bar.set_message(id.to_string());
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match wait_applied(ctx, id, left, false).await? {
-            WaitEnd::Applied { .. } => bar.inc(1),
-            WaitEnd::Failed { observed, .. } => {
-                failed += 1;
-                bar.suspend(|| eprintln!("{id}: {}", super::wait::describe(&observed)));
-            }
-            WaitEnd::TimedOut { .. } => timed_out.push(id.to_string()),
-        }
-    }
-    bar.finish_and_clear();
-    let applied = ids.len() - failed - timed_out.len();
-    eprintln!("{applied} of {} applied", ids.len());
-    if failed > 0 {
-        return Ok(EXIT_FAILED);
-    }
-    if !timed_out.is_empty() {
-        eprintln!("timed out waiting for: {}", timed_out.join(", "));
-        return Ok(EXIT_TIMEOUT);
-    }
-    Ok(EXIT_OK)
+    super::wait::wait_many(ctx, &ids, args.timeout, false, false).await
 }

@@ -1,8 +1,10 @@
-//! `svc-handler wait SERVICE`: waits, with blocking queries on observed.json,
-//! until the daemon has applied the current base.json or failed on it.
+//! `svc-handler wait SERVICE...`: waits, with blocking queries on
+//! observed.json, until the daemon has applied the current base.json or
+//! failed on it; for several services, with a progress line.
 
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{
@@ -197,33 +199,141 @@ async fn daemons_seen(ctx: &Ctx) -> String {
     }
 }
 
-pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
-    let id = ctx.service(&args.service)?;
-    let end = wait_applied(ctx, &id, args.timeout, args.fail_fast).await?;
-    let (result, generation, observed) = match &end {
-        WaitEnd::Applied {
-            generation,
-            observed,
-        } => ("applied", *generation, Some(observed)),
-        WaitEnd::Failed {
-            generation,
-            observed,
-        } => ("failed", *generation, Some(observed)),
-        WaitEnd::TimedOut {
-            generation,
-            observed,
-            ..
-        } => ("timeout", *generation, observed.as_ref()),
-    };
-    if args.output.json() {
-        super::output::print_json(&WaitReport {
+impl<'a> WaitReport<'a> {
+    /// A service with no base.json: nothing to wait for.
+    fn nothing(id: &'a ServiceId) -> WaitReport<'a> {
+        WaitReport {
+            name: &id.name,
+            partition: &id.partition,
+            namespace: &id.namespace,
+            result: "failed",
+            generation: 0,
+            observed: None,
+        }
+    }
+
+    fn new(id: &'a ServiceId, end: &'a WaitEnd) -> WaitReport<'a> {
+        let (result, generation, observed) = match end {
+            WaitEnd::Applied {
+                generation,
+                observed,
+            } => ("applied", *generation, Some(observed)),
+            WaitEnd::Failed {
+                generation,
+                observed,
+            } => ("failed", *generation, Some(observed)),
+            WaitEnd::TimedOut {
+                generation,
+                observed,
+                ..
+            } => ("timeout", *generation, observed.as_ref()),
+        };
+        WaitReport {
             name: &id.name,
             partition: &id.partition,
             namespace: &id.namespace,
             result,
             generation,
             observed,
-        });
+        }
+    }
+}
+
+/// Waits for each service in turn, all within `timeout`, with a progress
+/// line on a terminal (indicatif; hidden when standard error is not one).
+/// Exit 0 when all are applied, 1 when one failed (named on standard
+/// error), 2 when time ran out. `json`: a list of reports on standard
+/// output, one per service.
+pub async fn wait_many(
+    ctx: &Ctx,
+    ids: &[ServiceId],
+    timeout: Duration,
+    fail_fast: bool,
+    json: bool,
+) -> Exit {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let bar = ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{pos}/{len} applied {wide_bar} {msg}")
+            .expect("a valid template"),
+    );
+    // `None`: nothing to wait for (no base.json), said on standard error.
+    let mut ends: Vec<Option<WaitEnd>> = Vec::with_capacity(ids.len());
+    for id in ids {
+        bar.set_message(id.to_string());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let end = match wait_applied(ctx, id, left, fail_fast).await {
+            Ok(end) => end,
+            Err(f) if f.code == EXIT_FAILED => {
+                bar.suspend(|| eprintln!("{}", f.message));
+                ends.push(None);
+                continue;
+            }
+            Err(f) => return Err(f),
+        };
+        match &end {
+            WaitEnd::Applied { .. } => bar.inc(1),
+            WaitEnd::Failed { observed, .. } => {
+                bar.suspend(|| eprintln!("{id}: {}", describe(observed)));
+            }
+            WaitEnd::TimedOut { .. } => {}
+        }
+        ends.push(Some(end));
+    }
+    bar.finish_and_clear();
+    if json {
+        let reports: Vec<WaitReport> = ids
+            .iter()
+            .zip(&ends)
+            .map(|(id, e)| {
+                e.as_ref()
+                    .map_or_else(|| WaitReport::nothing(id), |e| WaitReport::new(id, e))
+            })
+            .collect();
+        super::output::print_json(&reports);
+    }
+    let is = |e: &Option<WaitEnd>, applied: bool| match e {
+        Some(WaitEnd::Applied { .. }) => applied,
+        Some(WaitEnd::TimedOut { .. }) => !applied,
+        _ => false,
+    };
+    let timed_out: Vec<String> = ids
+        .iter()
+        .zip(&ends)
+        .filter(|(_, e)| is(e, false))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let failed = ids.len() - timed_out.len() - ends.iter().filter(|e| is(e, true)).count();
+    let applied = ids.len() - failed - timed_out.len();
+    eprintln!("{applied} of {} applied", ids.len());
+    if failed > 0 {
+        return Ok(EXIT_FAILED);
+    }
+    if !timed_out.is_empty() {
+        eprintln!(
+            "timed out after {} waiting for: {}",
+            human_duration(timeout),
+            timed_out.join(", ")
+        );
+        return Ok(EXIT_TIMEOUT);
+    }
+    Ok(EXIT_OK)
+}
+
+pub async fn run(ctx: &Ctx, args: &WaitArgs) -> Exit {
+    if args.services.len() > 1 {
+        let ids = args
+            .services
+            .iter()
+            .map(|s| ctx.service(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let json = args.output.json();
+        return wait_many(ctx, &ids, args.timeout, args.fail_fast, json).await;
+    }
+    let id = ctx.service(&args.services[0])?;
+    let end = wait_applied(ctx, &id, args.timeout, args.fail_fast).await?;
+    if args.output.json() {
+        super::output::print_json(&WaitReport::new(&id, &end));
     }
     match end {
         WaitEnd::Applied { observed, .. } => {
