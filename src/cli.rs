@@ -458,8 +458,8 @@ pub struct RunArgs {
     /// Blocking-query wait of the watches (at most 10m).
     #[arg(long, env = "SVC_HANDLER_WATCH_WAIT", default_value = "5m", value_parser = parse_watch_wait)]
     pub watch_wait: Duration,
-    /// KiB per second the drift watches may read together (0: no drift
-    /// watches; the periodic resync alone finds drift).
+    /// KiB per second the drift listings may read together (0: no drift
+    /// probe; the periodic resync alone finds drift).
     #[arg(long, env = "SVC_HANDLER_DRIFT_BUDGET", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1048576))]
     pub drift_budget: u64,
     /// When base.json is deleted, delete the entries svc-handler owns (default).

@@ -364,6 +364,65 @@ async fn drift_watches_read_within_their_budget_and_still_correct_drift() {
     );
 }
 
+/// The drift probe: the daemon's own config writes cost it no listing of
+/// the kinds (only the probe's few bytes), and one foreign write is listed
+/// for at once and put back. A private agent, so that no other test's
+/// writes count as foreign.
+#[tokio::test]
+async fn own_writes_are_not_listed_for_and_a_foreign_one_is() {
+    let agent = Agent::dev();
+    let f = Fixture::new("ownprobe", &agent);
+    let d = f.ready_daemon("d1").await;
+    let listed = || async {
+        d.metric(r#"svc_handler_consul_response_bytes_total{op="config.list"}"#)
+            .await
+    };
+    let bytes0 = listed().await;
+    let ids: Vec<ServiceId> = (0..20).map(|i| f.id(&format!("own{i}"))).collect();
+    for id in &ids {
+        let body = json!({"defaults": {"Protocol": "http"}, "resolver": {"ConnectTimeout": "3s"}});
+        let applied = f
+            .put_and_wait(id, body.to_string().as_bytes(), Duration::from_secs(30))
+            .await;
+        assert!(applied, "not applied:\n{}", d.log_text());
+    }
+    // 40 entries written one service at a time. One listing of the two
+    // kinds now would be over 4 KB; the probe answers `[]`, 2 bytes each.
+    let (entries, _) = f
+        .client
+        .config_list("service-defaults", &QueryOptions::default())
+        .await
+        .unwrap();
+    let one_listing = serde_json::to_vec(&entries.iter().map(|e| &e.0).collect::<Vec<_>>())
+        .unwrap()
+        .len();
+    assert!(one_listing > 4096, "{one_listing}");
+    let own_cost = listed().await - bytes0;
+    assert!(
+        own_cost < 1024.0,
+        "the daemon's own writes made it read {own_cost} bytes of config listings"
+    );
+
+    // Someone else's write: listed for, and the drift put back.
+    let id = &ids[7];
+    let edit = json!({"Kind": "service-resolver", "Name": id.name, "ConnectTimeout": "9s"});
+    assert!(f.client.config_put(&edit).await.unwrap());
+    let restored = eventually(Duration::from_secs(30), || async {
+        let e = f.entry("service-resolver", &id.name).await.unwrap();
+        e["ConnectTimeout"] == "3s" && e["Meta"]["managed-by"] == "svc-handler"
+    })
+    .await;
+    assert!(restored, "drift not corrected:\n{}", d.log_text());
+    assert!(
+        listed().await - bytes0 > one_listing as f64,
+        "no listing after a foreign write"
+    );
+    let corrected = d
+        .metric(r#"svc_handler_drift_corrections_total{kind="service-resolver"}"#)
+        .await;
+    assert_eq!(corrected, 1.0);
+}
+
 /// A weighted canary edited by hand (`consul config write`, 50/50) is put
 /// back to what base.json says by the running daemon's drift watch.
 #[tokio::test]

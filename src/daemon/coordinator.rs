@@ -27,7 +27,7 @@ pub enum Event {
     /// new layout moved): what the last reads of those keys held, and what
     /// they hold now.
     Part { old: Snapshot, new: Snapshot },
-    /// A listing of every config entry of one kind (the drift watches).
+    /// A listing of every config entry of one kind (the drift probe's listings).
     Entries(Kind, Vec<ConfigEntry>),
     /// The services that have an observed.json now (a keys-only listing of
     /// `<prefix>/observed/`).
@@ -307,7 +307,7 @@ impl Coordinator {
         }
     }
 
-    /// What this instance applied, for the drift watches; nothing of a
+    /// What this instance applied, for the drift listings; nothing of a
     /// deleted service.
     fn remember_objects(&mut self, report: &Report) {
         let id = &report.id;

@@ -1,9 +1,8 @@
 //! The daemon's background loops, each turning what it sees into events for
 //! the coordinator: the blocking-query watch of the desired prefix, the drift
-//! watches of the config-entry kinds, the periodic resync; and the systemd
+//! probe and its listings of the config-entry kinds, the periodic resync; and the systemd
 //! watchdog pings.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +16,7 @@ use crate::consul::QueryOptions;
 use crate::http::Health;
 use crate::keys::ObservedKey;
 use crate::kind::Kind;
-use crate::watch::{drift_query, BlockingLoop};
+use crate::watch::{drift_probe, BlockingLoop, DriftProbe};
 
 /// The observed.json watch reads at most this many bytes a second on
 /// average: a keys-only listing of 5,000 services (about 400 KB) every 3 s.
@@ -38,67 +37,82 @@ pub(super) fn unix_now() -> f64 {
 }
 
 impl Daemon {
-    /// A blocking list of one config-entry kind, for the coordinator to find
-    /// owned entries that no longer match their records. Consul 1.8 wakes it
-    /// on any config write: it waits past this instance's own writes (for
-    /// [`OWN_WRITE_GRACE`](crate::watch::OWN_WRITE_GRACE) at most, see [`drift_query`]), and the drift
-    /// watches together read no more than `--drift-budget` bytes a second
-    /// on average (a shared [`ByteBudget`](crate::watch::ByteBudget)), so drift costs a bounded read
-    /// rate however busy the daemon is.
-    pub(super) async fn watch_entries(self: Arc<Self>, kind: Kind, events: Events, mut stop: Stop) {
+    /// The drift probe: a blocking list of `proxy-defaults`, which Consul 1.8
+    /// wakes on every config write (a few bytes each time). When a write is
+    /// not this instance's own ([`drift_probe`]), every kind svc-handler
+    /// writes is listed for the coordinator to find owned entries that no
+    /// longer match their records; those listings read no more than
+    /// `--drift-budget` bytes a second on average (a shared
+    /// [`ByteBudget`](crate::watch::ByteBudget)), so drift costs a bounded
+    /// read rate however busy Consul is, and nothing while only this
+    /// instance writes.
+    pub(super) async fn watch_entries(self: Arc<Self>, events: Events, mut stop: Stop) {
         let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::from_millis(250));
-        let mut started = false;
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 _ = lp.ready() => {}
             }
-            let held = self.drift_budget_wait();
-            if !held.is_zero() {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(held) => {}
-                }
-            }
-            self.metrics.drift_watch_delay.set(held.as_secs_f64());
-            let own = self.own_writes.load(Ordering::Relaxed);
-            let (index, wait) = drift_query(lp.index(), own, self.cfg.watch_wait);
-            let opts = if index == 0 {
-                QueryOptions::default()
-            } else {
-                QueryOptions::blocking(index, wait)
+            let (last, opts) = match lp.index() {
+                0 => (0, QueryOptions::default()),
+                i => (i, QueryOptions::blocking(i, self.cfg.watch_wait)),
             };
             let result = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                r = self.client.config_list(kind.as_str(), &opts) => r,
+                r = self.client.config_list("proxy-defaults", &opts) => r,
             };
-            match result {
-                Ok((entries, meta)) => {
-                    self.drift_budget_spend(meta.body_bytes);
-                    lp.answered(&meta);
-                    // The table's index is never below an entry this
-                    // instance wrote, in one history of Consul; below it,
-                    // Consul was wiped or restored: that write is not its.
-                    if meta.index < self.own_writes.load(Ordering::Relaxed) {
-                        self.own_writes.store(0, Ordering::Relaxed);
-                    }
-                    if !std::mem::replace(&mut started, true) {
-                        continue; // the startup sync checks everything anyway
-                    }
-                    if events.send(Event::Entries(kind, entries)).is_err() {
-                        return;
-                    }
-                }
+            let meta = match result {
+                Ok((_, meta)) => meta,
                 Err(e) => {
                     let delay = lp.failed();
-                    tracing::debug!(kind = kind.as_str(), error = %e, retry_in = ?delay, "config-entry watch failed");
+                    tracing::debug!(error = %e, retry_in = ?delay, "drift probe failed");
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
+                    continue;
                 }
+            };
+            lp.answered(&meta);
+            let step = {
+                let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+                drift_probe(last, meta.index, &mut own)
+            };
+            if step == DriftProbe::List && !self.list_for_drift(&events, &mut stop).await {
+                return;
             }
         }
+    }
+
+    /// Lists every kind svc-handler writes, within the drift budget, and
+    /// hands the entries to the coordinator. False when the daemon stops.
+    async fn list_for_drift(&self, events: &Events, stop: &mut Stop) -> bool {
+        let now = QueryOptions::default();
+        for kind in Kind::ALL {
+            let held = self.drift_budget_wait();
+            self.metrics.drift_watch_delay.set(held.as_secs_f64());
+            if !held.is_zero() {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return false,
+                    _ = tokio::time::sleep(held) => {}
+                }
+            }
+            let result = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return false,
+                r = self.client.config_list(kind.as_str(), &now) => r,
+            };
+            match result {
+                Ok((entries, meta)) => {
+                    self.drift_budget_spend(meta.body_bytes);
+                    if events.send(Event::Entries(kind, entries)).is_err() {
+                        return false;
+                    }
+                }
+                // The next foreign write lists again; the resync bounds it.
+                Err(e) => tracing::debug!(kind = kind.as_str(), error = %e, "drift listing failed"),
+            }
+        }
+        true
     }
 
     /// A keys-only blocking listing of `<prefix>/observed/`, so that an

@@ -10,8 +10,8 @@ mod faults;
 mod loops;
 mod worker;
 
+use crate::watch::OwnWrites;
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,6 @@ use tokio::time::Instant;
 use crate::consul::{Client, ConsulError, QueryOptions, Settings};
 use crate::http::{Health, Observer};
 use crate::keys::{Layout, ServiceId};
-use crate::kind::Kind;
 use crate::lock::SessionConfig;
 use crate::metrics::Metrics;
 use crate::queue::{Backoff, Queue};
@@ -34,7 +33,7 @@ pub use faults::{Faults, FAULT_FREEZE_WATCH_ENV, FAULT_PAUSE_ENV};
 use loops::{Events, Stop};
 use worker::{Sessions, Worker};
 
-/// The drift watches' default read budget: 1 MiB/s.
+/// The drift listings' default read budget: 1 MiB/s.
 pub const DEFAULT_DRIFT_BUDGET: u64 = 1024 * 1024;
 
 /// How the daemon runs.
@@ -50,8 +49,8 @@ pub struct DaemonConfig {
     pub watch_wait: Duration,
     /// Most watch requests per second after a burst of 2.
     pub watch_rate: f64,
-    /// Bytes per second the drift watches may read together (0: no drift
-    /// watches; the periodic resync alone finds drift).
+    /// Bytes per second the drift listings may read together (0: no drift
+    /// probe; the periodic resync alone finds drift).
     pub drift_budget: u64,
     pub prune: bool,
     pub shutdown_timeout: Duration,
@@ -125,10 +124,10 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     cfg: DaemonConfig,
-    /// The highest ModifyIndex of a config entry this instance wrote (or
-    /// found in place): the drift watches wait past it (see
-    /// [`crate::watch::drift_query`]).
-    own_writes: Arc<AtomicU64>,
+    /// The ModifyIndexes of the config entries this instance wrote (or
+    /// found in place): the drift probe lists nothing for them (see
+    /// [`crate::watch::drift_probe`]).
+    own_writes: Arc<std::sync::Mutex<OwnWrites>>,
     /// The drift watches' shared read budget.
     drift_budget: std::sync::Mutex<ByteBudget>,
 }
@@ -166,7 +165,7 @@ impl Daemon {
             metrics,
             health,
             drift_budget: std::sync::Mutex::new(ByteBudget::new(cfg.drift_budget.max(1) as f64)),
-            own_writes: Arc::new(AtomicU64::new(0)),
+            own_writes: Arc::default(),
             cfg,
         })
     }
@@ -343,9 +342,8 @@ impl Daemon {
     fn spawn_loops(self: &Arc<Self>, tasks: &mut JoinSet<()>, events: &Events, stop: &Stop) {
         tasks.spawn(Arc::clone(self).watch_desired(events.clone(), stop.clone()));
         tasks.spawn(Arc::clone(self).watch_observed(events.clone(), stop.clone()));
-        for kind in Kind::ALL.into_iter().filter(|_| self.cfg.drift_budget > 0) {
-            let watch = Arc::clone(self).watch_entries(kind, events.clone(), stop.clone());
-            tasks.spawn(watch);
+        if self.cfg.drift_budget > 0 {
+            tasks.spawn(Arc::clone(self).watch_entries(events.clone(), stop.clone()));
         }
         if let Some(every) = self.cfg.resync_interval.filter(|d| !d.is_zero()) {
             tasks.spawn(loops::resync(every, events.clone(), stop.clone()));

@@ -4,7 +4,8 @@
 //! from the outcome ([`action`]). Used by the daemon's workers and by
 //! `run --once`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::kind::Kind;
+use crate::watch::OwnWrites;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,9 +150,9 @@ pub(super) struct Worker {
     pub(super) sessions: Arc<Sessions>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) prune: bool,
-    /// The highest ModifyIndex of a config entry this instance wrote or
-    /// found in place, for the drift watches.
-    pub(super) own_writes: Arc<AtomicU64>,
+    /// The ModifyIndexes of the config entries this instance wrote or
+    /// found in place, for the drift probe.
+    pub(super) own_writes: Arc<std::sync::Mutex<OwnWrites>>,
 }
 
 impl Worker {
@@ -166,8 +167,13 @@ impl Worker {
                     .await
             }
         };
-        if let Some(top) = report.objects.as_ref().and_then(|o| o.highest_index()) {
-            self.own_writes.fetch_max(top, Ordering::Relaxed);
+        if let Some(objects) = &report.objects {
+            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+            for kind in Kind::ALL {
+                if let Some(r) = objects.get(kind) {
+                    own.record(r.modify_index);
+                }
+            }
         }
         report
     }

@@ -317,31 +317,82 @@ impl TokenBucket {
     }
 }
 
-/// The longest the drift watches wait past this instance's own config
-/// writes before they list again (see [`drift_query`]).
-pub const OWN_WRITE_GRACE: Duration = Duration::from_secs(2);
+/// The most own-write indexes kept between two probe answers (a probe that
+/// stays away long forgets the oldest; then its next wake-up lists).
+const OWN_WRITES_KEPT: usize = 4096;
 
-/// What a drift watch asks for next: the index to wait past and how long.
-///
-/// Consul 1.8 wakes every config-entry list on any config write, so each of
-/// this instance's own writes would make every drift watch re-list its whole
-/// kind at once. When the instance wrote past the last listing (`own` >
-/// `last`), the watch waits past its own write instead, at most
-/// [`OWN_WRITE_GRACE`]: a burst of its own writes costs one listing per kind,
-/// a foreign write after them wakes the watch at once, and a foreign write
-/// in between is seen at the latest when the grace ends (the listing that
-/// then comes is the whole current state).
-pub fn drift_query(last: u64, own: u64, wait: Duration) -> (u64, Duration) {
-    if last != 0 && own > last {
-        (own, OWN_WRITE_GRACE.min(wait))
-    } else {
-        (last, wait)
+/// The indexes of this instance's own config-entry writes, as read back
+/// (and the indexes of entries it found in place, which are older), for
+/// the drift probe ([`drift_probe`]).
+#[derive(Debug, Default)]
+pub struct OwnWrites {
+    indexes: std::collections::BTreeSet<u64>,
+}
+
+impl OwnWrites {
+    pub fn record(&mut self, index: u64) {
+        if index == 0 {
+            return;
+        }
+        self.indexes.insert(index);
+        while self.indexes.len() > OWN_WRITES_KEPT {
+            self.indexes.pop_first();
+        }
+    }
+
+    /// Whether `index` is one of them; forgets every index up to it.
+    fn explains(&mut self, index: u64) -> bool {
+        let hit = self.indexes.contains(&index);
+        self.indexes = self.indexes.split_off(&index.saturating_add(1));
+        hit
     }
 }
 
-/// A budget of bytes per second shared by the drift watches: each listing
+/// What the drift probe does after an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriftProbe {
+    /// Nothing to check: the first answer (the startup sync checks
+    /// everything), a wait that timed out, or a change that is this
+    /// instance's own write.
+    Skip,
+    /// Someone else wrote a config entry (or Consul went back in time):
+    /// list every kind and look for drift.
+    List,
+}
+
+/// The drift probe's decision, purely.
+///
+/// The probe is a blocking list of `proxy-defaults` (at most one entry,
+/// `global`): Consul 1.8 wakes a config-entry list on any config write, of
+/// any kind, and answers with the config table's index, so the probe learns
+/// of every config write for a few bytes, and the kinds svc-handler owns are
+/// listed only when a write is not its own. An answer at `now` after `last`
+/// is this instance's own when `now` is the index of one of its writes: all
+/// writes up to `now` are then taken as its own. A foreign write that lands
+/// in the milliseconds before one of its own writes, before the probe is
+/// answered, is therefore not listed for; the next foreign write lists
+/// everything, and the periodic resync (`--resync-interval`) bounds the
+/// wait. A table index below `last` means Consul was wiped or restored:
+/// list, and forget the own writes (they are not of this history).
+pub fn drift_probe(last: u64, now: u64, own: &mut OwnWrites) -> DriftProbe {
+    if last == 0 || now == last {
+        own.explains(now);
+        return DriftProbe::Skip;
+    }
+    if now < last {
+        *own = OwnWrites::default();
+        return DriftProbe::List;
+    }
+    if own.explains(now) {
+        DriftProbe::Skip
+    } else {
+        DriftProbe::List
+    }
+}
+
+/// A budget of bytes per second shared by the drift listings: each listing
 /// spends its size; while the budget is in deficit the next listing waits
-/// until it is paid back. So the drift watches together read at most
+/// until it is paid back. So the drift listings together read at most
 /// `per_second` on average, however often config entries are written, and
 /// the wait grows with the size of the listings (the drift-correction
 /// latency the README states).
@@ -906,18 +957,44 @@ mod tests {
     }
 
     #[test]
-    fn drift_waits_past_own_writes_for_a_grace_only() {
-        let wait = Duration::from_secs(300);
-        // Nothing of ours since the last listing: wait past it, fully.
-        assert_eq!(drift_query(50, 40, wait), (50, wait));
-        assert_eq!(drift_query(50, 50, wait), (50, wait));
-        // Our own writes after it: wait past them, for the grace only.
-        assert_eq!(drift_query(50, 60, wait), (60, OWN_WRITE_GRACE));
-        // A short --watch-wait stays the bound.
-        let short = Duration::from_secs(1);
-        assert_eq!(drift_query(50, 60, short), (60, short));
-        // A fresh read stays fresh.
-        assert_eq!(drift_query(0, 60, wait), (0, wait));
+    fn drift_probe_lists_for_foreign_writes_only() {
+        use DriftProbe::{List, Skip};
+        let mut own = OwnWrites::default();
+        // The first answer and a timed-out wait: nothing to list.
+        assert_eq!(drift_probe(0, 50, &mut own), Skip);
+        assert_eq!(drift_probe(50, 50, &mut own), Skip);
+        // Our own writes at 51..=53: the probe answers at 53.
+        for i in [51, 52, 53] {
+            own.record(i);
+        }
+        assert_eq!(drift_probe(50, 53, &mut own), Skip);
+        // A foreign write at 54: list.
+        assert_eq!(drift_probe(53, 54, &mut own), List);
+        // Ours at 60, then a foreign one at 61 before the probe answers:
+        // 61 is not ours, list.
+        own.record(60);
+        assert_eq!(drift_probe(54, 61, &mut own), List);
+        // 60 was forgotten with the answer at 61: it cannot explain later.
+        assert_eq!(drift_probe(61, 60 + 10, &mut own), List);
+        // An own write found again after a later answer explains nothing.
+        own.record(65);
+        assert_eq!(drift_probe(70, 71, &mut own), List);
+        // Consul wiped or restored: list, and forget.
+        own.record(90);
+        assert_eq!(drift_probe(71, 12, &mut own), List);
+        assert_eq!(drift_probe(12, 90, &mut own), List, "forgotten");
+    }
+
+    #[test]
+    fn own_writes_stay_bounded() {
+        let mut own = OwnWrites::default();
+        for i in 1..=(OWN_WRITES_KEPT as u64 + 10) {
+            own.record(i);
+        }
+        assert_eq!(own.indexes.len(), OWN_WRITES_KEPT);
+        assert!(!own.indexes.contains(&10) && own.indexes.contains(&11));
+        own.record(0);
+        assert!(!own.indexes.contains(&0));
     }
 
     #[tokio::test(start_paused = true)]

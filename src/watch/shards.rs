@@ -81,7 +81,7 @@ pub struct Limits {
 
 /// What the daemon uses: about 16 services a shard (a read of 30–60 KiB
 /// with records), and at most 32 shards: a daemon then holds at most
-/// 32 + 1 guard + 4 drift watches + 1 observed.json watch = 38 long-polls.
+/// 32 + 1 guard + 1 drift probe + 1 observed.json watch = 35 long-polls.
 /// Every client on a node shares the local agent's
 /// `http_max_conns_per_client` (200 by default), and Consul 1.8 counts a
 /// blocking query whose client went away until the query ends: a daemon
