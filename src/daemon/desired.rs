@@ -1,7 +1,8 @@
 //! The watch of the desired prefix, in shards (see [`crate::watch::shards`]):
 //! one whole listing at start, then a blocking query per shard, each read
 //! again only when something under it changed, and the guard, a paced
-//! keys-only listing that finds keys outside every shard and redoes the
+//! listing of the service folders (one key per service, with the
+//! separator `/`) that finds services outside every shard and redoes the
 //! layout when shards grow or shrink.
 //!
 //! No change is missed across a new layout: every shard that gains or loses
@@ -20,15 +21,15 @@ use super::coordinator::Event;
 use super::faults::FAULT_FREEZE_WATCH_ENV;
 use super::loops::{unix_now, Events, Stop};
 use super::Daemon;
-use crate::consul::{ConsulError, KvPair, QueryMeta, QueryOptions};
+use crate::consul::{Client, ConsulError, KvPair, QueryMeta, QueryOptions};
 use crate::watch::shards::{self, LIMITS};
 use crate::watch::{BlockingLoop, Snapshot};
 
 /// The least time between two reads of one shard.
 const SHARD_MIN_GAP: Duration = Duration::from_millis(5);
-/// The guard reads at most this many bytes a second on average: a keys-only
-/// listing of 5,000 services (about 2 MB) every 4 s.
-const GUARD_BYTES_PER_SECOND: f64 = 512.0 * 1024.0;
+/// The guard reads at most this many bytes a second on average: the folder
+/// names of 5,000 services (about 300 KB) every 2.3 s.
+const GUARD_BYTES_PER_SECOND: f64 = 128.0 * 1024.0;
 /// The longest a shard's or the guard's blocking query waits. Consul 1.8
 /// serves a blocking query to its end even when its client has gone (a
 /// daemon stopped or restarted), counting it against the client address's
@@ -37,6 +38,41 @@ const GUARD_BYTES_PER_SECOND: f64 = 512.0 * 1024.0;
 const SHARD_MAX_WAIT: Duration = Duration::from_secs(60);
 /// The least time between two reads of the guard.
 const GUARD_MIN_GAP: Duration = Duration::from_millis(250);
+
+/// The guard's read: the units under `root` (each service's folder
+/// `<p>/<ns>/<name>/`, and the stray keys), one key each, not every key of
+/// every service. First a blocking keys-only listing of `root` with the
+/// separator `/`: its partitions, a few bytes, answered when anything under
+/// `root` changes (its index is the whole subtree's). Then each partition's
+/// namespaces and each namespace's service folders the same way, at once.
+/// The meta is the first answer's, with the bytes of all of them. A unit
+/// made between two of these reads is found by the next round.
+async fn guard_units(
+    client: &Client,
+    root: &str,
+    opts: &QueryOptions,
+) -> Result<(Vec<String>, QueryMeta), ConsulError> {
+    let (mut level, mut meta) = client.kv_keys(root, Some("/"), opts).await?;
+    let now = QueryOptions::consistent();
+    let mut units = Vec::new();
+    // Partitions, then namespaces: a folder goes one level down; a key that
+    // is not a folder is a stray key, a unit of its own.
+    for _ in 0..2 {
+        let mut next = Vec::new();
+        for key in level {
+            if !key.ends_with('/') || key.len() <= root.len() {
+                units.push(key);
+                continue;
+            }
+            let (keys, m) = client.kv_keys(&key, Some("/"), &now).await?;
+            meta.body_bytes += m.body_bytes;
+            next.extend(keys.into_iter().filter(|k| *k != key));
+        }
+        level = next;
+    }
+    units.extend(level);
+    Ok((units, meta))
+}
 
 /// A shard's pacing and index, what it last held, and its read in flight
 /// (tagged with an epoch, so that an answer to a read from before a new
@@ -223,7 +259,7 @@ impl DesiredWatch {
         let (client, root) = (self.d.client.clone(), self.root.clone());
         self.guard_read = Some(self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
-            Answer::Guard(client.kv_keys(&root, None, &opts).await)
+            Answer::Guard(guard_units(&client, &root, &opts).await)
         }));
     }
 

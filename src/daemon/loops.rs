@@ -16,7 +16,7 @@ use crate::consul::QueryOptions;
 use crate::http::Health;
 use crate::keys::ObservedKey;
 use crate::kind::Kind;
-use crate::watch::{drift_probe, BlockingLoop, DriftProbe};
+use crate::watch::{drift_probe, BlockingLoop, DriftProbe, OWN_WRITE_GRACE};
 
 /// The observed.json watch reads at most this many bytes a second on
 /// average: a keys-only listing of 5,000 services (about 400 KB) every 3 s.
@@ -74,9 +74,19 @@ impl Daemon {
                 }
             };
             lp.answered(&meta);
-            let step = {
-                let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-                drift_probe(last, meta.index, &mut own)
+            let patience = Instant::now() + OWN_WRITE_GRACE;
+            let step = loop {
+                let step = {
+                    let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+                    drift_probe(last, meta.index, &mut own, Instant::now() < patience)
+                };
+                if step != DriftProbe::Wait {
+                    break step;
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
             };
             if step == DriftProbe::List && !self.list_for_drift(&events, &mut stop).await {
                 return;
@@ -84,23 +94,28 @@ impl Daemon {
         }
     }
 
-    /// Lists every kind svc-handler writes, within the drift budget, and
-    /// hands the entries to the coordinator. False when the daemon stops.
+    /// Lists every kind svc-handler writes, all at once, and hands the
+    /// entries to the coordinator; while the drift budget is owed (by the
+    /// listings before), it first waits until it is paid back. False when
+    /// the daemon stops.
     async fn list_for_drift(&self, events: &Events, stop: &mut Stop) -> bool {
-        let now = QueryOptions::default();
-        for kind in Kind::ALL {
-            let held = self.drift_budget_wait();
-            self.metrics.drift_watch_delay.set(held.as_secs_f64());
-            if !held.is_zero() {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return false,
-                    _ = tokio::time::sleep(held) => {}
-                }
-            }
-            let result = tokio::select! {
+        let held = self.drift_budget_wait();
+        self.metrics.drift_watch_delay.set(held.as_secs_f64());
+        if !held.is_zero() {
+            tokio::select! {
                 _ = stop.wait_for(|s| *s) => return false,
-                r = self.client.config_list(kind.as_str(), &now) => r,
-            };
+                _ = tokio::time::sleep(held) => {}
+            }
+        }
+        let now = QueryOptions::default();
+        let list = |kind: Kind| self.client.config_list(kind.as_str(), &now);
+        let [a, b, c, d, e] = Kind::ALL;
+        let all = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return false,
+            r = async { tokio::join!(list(a), list(b), list(c), list(d), list(e)) } => r,
+        };
+        let (ra, rb, rc, rd, re) = all;
+        for (kind, result) in [(a, ra), (b, rb), (c, rc), (d, rd), (e, re)] {
             match result {
                 Ok((entries, meta)) => {
                     self.drift_budget_spend(meta.body_bytes);

@@ -159,6 +159,10 @@ impl Worker {
     /// One service: what is already in place costs reads only (no session,
     /// no lock); else the whole flow under the instance session.
     pub(super) async fn process(&self, id: &ServiceId) -> Report {
+        self.own_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .begin();
         let report = match self.reconciler.check(id, self.prune).await {
             Some(report) => report,
             None => {
@@ -167,14 +171,16 @@ impl Worker {
                     .await
             }
         };
+        let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(objects) = &report.objects {
-            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
             for kind in Kind::ALL {
                 if let Some(r) = objects.get(kind) {
                     own.record(r.modify_index);
                 }
             }
         }
+        own.end();
+        drop(own);
         report
     }
 

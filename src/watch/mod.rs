@@ -322,11 +322,13 @@ impl TokenBucket {
 const OWN_WRITES_KEPT: usize = 4096;
 
 /// The indexes of this instance's own config-entry writes, as read back
-/// (and the indexes of entries it found in place, which are older), for
-/// the drift probe ([`drift_probe`]).
+/// (and the indexes of entries it found in place, which are older), and the
+/// reconciles in flight, whose writes may not be recorded yet: for the drift
+/// probe ([`drift_probe`]).
 #[derive(Debug, Default)]
 pub struct OwnWrites {
     indexes: std::collections::BTreeSet<u64>,
+    in_flight: usize,
 }
 
 impl OwnWrites {
@@ -340,11 +342,19 @@ impl OwnWrites {
         }
     }
 
-    /// Whether `index` is one of them; forgets every index up to it.
-    fn explains(&mut self, index: u64) -> bool {
-        let hit = self.indexes.contains(&index);
+    /// A reconcile starts: its writes are recorded when it ends.
+    pub fn begin(&mut self) {
+        self.in_flight += 1;
+    }
+
+    /// A reconcile ended (after its writes were recorded).
+    pub fn end(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Forgets every index up to `index` (no later answer can be them).
+    fn forget_through(&mut self, index: u64) {
         self.indexes = self.indexes.split_off(&index.saturating_add(1));
-        hit
     }
 }
 
@@ -355,10 +365,17 @@ pub enum DriftProbe {
     /// everything), a wait that timed out, or a change that is this
     /// instance's own write.
     Skip,
+    /// Not known as this instance's own yet, but reconciles are in flight
+    /// whose writes are recorded only when they end: ask again shortly.
+    Wait,
     /// Someone else wrote a config entry (or Consul went back in time):
     /// list every kind and look for drift.
     List,
 }
+
+/// How long the drift probe waits for reconciles in flight to record their
+/// writes before it takes a change as foreign.
+pub const OWN_WRITE_GRACE: Duration = Duration::from_secs(2);
 
 /// The drift probe's decision, purely.
 ///
@@ -368,26 +385,36 @@ pub enum DriftProbe {
 /// of every config write for a few bytes, and the kinds svc-handler owns are
 /// listed only when a write is not its own. An answer at `now` after `last`
 /// is this instance's own when `now` is the index of one of its writes: all
-/// writes up to `now` are then taken as its own. A foreign write that lands
-/// in the milliseconds before one of its own writes, before the probe is
-/// answered, is therefore not listed for; the next foreign write lists
-/// everything, and the periodic resync (`--resync-interval`) bounds the
-/// wait. A table index below `last` means Consul was wiped or restored:
-/// list, and forget the own writes (they are not of this history).
-pub fn drift_probe(last: u64, now: u64, own: &mut OwnWrites) -> DriftProbe {
+/// writes up to `now` are then taken as its own. The probe answers as soon
+/// as a reconcile writes, before that reconcile has read its entry back and
+/// recorded the index; so while reconciles are in flight and `patient` (the
+/// caller's [`OWN_WRITE_GRACE`] has not run out) the answer is [`Wait`].
+/// A foreign write that lands in the milliseconds before one of this
+/// instance's own writes, before the probe is answered, is therefore not
+/// listed for; the next foreign write lists everything, and the periodic
+/// resync (`--resync-interval`) bounds the wait. A table index below `last`
+/// means Consul was wiped or restored: list, and forget the own writes
+/// (they are not of this history).
+///
+/// [`Wait`]: DriftProbe::Wait
+pub fn drift_probe(last: u64, now: u64, own: &mut OwnWrites, patient: bool) -> DriftProbe {
     if last == 0 || now == last {
-        own.explains(now);
+        own.forget_through(now);
         return DriftProbe::Skip;
     }
     if now < last {
-        *own = OwnWrites::default();
+        own.indexes.clear();
         return DriftProbe::List;
     }
-    if own.explains(now) {
-        DriftProbe::Skip
-    } else {
-        DriftProbe::List
+    if own.indexes.contains(&now) {
+        own.forget_through(now);
+        return DriftProbe::Skip;
     }
+    if own.in_flight > 0 && patient {
+        return DriftProbe::Wait;
+    }
+    own.forget_through(now);
+    DriftProbe::List
 }
 
 /// A budget of bytes per second shared by the drift listings: each listing
@@ -960,29 +987,59 @@ mod tests {
     fn drift_probe_lists_for_foreign_writes_only() {
         use DriftProbe::{List, Skip};
         let mut own = OwnWrites::default();
+        let probe = |last, now, own: &mut OwnWrites| drift_probe(last, now, own, true);
         // The first answer and a timed-out wait: nothing to list.
-        assert_eq!(drift_probe(0, 50, &mut own), Skip);
-        assert_eq!(drift_probe(50, 50, &mut own), Skip);
+        assert_eq!(probe(0, 50, &mut own), Skip);
+        assert_eq!(probe(50, 50, &mut own), Skip);
         // Our own writes at 51..=53: the probe answers at 53.
         for i in [51, 52, 53] {
             own.record(i);
         }
-        assert_eq!(drift_probe(50, 53, &mut own), Skip);
+        assert_eq!(probe(50, 53, &mut own), Skip);
         // A foreign write at 54: list.
-        assert_eq!(drift_probe(53, 54, &mut own), List);
+        assert_eq!(probe(53, 54, &mut own), List);
         // Ours at 60, then a foreign one at 61 before the probe answers:
         // 61 is not ours, list.
         own.record(60);
-        assert_eq!(drift_probe(54, 61, &mut own), List);
+        assert_eq!(probe(54, 61, &mut own), List);
         // 60 was forgotten with the answer at 61: it cannot explain later.
-        assert_eq!(drift_probe(61, 60 + 10, &mut own), List);
+        assert_eq!(probe(61, 60 + 10, &mut own), List);
         // An own write found again after a later answer explains nothing.
         own.record(65);
-        assert_eq!(drift_probe(70, 71, &mut own), List);
+        assert_eq!(probe(70, 71, &mut own), List);
         // Consul wiped or restored: list, and forget.
         own.record(90);
-        assert_eq!(drift_probe(71, 12, &mut own), List);
-        assert_eq!(drift_probe(12, 90, &mut own), List, "forgotten");
+        assert_eq!(probe(71, 12, &mut own), List);
+        assert_eq!(probe(12, 90, &mut own), List, "forgotten");
+    }
+
+    #[test]
+    fn drift_probe_waits_for_reconciles_in_flight() {
+        use DriftProbe::{List, Skip, Wait};
+        let mut own = OwnWrites::default();
+        own.begin();
+        // The reconcile wrote at 101; the probe answers before it recorded.
+        assert_eq!(drift_probe(100, 101, &mut own, true), Wait);
+        assert_eq!(
+            drift_probe(100, 101, &mut own, true),
+            Wait,
+            "nothing forgotten"
+        );
+        own.record(101);
+        own.end();
+        assert_eq!(drift_probe(100, 101, &mut own, true), Skip);
+        // A foreign write while a reconcile runs: listed once patience ends.
+        own.begin();
+        assert_eq!(drift_probe(101, 102, &mut own, true), Wait);
+        assert_eq!(drift_probe(101, 102, &mut own, false), List);
+        // With nothing in flight there is nothing to wait for.
+        own.end();
+        assert_eq!(drift_probe(102, 103, &mut own, true), List);
+        // A wipe keeps the count of reconciles in flight.
+        own.begin();
+        own.record(200);
+        assert_eq!(drift_probe(300, 5, &mut own, true), List);
+        assert_eq!(drift_probe(5, 6, &mut own, true), Wait);
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //!
 //! Splits follow the characters present, so a new key can fall outside every
 //! shard (a service whose name begins differently from all others). The
-//! *guard*, a paced keys-only listing of the whole tree, finds such keys and
-//! the layout is redone; until then nothing under them is missed for good,
+//! *guard*, a paced listing of the units of the whole tree (one key per
+//! service folder, read with the separator `/`), finds such units and the
+//! layout is redone; until then nothing under them is missed for good,
 //! only seen later. With one shard covering the whole tree there is no gap
 //! and no guard.
 //!
