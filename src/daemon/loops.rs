@@ -88,6 +88,13 @@ impl Daemon {
                     _ = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
             };
+            if step == DriftProbe::List {
+                tracing::debug!(
+                    last,
+                    index = meta.index,
+                    "drift probe: a config write not this instance's; listing the kinds"
+                );
+            }
             if step == DriftProbe::List && !self.list_for_drift(&events, &mut stop).await {
                 return;
             }
@@ -115,9 +122,11 @@ impl Daemon {
             r = async { tokio::join!(list(a), list(b), list(c), list(d), list(e)) } => r,
         };
         let (ra, rb, rc, rd, re) = all;
+        let mut bytes = 0;
         for (kind, result) in [(a, ra), (b, rb), (c, rc), (d, rd), (e, re)] {
             match result {
                 Ok((entries, meta)) => {
+                    bytes += meta.body_bytes;
                     self.drift_budget_spend(meta.body_bytes);
                     if events.send(Event::Entries(kind, entries)).is_err() {
                         return false;
@@ -127,6 +136,12 @@ impl Daemon {
                 Err(e) => tracing::debug!(kind = kind.as_str(), error = %e, "drift listing failed"),
             }
         }
+        let held_ms = held.as_millis() as u64;
+        tracing::debug!(
+            bytes,
+            held_ms,
+            "drift listings read (held back by the budget first)"
+        );
         true
     }
 
