@@ -50,6 +50,7 @@
 //! | `BENCH_GATEWAYS` | terminating gateways the links are spread over | 2 | 2 |
 //! | `BENCH_IDLE_GAP_MS` | pause before each timed single change (parts 2 and 6) | 250 | 250 |
 //! | `BENCH_STEADY_GAP_MS` | pause before each change with the steady-state services present | 3000 | 250 |
+//! | `BENCH_CLUSTER_WORLD` | services present for the same row on a 3-server cluster (fsync on; 0: skipped) | 5000 | 0 |
 //! | `BENCH_WORKERS` | the daemon's `--workers` | its default (4) | its default |
 //! | `BENCH_OUTPUT` | where the report goes | `BENCHMARKS.md` | not written |
 //!
@@ -72,7 +73,7 @@ use std::time::{Duration, Instant};
 use report::render;
 use serde_json::{json, Value};
 use support::daemon::{parse_metrics, DaemonProc};
-use support::{consul_bin, die_with_parent, Agent};
+use support::{consul_bin, die_with_parent, Agent, Cluster};
 use svc_handler::consul::{Client, QueryOptions};
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::records::{Observed, Status};
@@ -87,7 +88,7 @@ fn err(context: &str) -> impl Fn(svc_handler::consul::ConsulError) -> String + '
 // ---------------------------------------------------------------- settings
 
 /// The variables of the header, for the report.
-const VARIABLES: [(&str, &str, &str, &str); 17] = [
+const VARIABLES: [(&str, &str, &str, &str); 18] = [
     (
         "BENCH_CEILING_SECS",
         "seconds per ceiling measurement",
@@ -179,6 +180,12 @@ const VARIABLES: [(&str, &str, &str, &str); 17] = [
         "50",
     ),
     (
+        "BENCH_CLUSTER_WORLD",
+        "services present for the same row on a 3-server cluster (fsync on; 0: skipped)",
+        "5000",
+        "0",
+    ),
+    (
         "BENCH_WORKERS",
         "the daemon's `--workers`",
         "its default (4)",
@@ -212,6 +219,8 @@ struct Sizes {
     steady_gap: Duration,
     /// Services present for each row of "Cost as the world grows".
     world: Vec<usize>,
+    /// Services present for the same row on a three-server cluster (0: none).
+    cluster_world: usize,
     /// Pause before each change there.
     world_gap: Duration,
     output: Option<PathBuf>,
@@ -261,6 +270,7 @@ impl Sizes {
                 if quick { 250 } else { 3000 },
             )?),
             world: world_sizes(quick)?,
+            cluster_world: env_num("BENCH_CLUSTER_WORLD", if quick { 0 } else { 5000 })?,
             world_gap: Duration::from_millis(env_num(
                 "BENCH_WORLD_GAP_MS",
                 if quick { 50 } else { 300 },
@@ -809,6 +819,8 @@ struct Steady {
 /// One row of "Cost as the world grows": single changes with `services`
 /// present, per change.
 struct WorldRow {
+    /// Which Consul (`Under::label`).
+    consul: &'static str,
     services: usize,
     changes: usize,
     to_observed: Dist,
@@ -1444,17 +1456,46 @@ async fn run(agent: &Agent, sizes: &Sizes, r: &mut Results) -> Res<()> {
     daemon_latency_and_bulk(agent, &client, sizes, r).await?;
     baseline(agent, &client, sizes, r).await?;
     steady_state(agent, &client, sizes, r).await?;
+    let dev = Under {
+        url: agent.url(),
+        pids: vec![agent.pid()],
+        label: "dev agent",
+    };
     for &n in &sizes.world {
-        world(agent, &client, sizes, n, r).await?;
+        world(&dev, &client, sizes, n, r).await?;
+    }
+    if sizes.cluster_world > 0 {
+        let cluster = Cluster::start();
+        let first = &cluster.agents[0];
+        let servers = Under {
+            url: first.url(),
+            pids: cluster.agents.iter().map(Agent::pid).collect(),
+            label: "3 servers, fsync",
+        };
+        world(&servers, &first.client(), sizes, sizes.cluster_world, r).await?;
     }
     Ok(())
+}
+
+/// The Consul a "cost as the world grows" row runs against: the daemon's
+/// address, the processes whose CPU counts as Consul's, a name for the row.
+struct Under {
+    url: String,
+    pids: Vec<i32>,
+    label: &'static str,
+}
+
+impl Under {
+    fn cpu_seconds(&self) -> f64 {
+        self.pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+    }
 }
 
 /// "Cost as the world grows": `n` services applied by one daemon, then
 /// single changes to random ones, `world_gap` apart, each timed from the
 /// put to observed.json; Consul's and the daemon's CPU from /proc.
 async fn world(
-    agent: &Agent,
+    consul: &Under,
     client: &Client,
     sizes: &Sizes,
     n: usize,
@@ -1464,7 +1505,7 @@ async fn world(
     let prefix = format!("bench/world-{n}");
     let layout = Layout::new(&prefix).expect("a valid prefix");
     let names: Vec<String> = (0..n).map(|i| format!("w{n}-{i}")).collect();
-    let d = start_daemon(&agent.url(), &prefix, &format!("bench-w{n}"), sizes);
+    let d = start_daemon(&consul.url, &prefix, &format!("bench-w{n}"), sizes);
     wait_ready(
         &d,
         sizes.deadline(Duration::from_secs(60), Duration::from_secs(30)),
@@ -1488,10 +1529,7 @@ async fn world(
     p?;
     w.map_err(|e| format!("world {n} setup: {e}\n{}", tail(&d)))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (before, consul0) = (
-        Scrape::of(&d).await?,
-        cpu_seconds(agent.pid()).unwrap_or(0.0),
-    );
+    let (before, consul0) = (Scrape::of(&d).await?, consul.cpu_seconds());
     let mut obs = Vec::new();
     for k in 0..sizes.watch_changes {
         tokio::time::sleep(sizes.world_gap).await;
@@ -1504,14 +1542,12 @@ async fn world(
             .map_err(|e| format!("world {n} change {k}: {e}\n{}", tail(&d)))?;
         obs.push(o.expect("measured"));
     }
-    let (after, consul1) = (
-        Scrape::of(&d).await?,
-        cpu_seconds(agent.pid()).unwrap_or(0.0),
-    );
+    let (after, consul1) = (Scrape::of(&d).await?, consul.cpu_seconds());
     let x = delta(&before, &after);
     let c = sizes.watch_changes as f64;
     let watch = |s: &Scrape| s.bytes(Some("kv.list")) + s.bytes(Some("kv.keys"));
     r.world.push(WorldRow {
+        consul: consul.label,
         services: n,
         changes: sizes.watch_changes,
         to_observed: dist(&obs),
@@ -1527,7 +1563,8 @@ async fn world(
             .unwrap_or(0.0),
     });
     stop_daemon(d).await;
-    r.parts.push((format!("world {n}"), t.elapsed()));
+    r.parts
+        .push((format!("world {n} ({})", consul.label), t.elapsed()));
     Ok(())
 }
 

@@ -417,10 +417,13 @@ async fn own_writes_are_not_listed_for_and_a_foreign_one_is() {
         listed().await - bytes0 > one_listing as f64,
         "no listing after a foreign write"
     );
-    let corrected = d
-        .metric(r#"svc_handler_drift_corrections_total{kind="service-resolver"}"#)
-        .await;
-    assert_eq!(corrected, 1.0);
+    // The entry is back before the reconcile that wrote it ends and counts.
+    let series = r#"svc_handler_drift_corrections_total{kind="service-resolver"}"#;
+    let counted = eventually(Duration::from_secs(10), || async {
+        d.metric(series).await == 1.0
+    })
+    .await;
+    assert!(counted, "drift corrections: {}", d.metric(series).await);
 }
 
 /// A weighted canary edited by hand (`consul config write`, 50/50) is put
@@ -454,10 +457,13 @@ async fn a_hand_edited_splitter_is_put_back_by_the_daemon() {
     })
     .await;
     assert!(restored, "drift not corrected:\n{}", d.log_text());
-    let corrected = d
-        .metric(r#"svc_handler_drift_corrections_total{kind="service-splitter"}"#)
-        .await;
-    assert!(corrected >= 1.0, "drift corrections: {corrected}");
+    // The entry is back before the reconcile that wrote it ends and counts.
+    let series = r#"svc_handler_drift_corrections_total{kind="service-splitter"}"#;
+    let counted = eventually(Duration::from_secs(10), || async {
+        d.metric(series).await >= 1.0
+    })
+    .await;
+    assert!(counted, "drift corrections: {}", d.metric(series).await);
 }
 
 /// Logs a machine keeps: JSON lines whose keys are unique (jq keeps the

@@ -48,6 +48,9 @@ impl Daemon {
     /// instance writes.
     pub(super) async fn watch_entries(self: Arc<Self>, events: Events, mut stop: Stop) {
         let mut lp = BlockingLoop::new(self.cfg.watch_rate, Duration::from_millis(250));
+        // After a failed probe the next one is a fresh read: what was
+        // written meanwhile is unknown, so it lists.
+        let mut after_failure = false;
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
@@ -65,6 +68,7 @@ impl Daemon {
                 Ok((_, meta)) => meta,
                 Err(e) => {
                     let delay = lp.failed();
+                    after_failure = true;
                     tracing::debug!(error = %e, retry_in = ?delay, "drift probe failed");
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return,
@@ -75,10 +79,14 @@ impl Daemon {
             };
             lp.answered(&meta);
             let patience = Instant::now() + OWN_WRITE_GRACE;
+            let forced = std::mem::take(&mut after_failure);
             let step = loop {
                 let step = {
                     let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-                    drift_probe(last, meta.index, &mut own, Instant::now() < patience)
+                    match drift_probe(last, meta.index, &mut own, Instant::now() < patience) {
+                        DriftProbe::Skip if forced => DriftProbe::List,
+                        step => step,
+                    }
                 };
                 if step != DriftProbe::Wait {
                     break step;
