@@ -812,7 +812,7 @@ struct Steady {
     to_observed: Option<Dist>,
     /// Hand edit of an owned resolver to the entry put back.
     drift_fix: Option<Dist>,
-    /// The drift watches' config.list bytes per hand edit.
+    /// The drift listings' config.list bytes per hand edit.
     drift_list_bytes: f64,
 }
 

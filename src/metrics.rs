@@ -89,7 +89,7 @@ const DRIFT_CORRECTIONS: Def = Def(
 );
 const DRIFT_WATCH_DELAY: Def = Def(
     "svc_handler_drift_watch_delay_seconds",
-    "Time the drift watches' read budget held back their last listing: how much later than at once drift is seen now.",
+    "Time the drift listings' read budget held back their last round: how much later than at once drift is seen now.",
 );
 const REWRITES_SUPPRESSED: Def = Def(
     "svc_handler_rewrites_suppressed_total",

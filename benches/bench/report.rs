@@ -216,7 +216,7 @@ fn summary_watch_growth(o: &mut String, r: &Results) {
                 let cf = f.2 / f.0.max(1) as f64;
                 let _ = writeln!(
                     o,
-                    "| (no target) drift watches' config.list bytes per applied service, at {} vs {} services | {} vs {} ({:.2}×) | – | – |",
+                    "| (no target) drift listings' config.list bytes per applied service, at {} vs {} services | {} vs {} ({:.2}×) | – | – |",
                     e.0,
                     f.0,
                     bytes(ce),
@@ -498,7 +498,7 @@ fn watch_cost(o: &mut String, r: &Results, sizes: &Sizes) {
     let _ = writeln!(
         o,
         "Bytes the watch of `<prefix>/desired/` fetched (`svc_handler_consul_response_bytes_total{{op=\"kv.list\"}}`) \
-         and its wake-ups (`svc_handler_watch_wakeups_total`); the drift watches' config-entry listings \
+         and its wake-ups (`svc_handler_watch_wakeups_total`); the drift probe's config-entry listings \
          (`op=\"config.list\"`) for comparison, and the daemon's CPU time (all of it, not only the watch's).\n"
     );
     let _ = writeln!(
@@ -600,7 +600,7 @@ fn drift(o: &mut String, r: &Results, sizes: &Sizes) {
         "With the {} services of part 4 in sync, {} hand edits, {} ms apart, each change one owned \
          service-resolver's `ConnectTimeout` with a plain config-entry write (Meta kept, as `consul config write` \
          of what `consul config read` printed would); the clock runs from that write until a blocking read of the \
-         entry shows the recorded value again. The drift watches read under the daemon's default \
+         entry shows the recorded value again. The drift listings read under the daemon's default \
          `--drift-budget` (1024 KiB/s for all of them together); they read {} of listings per edit.\n",
         s.services,
         d.n,

@@ -128,7 +128,7 @@ pub struct Daemon {
     /// found in place): the drift probe lists nothing for them (see
     /// [`crate::watch::drift_probe`]).
     own_writes: Arc<std::sync::Mutex<OwnWrites>>,
-    /// The drift watches' shared read budget.
+    /// The drift listings' shared read budget.
     drift_budget: std::sync::Mutex<ByteBudget>,
 }
 
