@@ -35,6 +35,15 @@ impl Kind {
         Kind::ServiceRouter,
     ];
 
+    /// The own kinds written only when base.json has their body (a router,
+    /// a splitter), in the order they are removed when it no longer does.
+    pub const OPTIONAL: [Kind; 2] = [Kind::ServiceRouter, Kind::ServiceSplitter];
+
+    /// Whether this kind is written only when base.json asks for it.
+    pub fn is_optional(self) -> bool {
+        Kind::OPTIONAL.contains(&self)
+    }
+
     /// The `Kind` as Consul names it.
     pub fn as_str(self) -> &'static str {
         match self {

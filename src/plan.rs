@@ -674,13 +674,15 @@ fn plan_apply(t: &Target<'_>, spec: &Spec, generation: u64, cur: &Current) -> Pl
     // A router or splitter that left base.json goes first (the router
     // before the splitter): while one exists, the defaults cannot go back
     // to a protocol it cannot use, nor the resolver drop a subset it names.
-    let optional = [Kind::ServiceRouter, Kind::ServiceSplitter];
-    for k in optional.into_iter().filter(|k| spec.body(*k).is_none()) {
+    for k in Kind::OPTIONAL
+        .into_iter()
+        .filter(|k| spec.body(*k).is_none())
+    {
         changes.push(removal_change(t, k, entry(k), record(k)));
     }
     for k in Kind::OWN {
         let body = spec.body(k);
-        if optional.contains(&k) && body.is_none() {
+        if k.is_optional() && body.is_none() {
             continue;
         }
         changes.push(entry_change(

@@ -233,14 +233,6 @@ impl Objects {
         }
     }
 
-    /// The highest ModifyIndex among the objects (`None` when there is none).
-    pub fn highest_index(&self) -> Option<u64> {
-        Kind::ALL
-            .into_iter()
-            .filter_map(|k| self.get(k).map(|r| r.modify_index))
-            .max()
-    }
-
     /// The reference of `kind`.
     pub fn get(&self, kind: Kind) -> Option<&ObjectRef> {
         match kind {

@@ -292,19 +292,15 @@ pub async fn wait_many(
             .collect();
         super::output::print_json(&reports);
     }
-    let is = |e: &Option<WaitEnd>, applied: bool| match e {
-        Some(WaitEnd::Applied { .. }) => applied,
-        Some(WaitEnd::TimedOut { .. }) => !applied,
-        _ => false,
-    };
-    let timed_out: Vec<String> = ids
-        .iter()
-        .zip(&ends)
-        .filter(|(_, e)| is(e, false))
+    let applied = (ends.iter())
+        .filter(|e| matches!(e, Some(WaitEnd::Applied { .. })))
+        .count();
+    let timed_out: Vec<String> = (ids.iter().zip(&ends))
+        .filter(|(_, e)| matches!(e, Some(WaitEnd::TimedOut { .. })))
         .map(|(id, _)| id.to_string())
         .collect();
-    let failed = ids.len() - timed_out.len() - ends.iter().filter(|e| is(e, true)).count();
-    let applied = ids.len() - failed - timed_out.len();
+    // The rest failed: a final outcome, or no base.json to wait for.
+    let failed = ids.len() - applied - timed_out.len();
     eprintln!("{applied} of {} applied", ids.len());
     if failed > 0 {
         return Ok(EXIT_FAILED);

@@ -312,14 +312,8 @@ impl Coordinator {
     fn remember_objects(&mut self, report: &Report) {
         let id = &report.id;
         if let Some(objects) = &report.objects {
-            for (kind, r) in [
-                (Kind::ServiceDefaults, &objects.defaults),
-                (Kind::ServiceResolver, &objects.resolver),
-                (Kind::ServiceSplitter, &objects.splitter),
-                (Kind::ServiceRouter, &objects.router),
-                (Kind::TerminatingGateway, &objects.terminating_gateway),
-            ] {
-                match r {
+            for kind in Kind::ALL {
+                match objects.get(kind) {
                     Some(r) => self.applied.insert((id.clone(), kind), r.modify_index),
                     None => self.applied.remove(&(id.clone(), kind)),
                 };

@@ -401,9 +401,7 @@ fn stored_differently(change: &Change, mismatch: &str, step: Step) -> Fail {
 /// True when `kind` is to be removed: base.json is gone, or it no longer
 /// asks for a router or a splitter.
 fn is_removal(kind: Kind, spec: Option<&Spec>) -> bool {
-    spec.is_none_or(|s| {
-        matches!(kind, Kind::ServiceRouter | Kind::ServiceSplitter) && s.body(kind).is_none()
-    })
+    spec.is_none_or(|s| kind.is_optional() && s.body(kind).is_none())
 }
 
 /// The objects svc-handler last verified, as its records say: what
