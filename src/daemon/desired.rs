@@ -1,9 +1,13 @@
 //! The watch of the desired prefix, in shards (see [`crate::watch::shards`]):
-//! one whole listing at start, then a blocking query per shard, each read
-//! again only when something under it changed, and the guard, a paced
-//! listing of the service folders (one key per service, with the
-//! separator `/`) that finds services outside every shard and redoes the
-//! layout when shards grow or shrink.
+//! one whole listing at start, then a blocking keys-only listing per shard
+//! (its service folders, with the separator `/`), and when one answers past
+//! its index, a descent to the units that changed ([`crate::watch::locate`])
+//! and a read of those units only; and the guard, which finds services
+//! outside every shard and redoes the layout when shards grow or shrink: a
+//! blocking probe of the root (a few bytes, answered on any change, with the
+//! whole tree's index) and, when no shard explains that index or every
+//! 30 s while the tree changes, a sweep: a paced listing of the service
+//! folders of the whole tree.
 //!
 //! No change is missed across a new layout: every shard that gains or loses
 //! keys is read afresh, and what those reads hold is compared with what the
@@ -22,14 +26,18 @@ use super::faults::FAULT_FREEZE_WATCH_ENV;
 use super::loops::{unix_now, Events, Stop};
 use super::Daemon;
 use crate::consul::{Client, ConsulError, KvPair, QueryMeta, QueryOptions};
+use crate::watch::locate::{self, Probed, Prober, CONCURRENCY};
 use crate::watch::shards::{self, LIMITS};
-use crate::watch::{BlockingLoop, Snapshot};
+use crate::watch::{sweep_when, BlockingLoop, Snapshot};
 
 /// The least time between two reads of one shard.
 const SHARD_MIN_GAP: Duration = Duration::from_millis(5);
-/// The guard reads at most this many bytes a second on average: the folder
-/// names of 5,000 services (about 300 KB) every 2.3 s.
+/// The guard's sweeps read at most this many bytes a second on average: the
+/// folder names of 5,000 services (about 300 KB) at most every 2.3 s.
 const GUARD_BYTES_PER_SECOND: f64 = 128.0 * 1024.0;
+/// How long the guard's probe, answered, lets the shards answer for the
+/// same change before it asks whether they explain it.
+const GUARD_GRACE: Duration = Duration::from_millis(200);
 /// The longest a shard's or the guard's blocking query waits. Consul 1.8
 /// serves a blocking query to its end even when its client has gone (a
 /// daemon stopped or restarted), counting it against the client address's
@@ -39,14 +47,13 @@ const SHARD_MAX_WAIT: Duration = Duration::from_secs(60);
 /// The least time between two reads of the guard.
 const GUARD_MIN_GAP: Duration = Duration::from_millis(250);
 
-/// The guard's read: the units under `root` (each service's folder
+/// The guard's sweep: the units under `root` (each service's folder
 /// `<p>/<ns>/<name>/`, and the stray keys), one key each, not every key of
-/// every service. First a blocking keys-only listing of `root` with the
-/// separator `/`: its partitions, a few bytes, answered when anything under
-/// `root` changes (its index is the whole subtree's). Then each partition's
-/// namespaces and each namespace's service folders the same way, at once.
-/// The meta is the first answer's, with the bytes of all of them. A unit
-/// made between two of these reads is found by the next round.
+/// every service: a keys-only listing of `root` with the separator `/` (its
+/// partitions), then each partition's namespaces and each namespace's
+/// service folders the same way. The meta is the first answer's, with the
+/// bytes of all of them. A unit made between two of these reads is found by
+/// the next sweep.
 async fn guard_units(
     client: &Client,
     root: &str,
@@ -74,21 +81,126 @@ async fn guard_units(
     Ok((units, meta))
 }
 
-/// A shard's pacing and index, what it last held, and its read in flight
-/// (tagged with an epoch, so that an answer to a read from before a new
-/// layout is never taken for the new shard's).
+/// A shard's pacing and index, what it last held (its part of the snapshot,
+/// and its units, which a descent groups), and its read in flight (tagged
+/// with an epoch, so that an answer to a read from before a new layout is
+/// never taken for the new shard's).
 struct Shard {
     lp: BlockingLoop,
     part: Snapshot,
+    units: Arc<BTreeSet<String>>,
     read: Option<AbortHandle>,
     epoch: u64,
 }
 
-type ShardRead = Result<(Vec<KvPair>, QueryMeta), ConsulError>;
+/// What a shard's read found.
+enum Update {
+    /// Nothing under the shard moved past its index: the wait ran out.
+    Same,
+    /// The shard read whole: its first read after an error, or an index
+    /// that went backwards (a Consul restored or restarted).
+    Whole(Vec<KvPair>),
+    /// These units changed; what they hold now.
+    Units(BTreeSet<String>, Vec<KvPair>),
+}
+
+type ShardRead = Result<(Update, QueryMeta), ConsulError>;
+
+/// The keys-only listing a descent makes, on the Consul client.
+#[derive(Clone)]
+struct KeysProbe(Client);
+
+impl Prober for KeysProbe {
+    type Error = ConsulError;
+    async fn probe(self, prefix: String) -> Result<Probed, ConsulError> {
+        let opts = QueryOptions::consistent();
+        let (items, meta) = self.0.kv_keys(&prefix, Some("/"), &opts).await?;
+        Ok(Probed {
+            items,
+            index: meta.index,
+            bytes: meta.body_bytes,
+        })
+    }
+}
+
+/// One read of a shard: its keys-only listing, blocking past `since`, then
+/// what changed. The meta is the listing's, with the bytes of every read.
+async fn read_shard(
+    client: Client,
+    root: String,
+    prefix: String,
+    opts: QueryOptions,
+    since: u64,
+    known: Arc<BTreeSet<String>>,
+) -> ShardRead {
+    let (items, mut meta) = client.kv_keys(&prefix, Some("/"), &opts).await?;
+    if since != 0 && meta.index == since {
+        return Ok((Update::Same, meta));
+    }
+    if since != 0 && meta.index > since {
+        let probe = KeysProbe(client.clone());
+        let d = locate::locate(&probe, &root, &prefix, items, &known, since).await?;
+        meta.body_bytes += d.bytes;
+        if let Some(units) = d.units {
+            let (pairs, bytes) = read_units(&client, &root, &units).await?;
+            meta.body_bytes += bytes;
+            return Ok((Update::Units(units, pairs), meta));
+        }
+    }
+    let (pairs, whole) = client.kv_list(&prefix, &QueryOptions::consistent()).await?;
+    meta.body_bytes += whole.body_bytes;
+    meta.index = whole.index;
+    Ok((Update::Whole(pairs), meta))
+}
+
+/// Reads `units` afresh, at most [`CONCURRENCY`] at once: a service folder
+/// with everything in it, a stray key alone. Returns their keys and the
+/// bytes read.
+async fn read_units(
+    client: &Client,
+    root: &str,
+    units: &BTreeSet<String>,
+) -> Result<(Vec<KvPair>, u64), ConsulError> {
+    let mut pending = units.iter();
+    let mut running = JoinSet::new();
+    let (mut pairs, mut bytes) = (Vec::new(), 0);
+    loop {
+        while running.len() < CONCURRENCY {
+            let Some(unit) = pending.next() else { break };
+            let (client, root, unit) = (client.clone(), root.to_string(), unit.clone());
+            running.spawn(async move {
+                let opts = QueryOptions::consistent();
+                // A service folder (a stray key never ends with `/` below
+                // the namespaces).
+                if unit.ends_with('/') && !locate::is_upper_folder(&root, &unit) {
+                    let (pairs, meta) = client.kv_list(&unit, &opts).await?;
+                    let mine: Vec<KvPair> = pairs
+                        .into_iter()
+                        .filter(|p| shards::unit_of(&root, &p.key) == Some(unit.as_str()))
+                        .collect();
+                    Ok::<_, ConsulError>((mine, meta.body_bytes))
+                } else {
+                    let (pair, meta) = client.kv_get(&unit, &opts).await?;
+                    Ok((pair.into_iter().collect(), meta.body_bytes))
+                }
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        let (got, b) = done.expect("a unit's read panicked")?;
+        pairs.extend(got);
+        bytes += b;
+    }
+    Ok((pairs, bytes))
+}
 
 /// What a spawned read brings back.
 enum Answer {
     Shard(String, u64, ShardRead),
+    /// The guard's probe of the root answered (and waited its grace).
+    Moved(Result<QueryMeta, ConsulError>),
+    /// The guard's sweep.
     Guard(Result<(Vec<String>, QueryMeta), ConsulError>),
 }
 
@@ -97,7 +209,17 @@ struct DesiredWatch {
     root: String,
     events: Events,
     shards: BTreeMap<String, Shard>,
+    /// The guard's probe: a blocking keys-only listing of the root with the
+    /// separator `/` (a few bytes: the partitions), answered when anything
+    /// under the root changes, with the whole tree's highest index.
     guard: BlockingLoop,
+    /// The pacing of the guard's sweeps, by their size.
+    sweep: BlockingLoop,
+    /// The bytes of the last sweep, and when the next one is due (set when
+    /// the tree changed in a way the shards explain).
+    sweep_bytes: u64,
+    sweep_due: Option<Instant>,
+    /// The guard's probe or sweep in flight.
     guard_read: Option<AbortHandle>,
     reads: JoinSet<Answer>,
     outage_since: Option<Instant>,
@@ -113,7 +235,10 @@ impl Daemon {
             root,
             events,
             shards: BTreeMap::new(),
-            guard: BlockingLoop::by_rate(GUARD_MIN_GAP, GUARD_BYTES_PER_SECOND),
+            guard: BlockingLoop::by_cost(GUARD_MIN_GAP),
+            sweep: BlockingLoop::by_rate(GUARD_MIN_GAP, GUARD_BYTES_PER_SECOND),
+            sweep_bytes: 0,
+            sweep_due: None,
             guard_read: None,
             reads: JoinSet::new(),
             outage_since: None,
@@ -139,6 +264,7 @@ impl Daemon {
             };
             let ok = match answer {
                 Some(Ok(Answer::Shard(prefix, epoch, r))) => w.on_shard(prefix, epoch, r).await,
+                Some(Ok(Answer::Moved(r))) => w.on_moved(r),
                 Some(Ok(Answer::Guard(r))) => w.on_guard(r).await,
                 Some(Err(_)) => true, // a read aborted by a new layout
                 None => std::future::pending().await,
@@ -197,9 +323,11 @@ impl DesiredWatch {
             let mut lp = BlockingLoop::by_cost(SHARD_MIN_GAP);
             lp.answered(&QueryMeta { index, ..meta });
             let part = Snapshot::from_pairs(layout, &owned);
+            let units = shards::units(&self.root, owned.iter().map(|p| p.key.as_str()));
             let shard = Shard {
                 lp,
                 part,
+                units: Arc::new(units),
                 read: None,
                 epoch: 0,
             };
@@ -219,7 +347,15 @@ impl DesiredWatch {
         for prefix in set {
             self.spawn_shard(prefix);
         }
-        self.guard.answered(&QueryMeta { index, ..meta });
+        // The whole listing is the first sweep.
+        let probe = QueryMeta {
+            index,
+            body_bytes: 0,
+            ..meta
+        };
+        self.guard.answered(&probe);
+        self.sweep.answered(&QueryMeta { index, ..meta });
+        self.sweep_bytes = meta.body_bytes;
         self.spawn_guard();
         true
     }
@@ -233,17 +369,20 @@ impl DesiredWatch {
         let epoch = self.epochs;
         let at = shard.lp.start();
         let opts = shard.lp.options(QueryOptions::consistent(), wait);
-        let client = self.d.client.clone();
+        let since = shard.lp.index();
+        let known = shard.units.clone();
+        let (client, root) = (self.d.client.clone(), self.root.clone());
         let abort = self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
-            let r = client.kv_list(&prefix, &opts).await;
+            let r = read_shard(client, root, prefix.clone(), opts, since, known).await;
             Answer::Shard(prefix, epoch, r)
         });
         shard.read = Some(abort);
         shard.epoch = epoch;
     }
 
-    /// Starts the guard's next read, unless one shard covers everything.
+    /// Starts the guard's probe, unless one shard covers everything. Once
+    /// answered, it waits [`GUARD_GRACE`] for the shards to answer too.
     fn spawn_guard(&mut self) {
         if let Some(old) = self.guard_read.take() {
             old.abort();
@@ -253,14 +392,70 @@ impl DesiredWatch {
             return;
         }
         let at = self.guard.start();
-        let opts = self
-            .guard
-            .options(QueryOptions::consistent(), self.shard_wait());
+        // Answered by the time a sweep is due at the latest.
+        let wait = match self.sweep_due {
+            Some(due) => (due.saturating_duration_since(at)).max(Duration::from_secs(1)),
+            None => self.shard_wait(),
+        };
+        let opts = self.guard.options(QueryOptions::consistent(), wait);
         let (client, root) = (self.d.client.clone(), self.root.clone());
         self.guard_read = Some(self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
+            let r = client.kv_keys(&root, Some("/"), &opts).await;
+            if r.is_ok() {
+                tokio::time::sleep(GUARD_GRACE).await;
+            }
+            Answer::Moved(r.map(|(_, meta)| meta))
+        }));
+    }
+
+    /// Starts a sweep, paced by the size of the last one.
+    fn spawn_sweep(&mut self) {
+        if let Some(old) = self.guard_read.take() {
+            old.abort();
+        }
+        let at = self.sweep.start();
+        let (client, root) = (self.d.client.clone(), self.root.clone());
+        self.guard_read = Some(self.reads.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let opts = QueryOptions::consistent();
             Answer::Guard(guard_units(&client, &root, &opts).await)
         }));
+    }
+
+    /// The guard's probe answered: the tree changed up to its index. When no
+    /// shard has reached that index, the change lies outside every shard (a
+    /// service under a name no shard covers) and a sweep looks for it now;
+    /// else a sweep is due later (see [`sweep_when`]).
+    fn on_moved(&mut self, r: Result<QueryMeta, ConsulError>) -> bool {
+        self.guard_read = None;
+        let meta = match r {
+            Ok(meta) => meta,
+            Err(e) => {
+                let delay = self.guard.failed();
+                self.failed(&e, delay);
+                self.spawn_guard();
+                return true;
+            }
+        };
+        let previous = self.guard.answered(&meta);
+        self.answered(meta.index);
+        let moved = self.guard.index() != previous || previous == 0;
+        let explained = self.shards.values().map(|s| s.lp.index()).max() >= Some(meta.index);
+        let (now, due) = sweep_when(
+            moved,
+            explained,
+            self.sweep_due,
+            self.sweep_bytes,
+            Instant::now(),
+        );
+        self.sweep_due = due;
+        if now {
+            self.spawn_sweep();
+        } else {
+            self.spawn_guard();
+        }
+        true
     }
 
     /// A shard answered: hand the coordinator what changed, read again.
@@ -269,47 +464,78 @@ impl DesiredWatch {
             return true; // dropped or read afresh by a new layout meanwhile
         };
         shard.read = None;
-        match r {
-            Ok((pairs, meta)) => {
-                let previous = shard.lp.answered(&meta);
-                let index = shard.lp.index();
+        let update = match r {
+            Ok((update, meta)) => {
+                shard.lp.answered(&meta);
                 self.d.metrics.watch_wakeups.inc();
                 self.answered(meta.index);
-                if index != previous || previous == 0 {
-                    let set: BTreeSet<String> = self.shards.keys().cloned().collect();
-                    // One shard over everything has no guard: its own
-                    // listing is the whole tree, and tells when to split.
-                    if shards::complete(&self.root, &set) {
-                        let keys = pairs.iter().map(|p| p.key.as_str());
-                        let units = shards::units(&self.root, keys);
-                        if shards::needs_relayout(&self.root, &set, &units, LIMITS) {
-                            let next = shards::layout(&self.root, &units, LIMITS);
-                            match self.relayout(&set, next).await {
-                                Some(sent) => return sent && self.restart_guard(),
-                                // Not laid out: this answer is read again.
-                                None => self.reread(&prefix),
-                            }
-                            self.spawn_shard(prefix);
-                            return true;
-                        }
-                    }
-                    let owned: Vec<KvPair> = (pairs.into_iter())
-                        .filter(|p| shards::owner(&set, &p.key) == Some(prefix.as_str()))
-                        .collect();
-                    let new = Snapshot::from_pairs(&self.d.cfg.layout, &owned);
-                    let Some(shard) = self.shards.get_mut(&prefix) else {
-                        return true;
-                    };
-                    let old = std::mem::replace(&mut shard.part, new.clone());
-                    if old != new && self.events.send(Event::Part { old, new }).is_err() {
-                        return false;
-                    }
-                }
+                update
             }
             Err(e) => {
                 let delay = shard.lp.failed();
                 self.failed(&e, delay);
+                self.spawn_shard(prefix);
+                return true;
             }
+        };
+        let set: BTreeSet<String> = self.shards.keys().cloned().collect();
+        let owned = |pairs: Vec<KvPair>| -> Vec<KvPair> {
+            (pairs.into_iter())
+                .filter(|p| shards::owner(&set, &p.key) == Some(prefix.as_str()))
+                .collect()
+        };
+        let layout = &self.d.cfg.layout;
+        let Some(shard) = self.shards.get_mut(&prefix) else {
+            return true;
+        };
+        let (old, new) = match update {
+            Update::Same => {
+                self.spawn_shard(prefix);
+                return true;
+            }
+            Update::Whole(pairs) => {
+                let owned = owned(pairs);
+                let units = shards::units(&self.root, owned.iter().map(|p| p.key.as_str()));
+                shard.units = Arc::new(units);
+                let new = Snapshot::from_pairs(layout, &owned);
+                (std::mem::replace(&mut shard.part, new.clone()), new)
+            }
+            Update::Units(read, pairs) => {
+                let owned = owned(pairs);
+                let units = Arc::make_mut(&mut shard.units);
+                for u in &read {
+                    units.remove(u);
+                }
+                units.extend(shards::units(
+                    &self.root,
+                    owned.iter().map(|p| p.key.as_str()),
+                ));
+                let old = shard.part.take_units(layout, &read);
+                let new = Snapshot::from_pairs(layout, &owned);
+                shard.part.add_part(new.clone());
+                (old, new)
+            }
+        };
+        // One shard over everything has no guard: its own units are the
+        // whole tree, and tell when to split.
+        if shards::complete(&self.root, &set) {
+            let units = shard.units.clone();
+            if shards::needs_relayout(&self.root, &set, &units, LIMITS) {
+                if old != new && self.events.send(Event::Part { old, new }).is_err() {
+                    return false;
+                }
+                let next = shards::layout(&self.root, &units, LIMITS);
+                match self.relayout(&set, next).await {
+                    Some(sent) => return sent && self.restart_guard(),
+                    // Not laid out: read the shard afresh.
+                    None => self.reread(&prefix),
+                }
+                self.spawn_shard(prefix);
+                return true;
+            }
+        }
+        if old != new && self.events.send(Event::Part { old, new }).is_err() {
+            return false;
         }
         self.spawn_shard(prefix);
         true
@@ -321,14 +547,16 @@ impl DesiredWatch {
         self.guard_read = None;
         let keys = match r {
             Ok((keys, meta)) => {
-                self.guard.answered(&meta);
+                self.sweep.answered(&meta);
+                self.sweep_bytes = meta.body_bytes;
+                self.sweep_due = None;
                 self.answered(meta.index);
                 keys
             }
             Err(e) => {
-                let delay = self.guard.failed();
+                let delay = self.sweep.failed();
                 self.failed(&e, delay);
-                self.spawn_guard();
+                self.spawn_sweep();
                 return true;
             }
         };
@@ -395,10 +623,12 @@ impl DesiredWatch {
                 ..meta
             });
             let part = Snapshot::from_pairs(&self.d.cfg.layout, &owned);
+            let units = shards::units(&self.root, owned.iter().map(|p| p.key.as_str()));
             new.add_part(part.clone());
             let shard = Shard {
                 lp,
                 part,
+                units: Arc::new(units),
                 read: None,
                 epoch: 0,
             };

@@ -11,18 +11,20 @@ use tokio::time::Instant;
 
 use super::coordinator::Event;
 use super::{notify, Daemon};
-use crate::consul::QueryOptions;
+use crate::consul::{QueryMeta, QueryOptions};
 
 use crate::http::Health;
 use crate::keys::ObservedKey;
 use crate::kind::Kind;
-use crate::watch::{drift_probe, BlockingLoop, DriftProbe, OWN_WRITE_GRACE};
+use crate::watch::{drift_probe, sweep_when, BlockingLoop, DriftProbe, OWN_WRITE_GRACE};
 
-/// The observed.json watch reads at most this many bytes a second on
-/// average: a keys-only listing of 5,000 services (about 400 KB) every 3 s.
+/// The observed.json watch's sweeps read at most this many bytes a second
+/// on average: a keys-only listing of 5,000 services (about 400 KB) at
+/// most every 3 s.
 const OBSERVED_BYTES_PER_SECOND: f64 = 128.0 * 1024.0;
-/// The least time between two reads of the observed.json watch.
-const OBSERVED_MIN_GAP: Duration = Duration::from_secs(1);
+/// The least time between two probes, or two sweeps, of the observed.json
+/// watch.
+const OBSERVED_MIN_GAP: Duration = Duration::from_millis(250);
 
 /// Where the loops send their events.
 pub(super) type Events = mpsc::UnboundedSender<Event>;
@@ -153,42 +155,101 @@ impl Daemon {
         true
     }
 
-    /// A keys-only blocking listing of `<prefix>/observed/`, so that an
-    /// observed.json someone deleted is written again at once instead of at
-    /// the next resync. It wakes on every outcome written, so it is paced
-    /// by what it reads ([`OBSERVED_BYTES_PER_SECOND`], at least
-    /// [`OBSERVED_MIN_GAP`] apart).
+    /// The observed.json watch, so that an observed.json someone deleted is
+    /// written again at once instead of at the next resync. A probe, a
+    /// blocking keys-only listing of `<prefix>/observed/` with the
+    /// separator `/` (its partitions: a few bytes), learns of every change
+    /// under it; the keys of every observed.json are listed (a *sweep*,
+    /// paced by its size at [`OBSERVED_BYTES_PER_SECOND`]) at once only when
+    /// the change is not one of this instance's own fenced transactions
+    /// (waiting first, as the drift probe does, for its reconciles in
+    /// flight), and otherwise later, as [`sweep_when`] says: a deletion that
+    /// lands just before one of this instance's own writes is found then.
     pub(super) async fn watch_observed(self: Arc<Self>, events: Events, mut stop: Stop) {
         let prefix = self.cfg.layout.observed_prefix();
-        let mut lp = BlockingLoop::by_rate(OBSERVED_MIN_GAP, OBSERVED_BYTES_PER_SECOND);
+        let own = Arc::clone(self.reconciler.kv_writes());
+        let mut probe = BlockingLoop::by_cost(OBSERVED_MIN_GAP);
+        let mut sweep = BlockingLoop::by_rate(OBSERVED_MIN_GAP, OBSERVED_BYTES_PER_SECOND);
+        let (mut sweep_now, mut due, mut sweep_bytes): (bool, Option<Instant>, u64) =
+            (true, None, 0);
         loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = lp.ready() => {}
-            }
-            let opts = lp.options(QueryOptions::default(), self.cfg.watch_wait);
-            let result = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                r = self.client.kv_keys(&prefix, None, &opts) => r,
-            };
-            match result {
-                Ok((keys, meta)) => {
-                    lp.answered(&meta);
-                    let have = (keys.iter())
-                        .filter_map(|k| match self.cfg.layout.parse_observed_key(k) {
-                            ObservedKey::Observed(id) => Some(id),
-                            _ => None,
-                        })
-                        .collect();
-                    if events.send(Event::Observed(have)).is_err() {
-                        return;
+            if sweep_now {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = sweep.ready() => {}
+                }
+                let opts = QueryOptions::default();
+                let result = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    r = self.client.kv_keys(&prefix, None, &opts) => r,
+                };
+                match result {
+                    Ok((keys, meta)) => {
+                        sweep.answered(&meta);
+                        (sweep_now, due, sweep_bytes) = (false, None, meta.body_bytes);
+                        if probe.index() == 0 {
+                            probe.answered(&QueryMeta {
+                                body_bytes: 0,
+                                ..meta
+                            });
+                        }
+                        let have = (keys.iter())
+                            .filter_map(|k| match self.cfg.layout.parse_observed_key(k) {
+                                ObservedKey::Observed(id) => Some(id),
+                                _ => None,
+                            })
+                            .collect();
+                        if events.send(Event::Observed(have)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let delay = sweep.failed();
+                        tracing::debug!(error = %e, retry_in = ?delay, "observed.json listing failed");
                     }
                 }
-                Err(e) => {
-                    let delay = lp.failed();
-                    tracing::debug!(error = %e, retry_in = ?delay, "observed.json watch failed");
-                }
+                continue;
             }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = probe.ready() => {}
+            }
+            // Answered by the time a sweep is due at the latest.
+            let wait = match due {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => self.cfg.watch_wait,
+            };
+            let opts = probe.options(QueryOptions::default(), wait.max(Duration::from_secs(1)));
+            let result = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = self.client.kv_keys(&prefix, Some("/"), &opts) => r,
+            };
+            let meta = match result {
+                Ok((_, meta)) => meta,
+                Err(e) => {
+                    let delay = probe.failed();
+                    tracing::debug!(error = %e, retry_in = ?delay, "observed.json probe failed");
+                    continue;
+                }
+            };
+            let last = probe.answered(&meta);
+            let moved = probe.index() != last || last == 0;
+            let patience = Instant::now() + OWN_WRITE_GRACE;
+            let step = loop {
+                let step = {
+                    let mut own = own.lock().unwrap_or_else(|e| e.into_inner());
+                    drift_probe(last, meta.index, &mut own, Instant::now() < patience)
+                };
+                if step != DriftProbe::Wait {
+                    break step;
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            };
+            let explained = step != DriftProbe::List;
+            (sweep_now, due) = sweep_when(moved, explained, due, sweep_bytes, Instant::now());
         }
     }
 

@@ -159,10 +159,9 @@ impl Worker {
     /// One service: what is already in place costs reads only (no session,
     /// no lock); else the whole flow under the instance session.
     pub(super) async fn process(&self, id: &ServiceId) -> Report {
-        self.own_writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .begin();
+        // Counted in flight for the probes of the drift and observed.json
+        // watches until the writes are recorded, or the reconcile dropped.
+        let _in_flight = InFlight::begin([&self.own_writes, self.reconciler.kv_writes()]);
         let report = match self.reconciler.check(id, self.prune).await {
             Some(report) => report,
             None => {
@@ -171,16 +170,14 @@ impl Worker {
                     .await
             }
         };
-        let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(objects) = &report.objects {
+            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
             for kind in Kind::ALL {
                 if let Some(r) = objects.get(kind) {
                     own.record(r.modify_index);
                 }
             }
         }
-        own.end();
-        drop(own);
         report
     }
 
@@ -225,10 +222,53 @@ impl Worker {
     }
 }
 
+/// Reconciles in flight, as the probes of the drift and observed.json
+/// watches count them: begun on creation, ended on drop (also when the
+/// reconcile's future is dropped half-way, at shutdown).
+struct InFlight(Vec<Arc<std::sync::Mutex<OwnWrites>>>);
+
+impl InFlight {
+    fn begin<'a>(all: impl IntoIterator<Item = &'a Arc<std::sync::Mutex<OwnWrites>>>) -> Self {
+        let all: Vec<_> = all.into_iter().map(Arc::clone).collect();
+        for own in &all {
+            own.lock().unwrap_or_else(|e| e.into_inner()).begin();
+        }
+        InFlight(all)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for own in &self.0 {
+            own.lock().unwrap_or_else(|e| e.into_inner()).end();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::records::Status;
+    use crate::watch::{drift_probe, DriftProbe};
+
+    #[tokio::test]
+    async fn a_reconcile_dropped_half_way_is_no_longer_counted_in_flight() {
+        let own = Arc::new(std::sync::Mutex::new(OwnWrites::default()));
+        let probe = |own: &Arc<std::sync::Mutex<OwnWrites>>| {
+            drift_probe(1, 5, &mut own.lock().unwrap(), true)
+        };
+        let held = Arc::clone(&own);
+        let task = tokio::spawn(async move {
+            let _in_flight = InFlight::begin([&held]);
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        // In flight: an unknown index waits for its writes to be recorded.
+        assert_eq!(probe(&own), DriftProbe::Wait);
+        task.abort();
+        let _ = task.await;
+        assert_eq!(probe(&own), DriftProbe::List);
+    }
 
     fn failed(status: Status) -> Outcome {
         Outcome::Failed {

@@ -109,7 +109,14 @@ impl<'a> Fence<'a> {
         });
         all.extend(ops);
         match self.rec.retry(|| self.rec.client().txn(&all)).await {
-            Ok(TxnOutcome::Committed(_)) => Ok(()),
+            Ok(TxnOutcome::Committed(results)) => {
+                // Every write of a transaction carries its raft index.
+                if let Some(index) = results.iter().map(|r| r.modify_index).max() {
+                    let own = self.rec.kv_writes();
+                    own.lock().unwrap_or_else(|e| e.into_inner()).record(index);
+                }
+                Ok(())
+            }
             Ok(TxnOutcome::RolledBack(errors)) => {
                 let what = errors
                     .iter()

@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::plan::{self, Current, Desired, Target};
 use crate::records::{now_rfc3339, Objects, Observed, Pause, Record, Status};
 use crate::spec::{self, ParseOptions, Spec};
+use crate::watch::OwnWrites;
 
 use commit::GatewayCommitter;
 use execute::Run;
@@ -118,6 +119,9 @@ pub struct Reconciler {
     /// deleted whole (`consul kv delete -recurse`): the reconcile that
     /// forgets such a service still knows which link is its own.
     remembered: Arc<std::sync::Mutex<HashMap<ServiceId, Record>>>,
+    /// The raft indexes of this instance's committed fenced transactions
+    /// (records and observed.json), for the observed.json watch's probe.
+    kv_writes: Arc<std::sync::Mutex<OwnWrites>>,
 }
 
 impl Reconciler {
@@ -131,6 +135,7 @@ impl Reconciler {
             consul_version: Arc::default(),
             gateways: Arc::default(),
             remembered: Arc::default(),
+            kv_writes: Arc::default(),
         }
     }
 
@@ -143,6 +148,11 @@ impl Reconciler {
         let base_key = self.layout().base_key(id);
         let record = Record::link(id, &base_key, gateway, 0, link, None, String::new());
         self.memory().insert(id.clone(), record);
+    }
+
+    /// The indexes of this instance's committed fenced transactions.
+    pub fn kv_writes(&self) -> &Arc<std::sync::Mutex<OwnWrites>> {
+        &self.kv_writes
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceId, Record>> {

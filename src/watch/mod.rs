@@ -15,6 +15,7 @@ use crate::keys::{DesiredKey, Layout, ServiceId};
 use crate::kind::Kind;
 use serde::Deserialize;
 
+pub mod locate;
 pub mod shards;
 
 /// The index to wait on after an answer carrying `returned`, per Consul's
@@ -130,6 +131,51 @@ impl Snapshot {
         for id in part.paused.keys() {
             self.paused.remove(id);
         }
+    }
+
+    /// Takes out and returns what this snapshot holds of `units` (service
+    /// folders `<p>/<ns>/<name>/` and stray keys under `layout`'s desired
+    /// prefix): the part a read of just those units replaces.
+    pub fn take_units(&mut self, layout: &Layout, units: &BTreeSet<String>) -> Snapshot {
+        let root = layout.desired_prefix();
+        let mine = |id: &ServiceId| units.contains(&layout.service_dir(id));
+        let mut out = Snapshot::default();
+        self.services.retain(|id, g| {
+            let take = mine(id);
+            if take {
+                out.services.insert(id.clone(), *g);
+            }
+            !take
+        });
+        self.orphans.retain(|id| {
+            let take = mine(id);
+            if take {
+                out.orphans.insert(id.clone());
+            }
+            !take
+        });
+        self.invalid.retain(|key, v| {
+            let take = shards::unit_of(&root, key).is_some_and(|u| units.contains(u));
+            if take {
+                out.invalid.insert(key.clone(), v.clone());
+            }
+            !take
+        });
+        self.records.retain(|(id, kind), seen| {
+            let take = mine(id);
+            if take {
+                out.records.insert((id.clone(), *kind), seen.clone());
+            }
+            !take
+        });
+        self.paused.retain(|id, g| {
+            let take = mine(id);
+            if take {
+                out.paused.insert(id.clone(), *g);
+            }
+            !take
+        });
+        out
     }
 
     /// Puts in what `part` holds. Shards own disjoint keys, and a service's
@@ -415,6 +461,48 @@ pub fn drift_probe(last: u64, now: u64, own: &mut OwnWrites, patient: bool) -> D
     }
     own.forget_through(now);
     DriftProbe::List
+}
+
+/// A sweep that a probe's explained answer makes due (see [`sweep_when`])
+/// comes after a delay that spends at most this many bytes a second on
+/// sweeps. Between [`SWEEP_LATER_MIN`] and
+/// [`SWEEP_LATER_MAX`]: 1 s for a few hundred services, 16 s at 5,000,
+/// 60 s past 20,000.
+const SWEEP_LATER_BYTES_PER_SECOND: f64 = 16.0 * 1024.0;
+const SWEEP_LATER_MIN: Duration = Duration::from_secs(1);
+const SWEEP_LATER_MAX: Duration = Duration::from_secs(60);
+
+/// A probe's decision, shared by the desired watch's guard and the
+/// observed.json watch: each keeps a cheap blocking probe of a whole tree
+/// (a few bytes, answered on any change with the tree's index) and makes a
+/// costly *sweep* of the tree (a listing of its keys) only when needed.
+/// After the probe answered: whether to sweep now, and when the next sweep
+/// is due. A change the caller cannot explain (`explained` false: no shard
+/// reached its index; not one of this instance's own writes) is swept for
+/// now. One it can explain may hide another that landed just before it
+/// (the probe shows only the highest index), so it makes a sweep due later,
+/// by the last sweep's size, [`SWEEP_LATER_BYTES_PER_SECOND`], between
+/// [`SWEEP_LATER_MIN`] and [`SWEEP_LATER_MAX`]; more changes do not push it
+/// back, and it is made when its time comes whether the tree moved since or
+/// not.
+pub fn sweep_when(
+    moved: bool,
+    explained: bool,
+    due: Option<Instant>,
+    sweep_bytes: u64,
+    now: Instant,
+) -> (bool, Option<Instant>) {
+    if moved && !explained {
+        return (true, due);
+    }
+    let due = match due {
+        None if moved => {
+            let later = Duration::from_secs_f64(sweep_bytes as f64 / SWEEP_LATER_BYTES_PER_SECOND);
+            Some(now + later.clamp(SWEEP_LATER_MIN, SWEEP_LATER_MAX))
+        }
+        other => other,
+    };
+    (due.is_some_and(|d| d <= now), due)
 }
 
 /// A budget of bytes per second shared by the drift listings: each listing
@@ -1116,5 +1204,38 @@ mod tests {
         assert!(d[0] >= Duration::from_millis(250));
         assert!(d.iter().all(|x| *x <= Duration::from_secs(10)), "{d:?}");
         assert!(d[8] >= Duration::from_secs(5), "{d:?}");
+    }
+
+    #[test]
+    fn a_change_outside_every_shard_is_swept_for_at_once_others_later() {
+        let t0 = Instant::now();
+        // Nothing moved, nothing due: keep probing.
+        assert_eq!(sweep_when(false, true, None, 300_000, t0), (false, None));
+        // A change no shard explains: sweep now.
+        assert_eq!(sweep_when(true, false, None, 300_000, t0), (true, None));
+        // Explained: a sweep is due later, by size: 300 KB at 16 KiB/s.
+        let (now, due) = sweep_when(true, true, None, 300_000, t0);
+        assert!(!now);
+        let due = due.unwrap();
+        let later = due - t0;
+        assert!(
+            later > Duration::from_secs(17) && later < Duration::from_secs(19),
+            "{later:?}"
+        );
+        // More changes do not push it back; its time comes even if the
+        // tree is quiet then.
+        assert_eq!(
+            sweep_when(true, true, Some(due), 300_000, t0 + Duration::from_secs(5)),
+            (false, Some(due))
+        );
+        assert_eq!(
+            sweep_when(false, true, Some(due), 300_000, due),
+            (true, Some(due))
+        );
+        // Small trees: at least a second; huge ones: at most a minute.
+        let (_, d) = sweep_when(true, true, None, 1_000, t0);
+        assert_eq!(d, Some(t0 + SWEEP_LATER_MIN));
+        let (_, d) = sweep_when(true, true, None, 50_000_000, t0);
+        assert_eq!(d, Some(t0 + SWEEP_LATER_MAX));
     }
 }

@@ -145,7 +145,7 @@ fn split<'a>(prefix: &str, members: &[&'a str]) -> Option<BTreeMap<String, Vec<&
 
 /// The longest common prefix of non-empty `units`, cut at a character
 /// boundary and never past the end of a unit.
-fn common_prefix<'a>(units: &[&'a str]) -> &'a str {
+pub(crate) fn common_prefix<'a>(units: &[&'a str]) -> &'a str {
     let first = units[0];
     let mut len = first.len();
     for u in &units[1..] {

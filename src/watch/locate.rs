@@ -1,0 +1,496 @@
+//! Finding what changed under a shard without reading it whole.
+//!
+//! A shard is watched with a keys-only listing with the separator `/`: one
+//! line per service folder, not every record's value. Consul answers it with
+//! the highest ModifyIndex under the prefix, deleted keys' tombstones
+//! included. When that index passes `since` (the index the shard's part was
+//! last read at), the changed units are found by descending: the units under
+//! a prefix are grouped by the character that follows it, each group's
+//! common prefix is listed the same way, and only the groups whose index
+//! passed `since` are descended into. A unit found is then read whole (its
+//! base.json and records), and only it.
+//!
+//! No change is missed: a key written or deleted after `since` carries an
+//! index above it, and so does every prefix above the key, however many
+//! more writes land during the descent. The units last read
+//! (`known`) take part in the grouping beside the ones listed now, so a
+//! unit deleted since (every key gone, only tombstones left) is found and
+//! read too: its read is empty.
+//!
+//! The cost is the shard's list of folders plus one listing per group on the
+//! way down, about twice the folder names of the shard and a few hundred
+//! bytes per unit read, instead of every value of every record in it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+use tokio::task::JoinSet;
+
+use super::shards::{common_prefix, unit_of};
+use crate::keys::has_dot_segment;
+
+/// At most this many listings of one descent are in flight at once.
+pub const CONCURRENCY: usize = 8;
+
+/// One keys-only listing with the separator `/`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probed {
+    /// The keys, cut after the first `/` past the prefix.
+    pub items: Vec<String>,
+    /// The highest ModifyIndex under the prefix (Consul's X-Consul-Index).
+    pub index: u64,
+    /// The size of the answer.
+    pub bytes: u64,
+}
+
+/// What lists a prefix (the Consul client, or a model in tests). Taken by
+/// value so that several listings can run at once.
+pub trait Prober: Clone + Send + 'static {
+    type Error: Send + 'static;
+    fn probe(
+        self,
+        prefix: String,
+    ) -> impl Future<Output = Result<Probed, Self::Error>> + Send + 'static;
+}
+
+/// The outcome of a descent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Descent {
+    /// The units to read, or `None`: read the shard whole (a prefix on the
+    /// way down has a `.` or `..` path segment, which Consul's HTTP API
+    /// cannot address).
+    pub units: Option<BTreeSet<String>>,
+    /// Listings made.
+    pub probes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// True when `item` (a key or a listed folder under `root`) is a folder
+/// above the service folders: `<root><p>/` or `<root><p>/<ns>/`.
+pub fn is_upper_folder(root: &str, item: &str) -> bool {
+    match item.strip_prefix(root) {
+        Some(rest) => rest.ends_with('/') && rest.matches('/').count() < 3,
+        None => false,
+    }
+}
+
+/// What a listed item stands for: an upper folder as itself, anything else
+/// as its unit (a service folder, or a stray key).
+fn candidate(root: &str, item: &str) -> Option<String> {
+    if is_upper_folder(root, item) {
+        Some(item.to_string())
+    } else {
+        unit_of(root, item).map(str::to_string)
+    }
+}
+
+/// A group to list: its prefix, and whether it is one unit (read it when it
+/// changed) rather than a prefix to descend into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub prefix: String,
+    pub unit: bool,
+}
+
+/// The candidates strictly under `prefix`, grouped by the character after
+/// it, each group named by the longest prefix its members share. `None`
+/// when a group's prefix has a `.` or `..` path segment.
+pub fn groups(root: &str, prefix: &str, candidates: &BTreeSet<String>) -> Option<Vec<Group>> {
+    let mut by_char: BTreeMap<char, Vec<&str>> = BTreeMap::new();
+    for c in candidates {
+        if let Some(next) = c.strip_prefix(prefix).and_then(|r| r.chars().next()) {
+            by_char.entry(next).or_default().push(c);
+        }
+    }
+    let mut out = Vec::with_capacity(by_char.len());
+    for members in by_char.into_values() {
+        let shared = common_prefix(&members);
+        if has_dot_segment(shared) {
+            return None;
+        }
+        let unit = members.len() == 1 && shared == members[0] && !is_upper_folder(root, shared);
+        out.push(Group {
+            prefix: shared.to_string(),
+            unit,
+        });
+    }
+    Some(out)
+}
+
+/// The units under `prefix` that changed after `since` (see the module
+/// docs). `items` is the shard's own listing, answered past `since`;
+/// `known` the units the shard held when last read.
+pub async fn locate<P: Prober>(
+    prober: &P,
+    root: &str,
+    prefix: &str,
+    items: Vec<String>,
+    known: &BTreeSet<String>,
+    since: u64,
+) -> Result<Descent, P::Error> {
+    let mut out = Descent {
+        units: None,
+        ..Descent::default()
+    };
+    let mut found = BTreeSet::new();
+    let mut level = vec![(prefix.to_string(), items)];
+    while !level.is_empty() {
+        let mut asks = Vec::new();
+        for (p, items) in level.drain(..) {
+            let mut cands: BTreeSet<String> =
+                items.iter().filter_map(|i| candidate(root, i)).collect();
+            cands.extend(
+                known
+                    .range(p.clone()..)
+                    .take_while(|k| k.starts_with(p.as_str()))
+                    .cloned(),
+            );
+            // The prefix is itself a unit (a shard laid out on one service
+            // folder) or a key of its own (a folder's marker key).
+            if cands.remove(&p) {
+                found.insert(p.clone());
+            }
+            match groups(root, &p, &cands) {
+                Some(g) => asks.extend(g),
+                None => return Ok(out),
+            }
+        }
+        for (group, probed) in probe_all(prober, asks).await? {
+            out.probes += 1;
+            out.bytes += probed.bytes;
+            if probed.index <= since {
+                continue;
+            }
+            if group.unit {
+                found.insert(group.prefix);
+            } else {
+                level.push((group.prefix, probed.items));
+            }
+        }
+    }
+    out.units = Some(found);
+    Ok(out)
+}
+
+/// Lists every group, at most [`CONCURRENCY`] at once.
+async fn probe_all<P: Prober>(
+    prober: &P,
+    asks: Vec<Group>,
+) -> Result<Vec<(Group, Probed)>, P::Error> {
+    let mut out = Vec::with_capacity(asks.len());
+    let mut pending = asks.into_iter();
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() < CONCURRENCY {
+            let Some(group) = pending.next() else { break };
+            let probe = prober.clone().probe(group.prefix.clone());
+            running.spawn(async move { (group, probe.await) });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        // A probe panicking is a bug; let it show.
+        let (group, probed) = done.expect("a listing task panicked");
+        out.push((group, probed?));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    const ROOT: &str = "svc/desired/";
+
+    /// Consul's KV store as far as a keys-only listing with the separator
+    /// `/` shows it: each key's ModifyIndex, the tombstones of deleted keys,
+    /// and the raft index.
+    #[derive(Default)]
+    struct Model {
+        keys: BTreeMap<String, u64>,
+        tombstones: BTreeMap<String, u64>,
+        index: u64,
+        /// Writes made during the descent: after this many listings, write
+        /// (or delete) these keys.
+        during: Vec<(usize, String, bool)>,
+        listings: usize,
+    }
+
+    impl Model {
+        fn put(&mut self, key: &str) {
+            self.index += 1;
+            self.tombstones.remove(key);
+            self.keys.insert(key.to_string(), self.index);
+        }
+        fn delete(&mut self, key: &str) {
+            self.index += 1;
+            if self.keys.remove(key).is_some() {
+                self.tombstones.insert(key.to_string(), self.index);
+            }
+        }
+        /// What Consul 1.8's KVSKeys answers: the keys cut after the
+        /// separator, and the highest index of a key or tombstone under the
+        /// prefix (the table's index when there is none).
+        fn list(&mut self, prefix: &str) -> Probed {
+            self.listings += 1;
+            let due: Vec<_> = self
+                .during
+                .iter()
+                .filter(|(at, _, _)| *at == self.listings)
+                .cloned()
+                .collect();
+            for (_, key, put) in due {
+                if put {
+                    self.put(&key)
+                } else {
+                    self.delete(&key)
+                }
+            }
+            let mut items: Vec<String> = Vec::new();
+            let mut index = 0;
+            for (k, i) in self.keys.range(prefix.to_string()..) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                index = index.max(*i);
+                let item = match k[prefix.len()..].find('/') {
+                    Some(at) => k[..prefix.len() + at + 1].to_string(),
+                    None => k.clone(),
+                };
+                if items.last() != Some(&item) {
+                    items.push(item);
+                }
+            }
+            for (k, i) in &self.tombstones {
+                if k.starts_with(prefix) {
+                    index = index.max(*i);
+                }
+            }
+            if index == 0 {
+                index = self.index;
+            }
+            let bytes = items.iter().map(|i| i.len() as u64 + 3).sum();
+            Probed {
+                items,
+                index,
+                bytes,
+            }
+        }
+    }
+
+    #[derive(Clone)]
+    struct Shared(Arc<Mutex<Model>>);
+
+    impl Prober for Shared {
+        type Error = std::convert::Infallible;
+        async fn probe(self, prefix: String) -> Result<Probed, Self::Error> {
+            Ok(self.0.lock().unwrap().list(&prefix))
+        }
+    }
+
+    fn key(name: &str, file: &str) -> String {
+        format!("{ROOT}default/default/{name}/{file}")
+    }
+
+    fn unit(name: &str) -> String {
+        format!("{ROOT}default/default/{name}/")
+    }
+
+    /// The units a listing of everything under `ROOT` shows.
+    fn units_now(m: &Model) -> BTreeSet<String> {
+        m.keys
+            .keys()
+            .filter_map(|k| unit_of(ROOT, k).map(str::to_string))
+            .collect()
+    }
+
+    async fn descend(m: &Shared, prefix: &str, known: &BTreeSet<String>, since: u64) -> Descent {
+        let first = m.0.lock().unwrap().list(prefix);
+        locate(m, ROOT, prefix, first.items, known, since)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_change_among_many_is_found_by_listing_folders_only() {
+        let mut m = Model::default();
+        for i in 0..2000 {
+            m.put(&key(&format!("ss-{i}"), "base.json"));
+            m.put(&key(&format!("ss-{i}"), "defaults.json"));
+        }
+        let known = units_now(&m);
+        let since = m.index;
+        m.put(&key("ss-1234", "base.json"));
+        let m = Shared(Arc::new(Mutex::new(m)));
+        let prefix = format!("{ROOT}default/default/ss-1");
+        let d = descend(&m, &prefix, &known, since).await;
+        assert_eq!(d.units, Some(BTreeSet::from([unit("ss-1234")])));
+        // Folders only: the shard's 1,111 folder names about twice, never
+        // every key of every unit.
+        let folders: u64 = known
+            .iter()
+            .filter(|u| u.starts_with(&prefix))
+            .map(|u| u.len() as u64 + 3)
+            .sum();
+        assert!(d.bytes < 2 * folders, "{} bytes for {folders}", d.bytes);
+        assert!(d.probes < 60, "{} listings", d.probes);
+    }
+
+    #[tokio::test]
+    async fn nothing_changed_reads_nothing() {
+        let mut m = Model::default();
+        for i in 0..50 {
+            m.put(&key(&format!("web{i}"), "base.json"));
+        }
+        let known = units_now(&m);
+        let since = m.index;
+        // A write elsewhere moves the table's index, not this prefix's.
+        m.put(&format!("{ROOT}other/default/x/base.json"));
+        let m = Shared(Arc::new(Mutex::new(m)));
+        let d = descend(&m, &format!("{ROOT}default/"), &known, since).await;
+        assert_eq!(d.units, Some(BTreeSet::new()));
+    }
+
+    #[tokio::test]
+    async fn new_deleted_and_changed_units_and_stray_keys_are_all_found() {
+        let mut m = Model::default();
+        for name in ["api", "app", "apx", "web", "web2", "db"] {
+            m.put(&key(name, "base.json"));
+            m.put(&key(name, "tgw.json"));
+        }
+        m.put(&format!("{ROOT}default/default/stray.json"));
+        let known = units_now(&m);
+        let since = m.index;
+        m.put(&key("app", "base.json")); // changed
+        m.delete(&key("web", "base.json")); // base.json gone, records stay
+        m.delete(&key("db", "base.json")); // the whole unit gone
+        m.delete(&key("db", "tgw.json"));
+        m.put(&key("new", "base.json")); // a new unit
+        m.put(&format!("{ROOT}default/default/stray.json")); // a stray key
+        m.put(&format!("{ROOT}default/other/x/base.json")); // another namespace
+        let m = Shared(Arc::new(Mutex::new(m)));
+        let d = descend(&m, ROOT, &known, since).await;
+        let want: BTreeSet<String> = [
+            unit("app"),
+            unit("web"),
+            unit("db"),
+            unit("new"),
+            format!("{ROOT}default/default/stray.json"),
+            format!("{ROOT}default/other/x/"),
+        ]
+        .into();
+        assert_eq!(d.units, Some(want));
+    }
+
+    #[tokio::test]
+    async fn a_prefix_that_is_a_unit_or_a_marker_key_is_read_itself() {
+        let mut m = Model::default();
+        m.put(&key("solo", "base.json"));
+        m.put(&format!("{ROOT}default/")); // a folder's marker key
+        let known = units_now(&m);
+        let since = m.index;
+        m.put(&key("solo", "router.json"));
+        m.put(&format!("{ROOT}default/"));
+        let m = Shared(Arc::new(Mutex::new(m)));
+        let d = descend(&m, &unit("solo"), &known, since).await;
+        assert_eq!(d.units, Some(BTreeSet::from([unit("solo")])));
+        let d = descend(&m, &format!("{ROOT}default/"), &known, since).await;
+        assert_eq!(
+            d.units,
+            Some(BTreeSet::from([format!("{ROOT}default/"), unit("solo")]))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dot_segment_on_the_way_down_reads_the_shard_whole() {
+        let mut m = Model::default();
+        m.put(&format!("{ROOT}default/default/./a"));
+        m.put(&format!("{ROOT}default/default/./b"));
+        let known = BTreeSet::new();
+        let since = 0;
+        let m = Shared(Arc::new(Mutex::new(m)));
+        let d = descend(&m, &format!("{ROOT}default/default/"), &known, since).await;
+        assert_eq!(d.units, None);
+    }
+
+    /// The model test: random trees, random changes before the shard's
+    /// listing answers and more while the descent runs. Every unit with a
+    /// key written or deleted after `since` is found.
+    #[tokio::test]
+    async fn no_change_after_since_is_ever_missed() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        let files = ["base.json", "defaults.json", "tgw.json"];
+        for round in 0..300 {
+            let mut m = Model::default();
+            let n = rng.usize(1..120);
+            let name = |rng: &mut fastrand::Rng| {
+                let len = rng.usize(1..6);
+                let s: String = (0..len)
+                    .map(|_| rng.choice(['a', 'b', '1', '-']).unwrap())
+                    .collect();
+                s
+            };
+            for _ in 0..n {
+                let nm = name(&mut rng);
+                m.put(&key(&nm, rng.choice(files).unwrap()));
+            }
+            let known = units_now(&m);
+            let since = m.index;
+            let mut touched = BTreeSet::new();
+            let before: Vec<String> = m.keys.keys().cloned().collect();
+            // Changes before the listing answers.
+            for _ in 0..rng.usize(0..6) {
+                if rng.bool() && !before.is_empty() {
+                    let k = rng.choice(&before).unwrap().clone();
+                    m.delete(&k);
+                    touched.insert(unit_of(ROOT, &k).unwrap().to_string());
+                } else {
+                    let k = key(&name(&mut rng), rng.choice(files).unwrap());
+                    m.put(&k);
+                    touched.insert(unit_of(ROOT, &k).unwrap().to_string());
+                }
+            }
+            // And during the descent (found or not; never lost: the next
+            // listing of the shard is past them).
+            for at in 0..rng.usize(0..4) {
+                let k = key(&name(&mut rng), rng.choice(files).unwrap());
+                m.during.push((at + 2, k, rng.bool()));
+            }
+            let m = Shared(Arc::new(Mutex::new(m)));
+            let d = descend(&m, &format!("{ROOT}default/default/"), &known, since).await;
+            let found = d.units.expect("no dot segments here");
+            let missed: Vec<_> = touched.difference(&found).collect();
+            assert!(missed.is_empty(), "round {round}: missed {missed:?}");
+        }
+    }
+
+    #[test]
+    fn groups_follow_the_next_character_and_share_their_prefix() {
+        let c: BTreeSet<String> = [unit("ss-1"), unit("ss-10"), unit("ss-11"), unit("ss-2")].into();
+        let g = groups(ROOT, &format!("{ROOT}default/default/ss-"), &c).unwrap();
+        assert_eq!(
+            g,
+            vec![
+                Group {
+                    prefix: format!("{ROOT}default/default/ss-1"),
+                    unit: false
+                },
+                Group {
+                    prefix: unit("ss-2"),
+                    unit: true
+                },
+            ]
+        );
+        let upper: BTreeSet<String> = [format!("{ROOT}p/")].into();
+        let g = groups(ROOT, ROOT, &upper).unwrap();
+        assert_eq!(
+            g,
+            vec![Group {
+                prefix: format!("{ROOT}p/"),
+                unit: false
+            }]
+        );
+    }
+}
