@@ -126,8 +126,8 @@ impl RequestObserver for Observer {
         }
     }
 
-    fn observe_bytes(&self, op: &'static str, bytes: u64) {
-        self.metrics.observe_bytes(op, bytes);
+    fn observe_bytes(&self, op: &'static str, body: u64, wire: u64) {
+        self.metrics.observe_bytes(op, body, wire);
     }
 }
 

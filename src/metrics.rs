@@ -51,6 +51,7 @@ pub struct Metrics {
     pub consul_requests: IntCounterVec,
     pub consul_request_duration: HistogramVec,
     pub consul_response_bytes: IntCounterVec,
+    pub consul_response_wire_bytes: IntCounterVec,
     pub build_info: GaugeVec,
     pub ready: IntGauge,
 }
@@ -145,7 +146,11 @@ const CONSUL_REQUEST_DURATION: Def = Def(
 );
 const CONSUL_RESPONSE_BYTES: Def = Def(
     "svc_handler_consul_response_bytes_total",
-    "Bytes of Consul answers' bodies by operation (a watch's cost).",
+    "Bytes of Consul answers' bodies by operation, decoded (a watch's cost).",
+);
+const CONSUL_RESPONSE_WIRE_BYTES: Def = Def(
+    "svc_handler_consul_response_wire_bytes_total",
+    "Bytes of Consul answers' bodies by operation as received (gzip-compressed when Consul compressed them).",
 );
 const BUILD_INFO: Def = Def(
     "svc_handler_build_info",
@@ -253,6 +258,7 @@ impl Metrics {
                 REQUEST_BUCKETS,
             ),
             consul_response_bytes: b.counter_vec(CONSUL_RESPONSE_BYTES, &["op"]),
+            consul_response_wire_bytes: b.counter_vec(CONSUL_RESPONSE_WIRE_BYTES, &["op"]),
             build_info: b.gauge_vec(BUILD_INFO, &["version"]),
             ready: b.int_gauge(READY),
             registry: b.0,
@@ -318,10 +324,13 @@ impl RequestObserver for Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    fn observe_bytes(&self, op: &'static str, bytes: u64) {
+    fn observe_bytes(&self, op: &'static str, body: u64, wire: u64) {
         self.consul_response_bytes
             .with_label_values(&[op])
-            .inc_by(bytes);
+            .inc_by(body);
+        self.consul_response_wire_bytes
+            .with_label_values(&[op])
+            .inc_by(wire);
     }
 }
 

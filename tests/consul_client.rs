@@ -107,6 +107,68 @@ async fn kv_put_get_list_keys_delete() {
     assert!(rest.is_empty(), "delete_tree removed {rest:?}");
 }
 
+/// Every request asks for gzip; Consul 1.8.7 compresses its answers, and the
+/// client decodes them: the listing is whole, its wire size a fraction of it.
+/// And a keys-only listing's index is the highest under its prefix, a
+/// deleted key's tombstone included (what the watch's descent relies on).
+#[tokio::test]
+async fn answers_are_gzip_compressed_and_a_listing_index_covers_only_its_prefix() {
+    let c = client();
+    let p = prefix("gzip");
+    for i in 0..60 {
+        c.kv_put(
+            &format!("{p}/desired/default/default/svc-{i}/base.json"),
+            b"{}",
+        )
+        .await
+        .unwrap();
+    }
+    let folder = format!("{p}/desired/default/default/");
+    let (keys, meta) = c
+        .kv_keys(&folder, Some("/"), &QueryOptions::consistent())
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 60, "{keys:?}");
+    assert!(keys.contains(&format!("{folder}svc-7/")));
+    assert!(
+        meta.wire_bytes > 0 && meta.wire_bytes * 4 < meta.body_bytes,
+        "{} bytes on the wire for {} decoded",
+        meta.wire_bytes,
+        meta.body_bytes
+    );
+
+    let one = format!("{folder}svc-1");
+    let (_, before) = c
+        .kv_keys(&one, Some("/"), &QueryOptions::consistent())
+        .await
+        .unwrap();
+    c.kv_delete(&format!("{folder}svc-12/base.json"))
+        .await
+        .unwrap();
+    // Elsewhere: moves the table's index, not this prefix's.
+    c.kv_put(&format!("{p}/elsewhere"), b"x").await.unwrap();
+    let (_, elsewhere) = c
+        .kv_get(&format!("{p}/elsewhere"), &QueryOptions::consistent())
+        .await
+        .unwrap();
+    let (keys, after) = c
+        .kv_keys(&one, Some("/"), &QueryOptions::consistent())
+        .await
+        .unwrap();
+    assert!(!keys.contains(&format!("{folder}svc-12/")));
+    assert!(after.index > before.index, "the tombstone counts");
+    assert!(after.index < elsewhere.index, "a write elsewhere does not");
+    let (_, untouched) = c
+        .kv_keys(
+            &format!("{folder}svc-2"),
+            Some("/"),
+            &QueryOptions::consistent(),
+        )
+        .await
+        .unwrap();
+    assert!(untouched.index < after.index);
+}
+
 #[tokio::test]
 async fn kv_cas_refuses_stale_index() {
     let c = client();

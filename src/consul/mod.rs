@@ -39,8 +39,9 @@ pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(600);
 pub trait RequestObserver: Send + Sync {
     fn observe(&self, op: &'static str, code: &str, elapsed: Duration);
 
-    /// The size of an answer's body.
-    fn observe_bytes(&self, _op: &'static str, _bytes: u64) {}
+    /// The size of an answer's body: as read (decoded), and as received
+    /// (gzip-compressed when Consul compressed it).
+    fn observe_bytes(&self, _op: &'static str, _body: u64, _wire: u64) {}
 }
 
 /// The partition and namespace requests are made in.
@@ -159,8 +160,12 @@ pub struct QueryMeta {
     /// `X-Consul-LastContact`: how long since the answering server heard from
     /// the leader (0 on the leader).
     pub last_contact: Duration,
-    /// Size of the answer's body in bytes (what a watch costs).
+    /// Size of the answer's body in bytes, decoded (the JSON read: what a
+    /// watch costs to parse, and what its pacing counts).
     pub body_bytes: u64,
+    /// Size of the answer's body as received: gzip-compressed when Consul
+    /// compressed it (every request asks it to), else `body_bytes`.
+    pub wire_bytes: u64,
 }
 
 impl QueryMeta {
@@ -177,8 +182,17 @@ impl QueryMeta {
                     .unwrap_or(0),
             ),
             body_bytes: 0,
+            wire_bytes: 0,
         }
     }
+}
+
+/// Decodes a gzip-compressed answer.
+fn gunzip(compressed: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(compressed.len() * 8);
+    flate2::read::GzDecoder::new(compressed).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// An HTTP answer, read whole.
@@ -424,7 +438,11 @@ impl Client {
                 timeout += wait + wait / 16;
             }
         }
-        let mut req = self.inner.http.request(method, url).timeout(timeout);
+        // Consul compresses its answers when asked: a listing of folder names
+        // shrinks about twentyfold on the wire.
+        let mut req = (self.inner.http.request(method, url))
+            .timeout(timeout)
+            .header(reqwest::header::ACCEPT_ENCODING, "gzip");
         let token = self
             .inner
             .token
@@ -448,17 +466,38 @@ impl Client {
             let resp = req.send().await?;
             let status = resp.status();
             let mut meta = QueryMeta::from_headers(resp.headers());
-            let body = resp.bytes().await?.to_vec();
-            meta.body_bytes = body.len() as u64;
-            Ok::<_, reqwest::Error>(Answer { status, meta, body })
+            let gzip = resp
+                .headers()
+                .get(reqwest::header::CONTENT_ENCODING)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+            let wire = resp.bytes().await?;
+            meta.wire_bytes = wire.len() as u64;
+            let body = if gzip {
+                gunzip(&wire)
+            } else {
+                Ok(wire.to_vec())
+            };
+            Ok::<_, reqwest::Error>((status, meta, body))
         }
         .await;
+        let result = result.map(|(status, mut meta, body)| {
+            let body = body.map_err(|e| ConsulError::Decode {
+                op,
+                detail: format!("Consul's gzip-compressed answer could not be read: {e}"),
+            })?;
+            meta.body_bytes = body.len() as u64;
+            Ok::<_, ConsulError>(Answer { status, meta, body })
+        });
         let elapsed = started.elapsed();
         match result {
-            Ok(answer) => {
+            Ok(Err(e)) => {
+                self.observe(op, "transport", elapsed);
+                Err(e)
+            }
+            Ok(Ok(answer)) => {
                 self.observe(op, answer.status.as_str(), elapsed);
                 if let Some(o) = &self.inner.observer {
-                    o.observe_bytes(op, answer.meta.body_bytes);
+                    o.observe_bytes(op, answer.meta.body_bytes, answer.meta.wire_bytes);
                 }
                 Ok(answer)
             }
