@@ -14,6 +14,8 @@
 //!    into one of two terminating gateways), until every one is applied;
 //!    Consul writes per service from the daemon's `/metrics`, and the write
 //!    rate as a fraction of the config-entry write ceiling at concurrency 8;
+//!    then the same with three daemons on one prefix (every link exactly
+//!    once in the gateways; bytes read per service against one daemon's);
 //! 4. steady state: a fresh daemon's startup sync of thousands of services
 //!    already in sync (it re-checks every service exactly as a periodic
 //!    resync does): Consul writes, CPU seconds, bytes read, peak RSS;
@@ -780,6 +782,18 @@ struct Bulk {
     end: Option<(usize, f64, f64, f64, f64)>,
 }
 
+/// Three daemons on one prefix, the same kind of bulk of new services.
+struct Three {
+    services: usize,
+    secs: f64,
+    /// Links to the bulk's services in its terminating gateways (one each wanted).
+    links: usize,
+    /// The three daemons' deltas, summed.
+    writes: f64,
+    bytes: f64,
+    cpu: f64,
+}
+
 #[derive(Default)]
 struct Baseline {
     skipped: Option<String>,
@@ -843,6 +857,7 @@ struct Results {
     to_entry: Option<Dist>,
     back_to_back: Option<Dist>,
     bulk: Option<Bulk>,
+    three: Option<Three>,
     steady: Option<Steady>,
     world: Vec<WorldRow>,
     baseline: Option<Baseline>,
@@ -1056,6 +1071,105 @@ async fn daemon_latency_and_bulk(
     });
     r.parts.push(("throughput".into(), t.elapsed()));
     stop_daemon(d).await;
+    Ok(())
+}
+
+/// Part 3 with three daemons on one fresh prefix: the same kind of bulk of
+/// new services (their own names and gateways), every link exactly once in
+/// the gateways, and what the three read and wrote together.
+async fn three_daemons(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Results) -> Res<()> {
+    let t = Instant::now();
+    let prefix = "bench/three";
+    let layout = Layout::new(prefix).expect("a valid prefix");
+    let ds: Vec<DaemonProc> = ["bench-3a", "bench-3b", "bench-3c"]
+        .into_iter()
+        .map(|instance| start_daemon(&agent.url(), prefix, instance, sizes))
+        .collect();
+    for d in &ds {
+        wait_ready(
+            d,
+            sizes.deadline(Duration::from_secs(60), Duration::from_secs(30)),
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tails = |ds: &[DaemonProc]| ds.iter().map(tail).collect::<Vec<_>>().join("\n---\n");
+
+    let names: Vec<String> = (0..sizes.bulk).map(|i| format!("three-{i}")).collect();
+    let items = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = full_spec(i, "gw3", "5s");
+            (layout.base_key(&sid(n)), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    let set: HashSet<String> = names.iter().cloned().collect();
+    let mut before = Vec::new();
+    for d in &ds {
+        before.push(Scrape::of(d).await?);
+    }
+    let start = Instant::now();
+    let puts = put_all(client, items, sizes.put_concurrency);
+    let waiting = wait_all_applied(
+        client,
+        &layout,
+        &set,
+        None,
+        sizes.deadline(
+            Duration::from_secs(120 + sizes.bulk as u64 / 2),
+            Duration::from_secs(30),
+        ),
+    );
+    let (p, w) = tokio::join!(puts, waiting);
+    p?;
+    let (done, _) = w.map_err(|e| format!("bulk apply, 3 daemons: {e}\n{}", tails(&ds)))?;
+    let secs = done.duration_since(start).as_secs_f64();
+    let mut after = Vec::new();
+    for d in &ds {
+        after.push(Scrape::of(d).await?);
+    }
+    let deltas: Vec<Delta> = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| delta(a, b))
+        .collect();
+
+    // Every service linked exactly once, over all the gateways.
+    let mut links = 0;
+    for g in 0..sizes.gateways {
+        let name = format!("gw3-{g}");
+        let (entry, _) = client
+            .config_get("terminating-gateway", &name, &QueryOptions::consistent())
+            .await
+            .map_err(err("read a terminating gateway"))?;
+        links += entry
+            .and_then(|e| e.0["Services"].as_array().cloned())
+            .map_or(0, |a| {
+                a.iter()
+                    .filter(|s| s["Name"].as_str().is_some_and(|n| set.contains(n)))
+                    .count()
+            });
+    }
+    for d in ds {
+        stop_daemon(d).await;
+    }
+    r.three = Some(Three {
+        services: sizes.bulk,
+        secs,
+        links,
+        writes: deltas.iter().map(|x| x.writes).sum(),
+        bytes: deltas.iter().map(|x| x.all_bytes).sum(),
+        cpu: deltas.iter().map(|x| x.cpu).sum(),
+    });
+    r.parts.push(("throughput, 3 daemons".into(), t.elapsed()));
+    if links != sizes.bulk {
+        return Err(format!(
+            "3 daemons on the bulk: the terminating gateways gw3-* hold {links} links to the {} \
+             services, not exactly one each",
+            sizes.bulk
+        ));
+    }
     Ok(())
 }
 
@@ -1454,6 +1568,7 @@ async fn run(agent: &Agent, sizes: &Sizes, r: &mut Results) -> Res<()> {
     r.ceiling = Some(ceiling(&client, sizes).await?);
     r.parts.push(("ceiling".into(), t.elapsed()));
     daemon_latency_and_bulk(agent, &client, sizes, r).await?;
+    three_daemons(agent, &client, sizes, r).await?;
     baseline(agent, &client, sizes, r).await?;
     steady_state(agent, &client, sizes, r).await?;
     let dev = Under {

@@ -101,6 +101,7 @@ fn summary(o: &mut String, r: &Results) {
     let _ = writeln!(o, "| figure | measured | target | |");
     let _ = writeln!(o, "|---|---:|---|---|");
     summary_latency_and_bulk(o, r);
+    summary_three(o, r);
     summary_steady(o, r);
     summary_watch_growth(o, r);
     summary_against_baseline(o, r);
@@ -139,6 +140,32 @@ fn summary_latency_and_bulk(o: &mut String, r: &Results) {
             "| Consul writes per new service | {per:.2} | ≤ 8 | {} |",
             met(per <= 8.0)
         );
+    }
+}
+
+/// Three daemons on one bulk: every link exactly once, and their reads
+/// per service against one daemon's.
+fn summary_three(o: &mut String, r: &Results) {
+    if let Some(t) = &r.three {
+        let _ = writeln!(
+            o,
+            "| 3 daemons on the bulk: links to its services in the terminating gateways | {} | exactly {} | {} |",
+            t.links,
+            t.services,
+            met(t.links == t.services)
+        );
+        if let Some(b) = &r.bulk {
+            let three = t.bytes / t.services as f64;
+            let one = b.bytes / b.services as f64;
+            let _ = writeln!(
+                o,
+                "| 3 daemons: reads per service ÷ one daemon's (bytes read from Consul, all operations) | {} ÷ {} = {} | ≤ 3.5× | {} |",
+                bytes(three),
+                bytes(one),
+                ratio(three, one),
+                met(one > 0.0 && three / one <= 3.5)
+            );
+        }
     }
 }
 
@@ -366,8 +393,21 @@ fn throughput(o: &mut String, r: &Results, sizes: &Sizes) {
             100.0 * b.writes / b.secs / c8
         );
     }
+    if let Some(t) = &r.three {
+        let _ = writeln!(
+            o,
+            "| svc-handler, 3 daemons | {} | {:.1} s | {:.1} | {:.2} | {:.0} | {:.0} % |",
+            t.services,
+            t.secs,
+            t.services as f64 / t.secs,
+            t.writes / t.services as f64,
+            t.writes / t.secs,
+            100.0 * t.writes / t.secs / c8
+        );
+    }
     throughput_baseline(o, r);
     throughput_by_operation(o, r);
+    throughput_three(o, r);
 }
 
 /// The baseline's throughput row, and svc-handler against it.
@@ -430,6 +470,41 @@ fn throughput_by_operation(o: &mut String, r: &Results) {
             bytes(b.bytes),
             bytes(b.bytes / b.services as f64),
             b.peak_rss.map(|x| bytes(x as f64)).unwrap_or("–".into())
+        );
+    }
+}
+
+/// Three daemons on one bulk: links, reads and writes against one daemon's.
+fn throughput_three(o: &mut String, r: &Results) {
+    if let Some(t) = &r.three {
+        let n = t.services as f64;
+        let three = t.bytes / n;
+        let one = r.bulk.as_ref().map(|b| b.bytes / b.services as f64);
+        let _ = writeln!(
+            o,
+            "\nThe \"3 daemons\" row: three daemons (`bench-3a`, `bench-3b`, `bench-3c`) on one fresh prefix \
+             and the same Consul, {} new services of their own (own names, own gateways) put at once, timed until \
+             every one is applied. Their terminating gateways then held {} links to those services ({}; exactly \
+             {} wanted). Together the three read {} from Consul ({} per service{}; target ≤ 3.5×), made {:.2} \
+             Consul writes per service and used {:.1} CPU seconds.",
+            t.services,
+            t.links,
+            if t.links == t.services {
+                "one each"
+            } else {
+                "**not one each**"
+            },
+            t.services,
+            bytes(t.bytes),
+            bytes(three),
+            one.map(|one| format!(
+                " against one daemon's {}: {}",
+                bytes(one),
+                ratio(three, one)
+            ))
+            .unwrap_or_default(),
+            t.writes / n,
+            t.cpu
         );
     }
 }
