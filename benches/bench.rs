@@ -378,6 +378,11 @@ impl Scrape {
         })
     }
 
+    /// Bytes as received (gzip-compressed when Consul compressed them).
+    fn wire(&self) -> f64 {
+        self.sum_ops("svc_handler_consul_response_wire_bytes_total", |_| true)
+    }
+
     fn wakeups(&self) -> f64 {
         self.get("svc_handler_watch_wakeups_total")
     }
@@ -402,6 +407,8 @@ struct Delta {
     list_bytes: f64,
     config_list_bytes: f64,
     all_bytes: f64,
+    /// All of it as received on the wire.
+    all_wire: f64,
     wakeups: f64,
     cpu: f64,
 }
@@ -423,6 +430,7 @@ fn delta(a: &Scrape, b: &Scrape) -> Delta {
         list_bytes: b.bytes(Some("kv.list")) - a.bytes(Some("kv.list")),
         config_list_bytes: b.bytes(Some("config.list")) - a.bytes(Some("config.list")),
         all_bytes: b.bytes(None) - a.bytes(None),
+        all_wire: b.wire() - a.wire(),
         wakeups: b.wakeups() - a.wakeups(),
         cpu: b.cpu() - a.cpu(),
     }
@@ -775,6 +783,8 @@ struct Bulk {
     writes_by_op: Vec<(String, f64)>,
     cpu: f64,
     bytes: f64,
+    /// `bytes` as received on the wire.
+    wire: f64,
     peak_rss: Option<u64>,
     /// (applied services, kv.list bytes, config.list bytes, wake-ups, CPU
     /// seconds) at the checkpoint and the end.
@@ -791,6 +801,7 @@ struct Three {
     /// The three daemons' deltas, summed.
     writes: f64,
     bytes: f64,
+    wire: f64,
     cpu: f64,
 }
 
@@ -838,8 +849,10 @@ struct WorldRow {
     services: usize,
     changes: usize,
     to_observed: Dist,
-    /// Every byte the daemon read from Consul.
+    /// Every byte the daemon read from Consul, decoded.
     bytes: f64,
+    /// The same as received (gzip-compressed).
+    wire: f64,
     /// What the desired watch read (shards and guard).
     watch_bytes: f64,
     daemon_cpu: f64,
@@ -1065,6 +1078,7 @@ async fn daemon_latency_and_bulk(
         writes_by_op: all.writes_by_op,
         cpu: all.cpu,
         bytes: all.all_bytes,
+        wire: all.all_wire,
         peak_rss: peak_rss(d.pid()),
         early: progress.checkpoint.as_ref().map(|(n, s, _)| point(*n, s)),
         end: Some(point(sizes.bulk, &after)),
@@ -1160,6 +1174,7 @@ async fn three_daemons(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Re
         links,
         writes: deltas.iter().map(|x| x.writes).sum(),
         bytes: deltas.iter().map(|x| x.all_bytes).sum(),
+        wire: deltas.iter().map(|x| x.all_wire).sum(),
         cpu: deltas.iter().map(|x| x.cpu).sum(),
     });
     r.parts.push(("throughput, 3 daemons".into(), t.elapsed()));
@@ -1667,6 +1682,7 @@ async fn world(
         changes: sizes.watch_changes,
         to_observed: dist(&obs),
         bytes: x.all_bytes / c,
+        wire: x.all_wire / c,
         watch_bytes: (watch(&after) - watch(&before)) / c,
         daemon_cpu: x.cpu / c,
         consul_cpu: (consul1 - consul0) / c,

@@ -104,7 +104,94 @@ fn summary(o: &mut String, r: &Results) {
     summary_three(o, r);
     summary_steady(o, r);
     summary_watch_growth(o, r);
+    summary_world(o, r);
     summary_against_baseline(o, r);
+}
+
+/// Issue 13's targets: one change with more and more services present, and
+/// the bulk's rate, reads and writes per service.
+fn summary_world(o: &mut String, r: &Results) {
+    if let Some(b) = &r.bulk {
+        let n = b.services as f64;
+        let rate = n / b.secs;
+        let _ = writeln!(
+            o,
+            "| bulk of {} new services: services/s | {rate:.1} | ≥ 200 | {} |",
+            b.services,
+            met(rate >= 200.0)
+        );
+        let _ = writeln!(
+            o,
+            "| bulk: read from Consul per service, as received (decoded) | {} ({}) | ≤ 20 KiB | {} |",
+            bytes(b.wire / n),
+            bytes(b.bytes / n),
+            met(b.wire / n <= 20.0 * 1024.0)
+        );
+        let _ = writeln!(
+            o,
+            "| bulk: Consul writes per service | {:.2} | ≤ 6 | {} |",
+            b.writes / n,
+            met(b.writes / n <= 6.0 + 1e-9)
+        );
+    }
+    let Some(small) = r.world.first() else { return };
+    for w in &r.world {
+        let p50 = w.to_observed.p50 <= Duration::from_millis(20);
+        let p99 = w.to_observed.p99 <= Duration::from_millis(60);
+        let _ = writeln!(
+            o,
+            "| one change with {} services present ({}): p50 / p99 | {} / {} | ≤ 20 ms / ≤ 60 ms | {} |",
+            w.services,
+            w.consul,
+            ms(w.to_observed.p50),
+            ms(w.to_observed.p99),
+            met(p50 && p99)
+        );
+        let _ = writeln!(
+            o,
+            "| one change with {} services present ({}): read from Consul, as received (decoded) | {} ({}) | ≤ 64 KiB | {} |",
+            w.services,
+            w.consul,
+            bytes(w.wire),
+            bytes(w.bytes),
+            met(w.wire <= 64.0 * 1024.0)
+        );
+        let rss_target = match w.services {
+            n if n <= 5000 => Some(64.0),
+            n if n <= 20000 => Some(128.0),
+            _ => None,
+        };
+        if let (Some(t), Some(rss)) = (rss_target, w.rss) {
+            let _ = writeln!(
+                o,
+                "| daemon peak RSS with {} services present ({}) | {} | ≤ {t:.0} MiB | {} |",
+                w.services,
+                w.consul,
+                bytes(rss as f64),
+                met(rss as f64 <= t * 1024.0 * 1024.0)
+            );
+        }
+    }
+    if let Some(big) = r
+        .world
+        .iter()
+        .filter(|w| w.consul == small.consul)
+        .max_by_key(|w| w.services)
+    {
+        if big.services > small.services {
+            let _ = writeln!(
+                o,
+                "| Consul CPU per change, {} vs {} services ({}) | {:.1} ms vs {:.1} ms ({}) | ≤ 2× | {} |",
+                big.services,
+                small.services,
+                small.consul,
+                1000.0 * big.consul_cpu,
+                1000.0 * small.consul_cpu,
+                ratio(big.consul_cpu, small.consul_cpu),
+                met(big.consul_cpu <= 2.0 * small.consul_cpu)
+            );
+        }
+    }
 }
 
 /// Apply latency and bulk throughput against their targets.
@@ -464,11 +551,13 @@ fn throughput_by_operation(o: &mut String, r: &Results) {
         let _ = writeln!(
             o,
             "\nsvc-handler's writes per service by operation: {}. During the bulk apply the daemon used {:.1} CPU \
-             seconds and read {} from Consul ({} per service); its peak RSS so far: {}.",
+             seconds and read {} from Consul ({} per service; {} per service as received, gzip-compressed); \
+             its peak RSS so far: {}.",
             ops.join(", "),
             b.cpu,
             bytes(b.bytes),
             bytes(b.bytes / b.services as f64),
+            bytes(b.wire / b.services as f64),
             b.peak_rss.map(|x| bytes(x as f64)).unwrap_or("–".into())
         );
     }
@@ -485,8 +574,8 @@ fn throughput_three(o: &mut String, r: &Results) {
             "\nThe \"3 daemons\" row: three daemons (`bench-3a`, `bench-3b`, `bench-3c`) on one fresh prefix \
              and the same Consul, {} new services of their own (own names, own gateways) put at once, timed until \
              every one is applied. Their terminating gateways then held {} links to those services ({}; exactly \
-             {} wanted). Together the three read {} from Consul ({} per service{}; target ≤ 3.5×), made {:.2} \
-             Consul writes per service and used {:.1} CPU seconds.",
+             {} wanted). Together the three read {} from Consul ({} per service{}; target ≤ 3.5×; {} per \
+             service as received, gzip-compressed), made {:.2} Consul writes per service and used {:.1} CPU seconds.",
             t.services,
             t.links,
             if t.links == t.services {
@@ -503,6 +592,7 @@ fn throughput_three(o: &mut String, r: &Results) {
                 ratio(three, one)
             ))
             .unwrap_or_default(),
+            bytes(t.wire / n),
             t.writes / n,
             t.cpu
         );
@@ -623,7 +713,9 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
         "For each size, one daemon applied that many simple services (written {} at a time), \
          then {} single changes to services picked across them, {} ms apart, each timed from \
          the base.json put to observed.json showing it applied. Per change: every byte the daemon \
-         read from Consul (`svc_handler_consul_response_bytes_total`, all operations), of it what \
+         read from Consul, as received (`svc_handler_consul_response_wire_bytes_total`, all \
+         operations: every request asks for gzip and Consul compresses its answers) and decoded \
+         (`svc_handler_consul_response_bytes_total`), of the decoded bytes what \
          `kv.list` and `kv.keys` read (the watch's shards and guard, and each reconcile's read of \
          its service folder), the daemon's and the Consul agent's CPU from /proc. RSS is the daemon's \
          peak (VmHWM, the setup included). Ratios are against the first row, in this run. \
@@ -637,18 +729,19 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
     );
     let _ = writeln!(
         o,
-        "| Consul | services | shards | p50 | p99 | read / change | kv.list+keys / change | daemon CPU / change | Consul CPU / change (× first row) | daemon peak RSS |"
+        "| Consul | services | shards | p50 | p99 | read / change (wire) | read / change (decoded) | kv.list+keys / change (decoded) | daemon CPU / change | Consul CPU / change (× first row) | daemon peak RSS |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for w in &r.world {
         let _ = writeln!(
             o,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.1} ms | {:.1} ms ({}) | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms ({}) | {} |",
             w.consul,
             w.services,
             w.shards,
             ms(w.to_observed.p50),
             ms(w.to_observed.p99),
+            bytes(w.wire),
             bytes(w.bytes),
             bytes(w.watch_bytes),
             1000.0 * w.daemon_cpu,
