@@ -714,7 +714,7 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
          then {} single changes to services picked across them, {} ms apart, each timed from \
          the base.json put to observed.json showing it applied. Per change: every byte the daemon \
          read from Consul, as received (`svc_handler_consul_response_wire_bytes_total`, all \
-         operations: every request asks for gzip and Consul compresses its answers) and decoded \
+         operations: listings ask for gzip and Consul compresses them) and decoded \
          (`svc_handler_consul_response_bytes_total`), of the decoded bytes what \
          `kv.list` and `kv.keys` read (the watch's shards and guard, and each reconcile's read of \
          its service folder), the daemon's and the Consul agent's CPU from /proc. RSS is the daemon's \

@@ -164,7 +164,7 @@ pub struct QueryMeta {
     /// watch costs to parse, and what its pacing counts).
     pub body_bytes: u64,
     /// Size of the answer's body as received: gzip-compressed when Consul
-    /// compressed it (every request asks it to), else `body_bytes`.
+    /// compressed it (listings ask it to), else `body_bytes`.
     pub wire_bytes: u64,
 }
 
@@ -185,6 +185,14 @@ impl QueryMeta {
             wire_bytes: 0,
         }
     }
+}
+
+/// Whether to ask Consul to compress the answer to `op`: the listings, where
+/// the bytes are (a listing of folder names shrinks about twentyfold), and
+/// not the small answers of single reads and writes, which would pay the
+/// compression's fixed cost on both sides for a few bytes.
+fn compressed(op: &str) -> bool {
+    matches!(op, "kv.list" | "kv.keys" | "config.list")
 }
 
 /// Decodes a gzip-compressed answer.
@@ -438,11 +446,10 @@ impl Client {
                 timeout += wait + wait / 16;
             }
         }
-        // Consul compresses its answers when asked: a listing of folder names
-        // shrinks about twentyfold on the wire.
-        let mut req = (self.inner.http.request(method, url))
-            .timeout(timeout)
-            .header(reqwest::header::ACCEPT_ENCODING, "gzip");
+        let mut req = (self.inner.http.request(method, url)).timeout(timeout);
+        if compressed(op) {
+            req = req.header(reqwest::header::ACCEPT_ENCODING, "gzip");
+        }
         let token = self
             .inner
             .token
