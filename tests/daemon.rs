@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use support::daemon::DaemonProc;
 use support::{consul_bin, eventually, prefix, shared, Agent};
 use svc_handler::consul::{Client, QueryOptions};
+use svc_handler::daemon::FAULT_ALWAYS_DESCEND_ENV;
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::records::{Observed, Status};
 
@@ -1347,11 +1348,22 @@ async fn all_gone(f: &Fixture, ids: &[ServiceId], timeout: Duration) -> bool {
 /// service ends as its base.json says.
 #[tokio::test]
 async fn the_sharded_watch_misses_no_change_while_shards_split_and_merge() {
-    let f = Fixture::new("shards", shared());
+    shards_split_and_merge("shards", &[]).await;
+}
+
+/// The same with every shard read by descending to what changed (by default
+/// only shards of more than 32 services are, past about 500 services).
+#[tokio::test]
+async fn the_descent_misses_no_change_while_shards_split_and_merge() {
+    shards_split_and_merge("descent", &[(FAULT_ALWAYS_DESCEND_ENV, "1")]).await;
+}
+
+async fn shards_split_and_merge(name: &str, env: &[(&str, &str)]) {
+    let f = Fixture::new(name, shared());
     let http = json!({"defaults": {"Protocol": "http"}});
     let first: Vec<ServiceId> = (0..200).map(|i| f.id(&format!("web{i:03}"))).collect();
     // Started on an empty prefix: one shard, split as the services come.
-    let d = f.start("d1", &[], &[]);
+    let d = f.start("d1", &[], env);
     d.wait_ready(Duration::from_secs(30)).await;
     assert_eq!(d.metric("svc_handler_watch_shards").await, 1.0);
     put_all(&f, &first, &http).await;

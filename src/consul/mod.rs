@@ -187,12 +187,16 @@ impl QueryMeta {
     }
 }
 
-/// Whether to ask Consul to compress the answer to `op`: the listings, where
-/// the bytes are (a listing of folder names shrinks about twentyfold), and
-/// not the small answers of single reads and writes, which would pay the
-/// compression's fixed cost on both sides for a few bytes.
+/// Whether to ask Consul to compress the answer to `op`: the reads whose
+/// answers can be big (listings, where a list of folder names shrinks about
+/// twentyfold; a record or observed.json; a config entry, a shared gateway's
+/// with hundreds of links), and not the few bytes that writes, sessions and
+/// the agent's own endpoints answer.
 fn compressed(op: &str) -> bool {
-    matches!(op, "kv.list" | "kv.keys" | "config.list")
+    matches!(
+        op,
+        "kv.list" | "kv.keys" | "kv.get" | "config.list" | "config.get"
+    )
 }
 
 /// Decodes a gzip-compressed answer.

@@ -18,6 +18,13 @@ pub const FAULT_PAUSE_ENV: &str = "SVC_HANDLER_FAULT_PAUSE_BEFORE";
 /// would; `/healthz` and the systemd watchdog must notice.
 pub const FAULT_FREEZE_WATCH_ENV: &str = "SVC_HANDLER_FAULT_FREEZE_WATCH";
 
+/// For tests, documented in the README: when set (to anything), every shard
+/// of the desired watch is watched keys-only and read by descending to what
+/// changed, however few services it holds (by default a shard of at most 32
+/// is read whole), so that a test of a few hundred services exercises the
+/// descent against a real Consul.
+pub const FAULT_ALWAYS_DESCEND_ENV: &str = "SVC_HANDLER_FAULT_ALWAYS_DESCEND";
+
 /// The faults to inject; none by default.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -25,6 +32,8 @@ pub struct Faults {
     pub pause_before: Option<String>,
     /// Freeze the watch loop after its first listing.
     pub freeze_watch: bool,
+    /// Descend in every shard, whatever its size.
+    pub always_descend: bool,
 }
 
 impl Faults {
@@ -39,6 +48,7 @@ impl Faults {
                 .and_then(|v| v.into_string().ok())
                 .filter(|s| !s.is_empty()),
             freeze_watch: get(FAULT_FREEZE_WATCH_ENV).is_some(),
+            always_descend: get(FAULT_ALWAYS_DESCEND_ENV).is_some(),
         }
     }
 
@@ -49,6 +59,9 @@ impl Faults {
         }
         if self.freeze_watch {
             tracing::warn!("{FAULT_FREEZE_WATCH_ENV} is set: the watch loop freezes after its first listing (fault tests only)");
+        }
+        if self.always_descend {
+            tracing::warn!("{FAULT_ALWAYS_DESCEND_ENV} is set: every shard is read by descending, however small (tests only)");
         }
     }
 
@@ -100,7 +113,8 @@ mod tests {
         assert!(f.freeze_watch);
         let f = faults(&[(FAULT_PAUSE_ENV, "resolver")]);
         assert_eq!(f.pause_before.as_deref(), Some("resolver"));
-        assert!(!f.freeze_watch);
+        assert!(!f.freeze_watch && !f.always_descend);
+        assert!(faults(&[(FAULT_ALWAYS_DESCEND_ENV, "1")]).always_descend);
         assert!(f.hook().is_some());
     }
 

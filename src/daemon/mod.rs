@@ -29,7 +29,7 @@ use crate::reconcile::{Outcome, Reconciler, ReconcilerConfig};
 use crate::watch::{self, ByteBudget, Snapshot};
 use access::AccessError;
 use coordinator::{Command, Coordinator, Event};
-pub use faults::{Faults, FAULT_FREEZE_WATCH_ENV, FAULT_PAUSE_ENV};
+pub use faults::{Faults, FAULT_ALWAYS_DESCEND_ENV, FAULT_FREEZE_WATCH_ENV, FAULT_PAUSE_ENV};
 use loops::{Events, Stop};
 use worker::{Sessions, Worker};
 
