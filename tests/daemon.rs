@@ -1348,18 +1348,21 @@ async fn all_gone(f: &Fixture, ids: &[ServiceId], timeout: Duration) -> bool {
 /// service ends as its base.json says.
 #[tokio::test]
 async fn the_sharded_watch_misses_no_change_while_shards_split_and_merge() {
-    shards_split_and_merge("shards", &[]).await;
+    shards_split_and_merge("shards", shared(), &[]).await;
 }
 
 /// The same with every shard read by descending to what changed (by default
-/// only shards of more than 32 services are, past about 500 services).
+/// only shards of more than 32 services are, past about 500 services). On an
+/// agent of its own: a daemon holds up to 35 long-polls, and every test
+/// daemon shares the agent's `http_max_conns_per_client` (200).
 #[tokio::test]
 async fn the_descent_misses_no_change_while_shards_split_and_merge() {
-    shards_split_and_merge("descent", &[(FAULT_ALWAYS_DESCEND_ENV, "1")]).await;
+    let agent = Agent::dev();
+    shards_split_and_merge("descent", &agent, &[(FAULT_ALWAYS_DESCEND_ENV, "1")]).await;
 }
 
-async fn shards_split_and_merge(name: &str, env: &[(&str, &str)]) {
-    let f = Fixture::new(name, shared());
+async fn shards_split_and_merge(name: &str, agent: &Agent, env: &[(&str, &str)]) {
+    let f = Fixture::new(name, agent);
     let http = json!({"defaults": {"Protocol": "http"}});
     let first: Vec<ServiceId> = (0..200).map(|i| f.id(&format!("web{i:03}"))).collect();
     // Started on an empty prefix: one shard, split as the services come.

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -106,13 +107,25 @@ enum Update {
 
 type ShardRead = Result<(Update, QueryMeta), ConsulError>;
 
-/// The keys-only listing a descent makes, on the Consul client.
+/// At most this many of a daemon's descent listings and folder reads are in
+/// flight at once, over all its shards: each holds a connection to the
+/// agent, and every client on a node shares the agent's
+/// `http_max_conns_per_client`.
+const DESCENT_CONNECTIONS: usize = 8;
+
+/// The keys-only listing a descent makes, on the Consul client, holding one
+/// of the daemon's [`DESCENT_CONNECTIONS`] permits.
 #[derive(Clone)]
-struct KeysProbe(Client);
+struct KeysProbe(Client, Arc<Semaphore>);
 
 impl Prober for KeysProbe {
     type Error = ConsulError;
     async fn probe(self, prefix: String) -> Result<Probed, ConsulError> {
+        let _permit = self
+            .1
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let opts = QueryOptions::consistent();
         let (items, meta) = self.0.kv_keys(&prefix, Some("/"), &opts).await?;
         Ok(Probed {
@@ -129,18 +142,33 @@ impl Prober for KeysProbe {
 /// than the descent's several.
 const READ_WHOLE_UP_TO: usize = 32;
 
+/// What every read of a shard needs.
+#[derive(Clone)]
+struct Reader {
+    client: Client,
+    root: String,
+    /// Shards of at most this many services are read whole.
+    whole_up_to: usize,
+    /// The daemon's [`DESCENT_CONNECTIONS`].
+    permits: Arc<Semaphore>,
+}
+
 /// One read of a shard, blocking past `since`: a small one's recursive
 /// listing, a bigger one's keys-only listing and then what changed. The meta
 /// is the listing's, with the bytes of every read.
 async fn read_shard(
-    client: Client,
-    root: String,
+    r: Reader,
     prefix: String,
     opts: QueryOptions,
     since: u64,
     known: Arc<BTreeSet<String>>,
-    whole_up_to: usize,
 ) -> ShardRead {
+    let Reader {
+        client,
+        root,
+        whole_up_to,
+        permits,
+    } = r;
     if known.len() <= whole_up_to {
         let (pairs, meta) = client.kv_list(&prefix, &opts).await?;
         if since != 0 && meta.index == since {
@@ -153,11 +181,13 @@ async fn read_shard(
         return Ok((Update::Same, meta));
     }
     if since != 0 && meta.index > since {
-        let probe = KeysProbe(client.clone());
+        let probe = KeysProbe(client.clone(), Arc::clone(&permits));
         let d = locate::locate(&probe, &root, &prefix, items, &known, since).await?;
         meta.body_bytes += d.bytes;
-        if let Some(units) = d.units {
-            let (pairs, bytes) = read_units(&client, &root, &units).await?;
+        // Reading a quarter of the shard one folder at a time costs more
+        // requests than one listing of it all (a bulk apply, say).
+        if let Some(units) = d.units.filter(|u| u.len() * 4 <= known.len()) {
+            let (pairs, bytes) = read_units(&client, &root, &units, &permits).await?;
             meta.body_bytes += bytes;
             return Ok((Update::Units(units, pairs), meta));
         }
@@ -168,13 +198,15 @@ async fn read_shard(
     Ok((Update::Whole(pairs), meta))
 }
 
-/// Reads `units` afresh, at most [`CONCURRENCY`] at once: a service folder
+/// Reads `units` afresh, at most [`CONCURRENCY`] at once (and within the
+/// daemon's [`DESCENT_CONNECTIONS`]): a service folder
 /// with everything in it, a stray key alone. Returns their keys and the
 /// bytes read.
 async fn read_units(
     client: &Client,
     root: &str,
     units: &BTreeSet<String>,
+    permits: &Arc<Semaphore>,
 ) -> Result<(Vec<KvPair>, u64), ConsulError> {
     let mut pending = units.iter();
     let mut running = JoinSet::new();
@@ -183,7 +215,12 @@ async fn read_units(
         while running.len() < CONCURRENCY {
             let Some(unit) = pending.next() else { break };
             let (client, root, unit) = (client.clone(), root.to_string(), unit.clone());
+            let permits = Arc::clone(permits);
             running.spawn(async move {
+                let _permit = permits
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
                 let opts = QueryOptions::consistent();
                 // A service folder (a stray key never ends with `/` below
                 // the namespaces).
@@ -239,6 +276,8 @@ struct DesiredWatch {
     reads: JoinSet<Answer>,
     outage_since: Option<Instant>,
     epochs: u64,
+    /// The daemon's [`DESCENT_CONNECTIONS`].
+    permits: Arc<Semaphore>,
 }
 
 impl Daemon {
@@ -258,6 +297,7 @@ impl Daemon {
             reads: JoinSet::new(),
             outage_since: None,
             epochs: 0,
+            permits: Arc::new(Semaphore::new(DESCENT_CONNECTIONS)),
         };
         let Some((pairs, meta)) = w.whole(&mut stop).await else {
             return;
@@ -386,24 +426,19 @@ impl DesiredWatch {
         let opts = shard.lp.options(QueryOptions::consistent(), wait);
         let since = shard.lp.index();
         let known = shard.units.clone();
-        let (client, root) = (self.d.client.clone(), self.root.clone());
-        let whole_up_to = if self.d.cfg.faults.always_descend {
-            0
-        } else {
-            READ_WHOLE_UP_TO
+        let reader = Reader {
+            client: self.d.client.clone(),
+            root: self.root.clone(),
+            whole_up_to: if self.d.cfg.faults.always_descend {
+                0
+            } else {
+                READ_WHOLE_UP_TO
+            },
+            permits: Arc::clone(&self.permits),
         };
         let abort = self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
-            let r = read_shard(
-                client,
-                root,
-                prefix.clone(),
-                opts,
-                since,
-                known,
-                whole_up_to,
-            )
-            .await;
+            let r = read_shard(reader, prefix.clone(), opts, since, known).await;
             Answer::Shard(prefix, epoch, r)
         });
         shard.read = Some(abort);
