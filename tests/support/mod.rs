@@ -352,7 +352,13 @@ impl Drop for Agent {
 
 /// The dev agent shared by every test of this binary. It is started from a
 /// thread that lives as long as the process, so the kernel kills it when the
-/// test process exits, however it exits.
+/// test process exits, however it exits. Its `http_max_conns_per_client` is
+/// raised from Consul's 200 to 1,000: every daemon the tests of a binary run
+/// at once talks to it from 127.0.0.1 (one daemon holds up to 35 long-polls
+/// and a few more connections, and a stopped daemon's blocking queries stay
+/// counted for up to a minute), where in production each node runs one
+/// daemon against its own agent. Tests on an agent of their own keep the
+/// default.
 pub fn shared() -> &'static Agent {
     static AGENT: OnceLock<&'static Agent> = OnceLock::new();
     AGENT.get_or_init(|| {
@@ -360,7 +366,12 @@ pub fn shared() -> &'static Agent {
         std::thread::Builder::new()
             .name("consul-agent-owner".into())
             .spawn(move || {
-                let agent: &'static Agent = Box::leak(Box::new(Agent::dev()));
+                let agent: &'static Agent = Box::leak(Box::new(Agent::dev_with(|_| {
+                    vec![
+                        "-hcl".into(),
+                        "limits { http_max_conns_per_client = 1000 }".into(),
+                    ]
+                })));
                 tx.send(agent).expect("send agent");
                 loop {
                     std::thread::park();
