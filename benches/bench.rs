@@ -661,6 +661,25 @@ struct Progress {
     checkpoint: Option<(usize, Scrape, Instant)>,
 }
 
+/// Puts every (key, value), `sizes.put_concurrency` at a time, while waiting
+/// (as [`wait_all_applied`]) until every one of `names` is applied.
+async fn put_and_wait(
+    client: &Client,
+    layout: &Layout,
+    items: Vec<(String, Vec<u8>)>,
+    names: &HashSet<String>,
+    checkpoint: Option<(usize, &DaemonProc)>,
+    sizes: &Sizes,
+    deadline: Instant,
+) -> Res<(Instant, Progress)> {
+    let (p, w) = tokio::join!(
+        put_all(client, items, sizes.put_concurrency),
+        wait_all_applied(client, layout, names, checkpoint, deadline)
+    );
+    p?;
+    w
+}
+
 async fn wait_all_applied(
     client: &Client,
     layout: &Layout,
@@ -1050,20 +1069,14 @@ async fn daemon_latency_and_bulk(
     let set: HashSet<String> = bulk_names.iter().cloned().collect();
     let before = Scrape::of(&d).await?;
     let start = Instant::now();
-    let puts = put_all(client, items, sizes.put_concurrency);
-    let waiting = wait_all_applied(
-        client,
-        &layout,
-        &set,
-        Some((sizes.bulk / 4, &d)),
-        sizes.deadline(
-            Duration::from_secs(120 + sizes.bulk as u64 / 2),
-            Duration::from_secs(30),
-        ),
+    let deadline = sizes.deadline(
+        Duration::from_secs(120 + sizes.bulk as u64 / 2),
+        Duration::from_secs(30),
     );
-    let (p, w) = tokio::join!(puts, waiting);
-    p?;
-    let (done, progress) = w.map_err(|e| format!("bulk apply: {e}\n{}", tail(&d)))?;
+    let checkpoint = Some((sizes.bulk / 4, &d));
+    let (done, progress) = put_and_wait(client, &layout, items, &set, checkpoint, sizes, deadline)
+        .await
+        .map_err(|e| format!("bulk apply: {e}\n{}", tail(&d)))?;
     let after = Scrape::of(&d).await?;
     let secs = done.duration_since(start).as_secs_f64();
     let all = delta(&before, &after);
@@ -1124,20 +1137,13 @@ async fn three_daemons(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Re
         before.push(Scrape::of(d).await?);
     }
     let start = Instant::now();
-    let puts = put_all(client, items, sizes.put_concurrency);
-    let waiting = wait_all_applied(
-        client,
-        &layout,
-        &set,
-        None,
-        sizes.deadline(
-            Duration::from_secs(120 + sizes.bulk as u64 / 2),
-            Duration::from_secs(30),
-        ),
+    let deadline = sizes.deadline(
+        Duration::from_secs(120 + sizes.bulk as u64 / 2),
+        Duration::from_secs(30),
     );
-    let (p, w) = tokio::join!(puts, waiting);
-    p?;
-    let (done, _) = w.map_err(|e| format!("bulk apply, 3 daemons: {e}\n{}", tails(&ds)))?;
+    let (done, _) = put_and_wait(client, &layout, items, &set, None, sizes, deadline)
+        .await
+        .map_err(|e| format!("bulk apply, 3 daemons: {e}\n{}", tails(&ds)))?;
     let secs = done.duration_since(start).as_secs_f64();
     let mut after = Vec::new();
     for d in &ds {
@@ -1216,20 +1222,13 @@ async fn steady_state(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Res
         })
         .collect();
     let start = Instant::now();
-    let puts = put_all(client, items, sizes.put_concurrency);
-    let waiting = wait_all_applied(
-        client,
-        &layout,
-        &set,
-        None,
-        sizes.deadline(
-            Duration::from_secs(120 + sizes.steady as u64 / 4),
-            Duration::from_secs(30),
-        ),
+    let deadline = sizes.deadline(
+        Duration::from_secs(120 + sizes.steady as u64 / 4),
+        Duration::from_secs(30),
     );
-    let (p, w) = tokio::join!(puts, waiting);
-    p?;
-    let (done, _) = w.map_err(|e| format!("steady-state setup: {e}\n{}", tail(&d)))?;
+    let (done, _) = put_and_wait(client, &layout, items, &set, None, sizes, deadline)
+        .await
+        .map_err(|e| format!("steady-state setup: {e}\n{}", tail(&d)))?;
     s.setup_secs = done.duration_since(start).as_secs_f64();
     stop_daemon(d).await;
     r.parts.push(("steady-state setup".into(), t.elapsed()));
@@ -1652,12 +1651,9 @@ async fn world(
         Duration::from_secs(120 + n as u64 / 4),
         Duration::from_secs(30),
     );
-    let (p, w) = tokio::join!(
-        put_all(client, items, sizes.put_concurrency),
-        wait_all_applied(client, &layout, &set, None, deadline)
-    );
-    p?;
-    w.map_err(|e| format!("world {n} setup: {e}\n{}", tail(&d)))?;
+    put_and_wait(client, &layout, items, &set, None, sizes, deadline)
+        .await
+        .map_err(|e| format!("world {n} setup: {e}\n{}", tail(&d)))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (before, consul0) = (Scrape::of(&d).await?, consul.cpu_seconds());
     let mut obs = Vec::new();
