@@ -53,7 +53,8 @@
 //! | `BENCH_IDLE_GAP_MS` | pause before each timed single change (parts 2 and 6) | 250 | 250 |
 //! | `BENCH_STEADY_GAP_MS` | pause before each change with the steady-state services present | 3000 | 250 |
 //! | `BENCH_CLUSTER_WORLD` | services present for the same row on a 3-server cluster (fsync on; 0: skipped) | 5000 | 0 |
-//! | `BENCH_WORKERS` | the daemon's `--workers` | its default (4) | its default |
+//! | `BENCH_WORKERS` | the daemon's `--workers` | its default (16) | its default |
+//! | `BENCH_PARTS` | parts to run, comma-separated, of bulk, three, baseline, steady, world, cluster (the ceiling always runs) | all | all |
 //! | `BENCH_OUTPUT` | where the report goes | `BENCHMARKS.md` | not written |
 //!
 //! The daemons run with `--resync-interval 1h` (no periodic resync falls into
@@ -90,7 +91,7 @@ fn err(context: &str) -> impl Fn(svc_handler::consul::ConsulError) -> String + '
 // ---------------------------------------------------------------- settings
 
 /// The variables of the header, for the report.
-const VARIABLES: [(&str, &str, &str, &str); 18] = [
+const VARIABLES: [(&str, &str, &str, &str); 19] = [
     (
         "BENCH_CEILING_SECS",
         "seconds per ceiling measurement",
@@ -190,8 +191,14 @@ const VARIABLES: [(&str, &str, &str, &str); 18] = [
     (
         "BENCH_WORKERS",
         "the daemon's `--workers`",
-        "its default (4)",
+        "its default (16)",
         "its default",
+    ),
+    (
+        "BENCH_PARTS",
+        "parts to run, comma-separated, of bulk, three, baseline, steady, world, cluster (the ceiling always runs)",
+        "all",
+        "all",
     ),
     (
         "BENCH_OUTPUT",
@@ -226,6 +233,31 @@ struct Sizes {
     /// Pause before each change there.
     world_gap: Duration,
     output: Option<PathBuf>,
+    /// The parts to run (`BENCH_PARTS`); the ceiling always runs.
+    parts: Vec<String>,
+}
+
+/// Every part `BENCH_PARTS` may name, in the order they run.
+const PARTS: [&str; 6] = ["bulk", "three", "baseline", "steady", "world", "cluster"];
+
+fn parts() -> Res<Vec<String>> {
+    let text = std::env::var("BENCH_PARTS").unwrap_or_default();
+    if text.trim().is_empty() {
+        return Ok(PARTS.iter().map(|p| p.to_string()).collect());
+    }
+    text.split(',')
+        .map(|p| {
+            let p = p.trim();
+            if PARTS.contains(&p) {
+                Ok(p.to_string())
+            } else {
+                Err(format!(
+                    "BENCH_PARTS: {p:?} is none of {}",
+                    PARTS.join(", ")
+                ))
+            }
+        })
+        .collect()
 }
 
 fn world_sizes(quick: bool) -> Res<Vec<usize>> {
@@ -281,6 +313,7 @@ impl Sizes {
                 Ok(_) => Some(env_num("BENCH_WORKERS", 4)?.max(1)),
                 Err(_) => None,
             },
+            parts: parts()?,
             output: if quick {
                 None
             } else {
@@ -359,10 +392,18 @@ impl Scrape {
     }
 
     fn writes_by_op(&self) -> Vec<(String, f64)> {
+        self.requests_by_op(is_write_op)
+    }
+
+    fn reads_by_op(&self) -> Vec<(String, f64)> {
+        self.requests_by_op(|op| !is_write_op(op))
+    }
+
+    fn requests_by_op(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, f64)> {
         let mut by: HashMap<String, f64> = HashMap::new();
         for (s, v) in &self.0 {
             if s.starts_with("svc_handler_consul_requests_total{") {
-                if let Some(op) = label(s, "op").filter(|op| is_write_op(op)) {
+                if let Some(op) = label(s, "op").filter(|op| keep(op)) {
                     *by.entry(op.to_string()).or_default() += v;
                 }
             }
@@ -404,6 +445,7 @@ impl Scrape {
 struct Delta {
     writes: f64,
     writes_by_op: Vec<(String, f64)>,
+    reads_by_op: Vec<(String, f64)>,
     list_bytes: f64,
     config_list_bytes: f64,
     all_bytes: f64,
@@ -414,19 +456,20 @@ struct Delta {
 }
 
 fn delta(a: &Scrape, b: &Scrape) -> Delta {
-    let before: HashMap<String, f64> = a.writes_by_op().into_iter().collect();
-    let writes_by_op = b
-        .writes_by_op()
-        .into_iter()
-        .map(|(op, n)| {
-            let d = n - before.get(&op).copied().unwrap_or(0.0);
-            (op, d)
-        })
-        .filter(|(_, n)| *n > 0.0)
-        .collect();
+    let by_op = |a: Vec<(String, f64)>, b: Vec<(String, f64)>| {
+        let before: HashMap<String, f64> = a.into_iter().collect();
+        b.into_iter()
+            .map(|(op, n)| {
+                let d = n - before.get(&op).copied().unwrap_or(0.0);
+                (op, d)
+            })
+            .filter(|(_, n)| *n > 0.0)
+            .collect()
+    };
     Delta {
         writes: b.writes() - a.writes(),
-        writes_by_op,
+        writes_by_op: by_op(a.writes_by_op(), b.writes_by_op()),
+        reads_by_op: by_op(a.reads_by_op(), b.reads_by_op()),
         list_bytes: b.bytes(Some("kv.list")) - a.bytes(Some("kv.list")),
         config_list_bytes: b.bytes(Some("config.list")) - a.bytes(Some("config.list")),
         all_bytes: b.bytes(None) - a.bytes(None),
@@ -800,6 +843,7 @@ struct Bulk {
     secs: f64,
     writes: f64,
     writes_by_op: Vec<(String, f64)>,
+    reads_by_op: Vec<(String, f64)>,
     cpu: f64,
     bytes: f64,
     /// `bytes` as received on the wire.
@@ -1089,6 +1133,7 @@ async fn daemon_latency_and_bulk(
         secs,
         writes: all.writes,
         writes_by_op: all.writes_by_op,
+        reads_by_op: all.reads_by_op,
         cpu: all.cpu,
         bytes: all.all_bytes,
         wire: all.all_wire,
@@ -1581,19 +1626,30 @@ async fn run(agent: &Agent, sizes: &Sizes, r: &mut Results) -> Res<()> {
     let t = Instant::now();
     r.ceiling = Some(ceiling(&client, sizes).await?);
     r.parts.push(("ceiling".into(), t.elapsed()));
-    daemon_latency_and_bulk(agent, &client, sizes, r).await?;
-    three_daemons(agent, &client, sizes, r).await?;
-    baseline(agent, &client, sizes, r).await?;
-    steady_state(agent, &client, sizes, r).await?;
+    let part = |name: &str| sizes.parts.iter().any(|p| p == name);
+    if part("bulk") {
+        daemon_latency_and_bulk(agent, &client, sizes, r).await?;
+    }
+    if part("three") {
+        three_daemons(agent, &client, sizes, r).await?;
+    }
+    if part("baseline") {
+        baseline(agent, &client, sizes, r).await?;
+    }
+    if part("steady") {
+        steady_state(agent, &client, sizes, r).await?;
+    }
     let dev = Under {
         url: agent.url(),
         pids: vec![agent.pid()],
         label: "dev agent",
     };
-    for &n in &sizes.world {
-        world(&dev, &client, sizes, n, r).await?;
+    if part("world") {
+        for &n in &sizes.world {
+            world(&dev, &client, sizes, n, r).await?;
+        }
     }
-    if sizes.cluster_world > 0 {
+    if sizes.cluster_world > 0 && part("cluster") {
         let cluster = Cluster::start();
         let first = &cluster.agents[0];
         let servers = Under {

@@ -50,7 +50,7 @@ impl World {
         let session = Session::create(client, &self.rec.config().session, None)
             .await
             .unwrap();
-        let r = self.rec.reconcile(id, true, &session).await;
+        let r = self.rec.reconcile(id, true, &session, None).await;
         session.destroy().await.unwrap();
         r
     }
@@ -108,7 +108,7 @@ async fn bodies_from_consul_docs_apply_once_or_are_refused_before_any_write() {
                 );
                 assert_eq!(w.writes(), wrote, "{name}: a second reconcile wrote");
                 assert!(
-                    w.rec.check(&id, true).await.is_some(),
+                    w.rec.check(&id, true).await.is_in_sync(),
                     "{name}: not in sync"
                 );
             }

@@ -76,7 +76,7 @@ async fn reconcile_all(daemons: &[Daemon], ids: &[ServiceId], tasks: usize) {
                     let session = Session::create(rec.client(), &rec.config().session, None)
                         .await
                         .expect("a session");
-                    outcomes.push(rec.reconcile(&id, true, &session).await.outcome);
+                    outcomes.push(rec.reconcile(&id, true, &session, None).await.outcome);
                     session.destroy().await.expect("the session is destroyed");
                 }
                 outcomes

@@ -322,7 +322,7 @@ async fn run_case(c: Case) -> End {
     let session = Session::create(&w.client, &w.rec.config().session, None)
         .await
         .unwrap();
-    let report = w.rec.reconcile(&n.id, true, &session).await;
+    let report = w.rec.reconcile(&n.id, true, &session, None).await;
     session.destroy().await.unwrap();
 
     let (current, base) = read_current(&w.client, &w.layout, &n.id, None)
@@ -353,7 +353,7 @@ async fn run_case(c: Case) -> End {
                 "{c:?}: {current:#?}"
             );
             // The in-sync check the daemon runs before taking a lock agrees.
-            assert!(w.rec.check(&n.id, true).await.is_some(), "{c:?}");
+            assert!(w.rec.check(&n.id, true).await.is_in_sync(), "{c:?}");
             End::Applied
         }
         Outcome::Failed {
@@ -467,7 +467,7 @@ fn diff_exits_0_exactly_when_a_reconcile_writes_nothing() {
                 let session = Session::create(&world().client, &world().rec.config().session, None)
                     .await
                     .unwrap();
-                rec.reconcile(&n.id, true, &session).await;
+                rec.reconcile(&n.id, true, &session, None).await;
                 session.destroy().await.unwrap();
                 let wrote = writes(&rec) - before;
                 assert_eq!(

@@ -10,7 +10,8 @@ use support::shared;
 use support::world::{failure, world, ReconcileOnce};
 use svc_handler::consul::{Client, QueryOptions, SessionRequest, Settings};
 use svc_handler::keys::ServiceId;
-use svc_handler::reconcile::{BoxFuture, FlowHook, Outcome};
+use svc_handler::lock::Session;
+use svc_handler::reconcile::{BoxFuture, Checked, FlowHook, Outcome};
 use svc_handler::records::{Observed, Status};
 
 fn full_spec(gateway: &str) -> Value {
@@ -735,7 +736,7 @@ async fn a_route_to_a_service_not_there_yet_is_refused_before_any_write_and_retr
         (Status::Invalid, generation, true)
     );
     assert!(
-        w.rec.check(&front, true).await.is_none(),
+        !w.rec.check(&front, true).await.is_in_sync(),
         "not settled: retried"
     );
 
@@ -752,4 +753,94 @@ async fn a_route_to_a_service_not_there_yet_is_refused_before_any_write_and_retr
         "{r:?}"
     );
     assert_eq!(w.observed(&front).await.unwrap().generation, generation);
+}
+
+/// The flow under the lock starts from what the in-sync check read: when
+/// nothing moved in between it reads only the folder and observed.json
+/// again; base.json changed in between is read afresh; an entry changed in
+/// between makes the check-and-set write fail, read again and converge.
+#[tokio::test]
+async fn the_flow_starts_from_the_checks_read_and_sees_what_moved_since() {
+    let mut w = world("prior");
+    // A reconciler whose client counts its requests.
+    let metrics = Arc::new(svc_handler::metrics::Metrics::new());
+    let observer: Arc<dyn svc_handler::consul::RequestObserver> = metrics.clone();
+    let counted = Client::with_observer(shared().settings(), Some(observer)).unwrap();
+    w.rec = svc_handler::reconcile::Reconciler::new(
+        counted,
+        svc_handler::reconcile::ReconcilerConfig::new(w.layout.clone(), "test-holder"),
+        Arc::clone(&metrics),
+    );
+    w.metrics = metrics;
+    let session = Session::create(w.rec.client(), &w.rec.config().session, None)
+        .await
+        .unwrap();
+    let reads = |w: &support::world::World| {
+        ["200", "404"]
+            .iter()
+            .map(|code| {
+                w.metrics
+                    .consul_requests
+                    .with_label_values(&["config.get", code])
+                    .get()
+            })
+            .sum::<u64>()
+    };
+
+    // Nothing in between: the entries are not read again under the lock.
+    let a = w.id("a");
+    let g1 = w
+        .put(&a, &json!({"resolver": {"ConnectTimeout": "3s"}}))
+        .await;
+    let Checked::Run(Some(prior)) = w.rec.check(&a, true).await else {
+        panic!("a new service is not in sync")
+    };
+    let before = reads(&w);
+    let r = w.rec.reconcile(&a, true, &session, Some(prior)).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    // Two writes (defaults and resolver), each read back: no other reads.
+    assert_eq!(reads(&w) - before, 2);
+    assert_eq!(w.observed(&a).await.unwrap().generation, g1);
+    let resolver = w.entry("service-resolver", &a.name).await.unwrap();
+    assert_eq!(resolver["ConnectTimeout"], "3s");
+
+    // base.json changed between the check and the lock: the new one is
+    // applied, not the one the check read.
+    let g2 = w
+        .put(&a, &json!({"resolver": {"ConnectTimeout": "4s"}}))
+        .await;
+    let Checked::Run(Some(prior)) = w.rec.check(&a, true).await else {
+        panic!("a changed base.json is not in sync")
+    };
+    let g3 = w
+        .put(&a, &json!({"resolver": {"ConnectTimeout": "5s"}}))
+        .await;
+    assert!(g3 > g2);
+    let r = w.rec.reconcile(&a, true, &session, Some(prior)).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    assert_eq!(r.generation, Some(g3));
+    let resolver = w.entry("service-resolver", &a.name).await.unwrap();
+    assert_eq!(resolver["ConnectTimeout"], "5s");
+    assert_eq!(w.observed(&a).await.unwrap().generation, g3);
+
+    // The resolver edited by hand between the check and the lock: the
+    // write planned from the check's read loses its check-and-set, reads
+    // again and puts base.json's value back.
+    let g4 = w
+        .put(&a, &json!({"resolver": {"ConnectTimeout": "6s"}}))
+        .await;
+    let Checked::Run(Some(prior)) = w.rec.check(&a, true).await else {
+        panic!("a changed base.json is not in sync")
+    };
+    let mut edited = w.entry("service-resolver", &a.name).await.unwrap();
+    edited["ConnectTimeout"] = json!("9s");
+    w.client.config_put(&edited).await.unwrap();
+    let r = w.rec.reconcile(&a, true, &session, Some(prior)).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    let resolver = w.entry("service-resolver", &a.name).await.unwrap();
+    assert_eq!(resolver["ConnectTimeout"], "6s");
+    assert_eq!(w.observed(&a).await.unwrap().generation, g4);
+    assert!(w.writes("service-resolver", "cas_retry") >= 1);
+    assert!(w.rec.check(&a, true).await.is_in_sync());
+    session.destroy().await.unwrap();
 }

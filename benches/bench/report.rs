@@ -543,17 +543,19 @@ fn throughput_baseline(o: &mut String, r: &Results) {
 /// svc-handler's writes per service by operation, CPU, bytes and memory.
 fn throughput_by_operation(o: &mut String, r: &Results) {
     if let Some(b) = &r.bulk {
-        let ops: Vec<String> = b
-            .writes_by_op
-            .iter()
-            .map(|(op, n)| format!("{op} {:.2}", n / b.services as f64))
-            .collect();
+        let per = |by: &[(String, f64)]| {
+            by.iter()
+                .map(|(op, n)| format!("{op} {:.2}", n / b.services as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let _ = writeln!(
             o,
-            "\nsvc-handler's writes per service by operation: {}. During the bulk apply the daemon used {:.1} CPU \
+            "\nsvc-handler's writes per service by operation: {}; its reads: {}. During the bulk apply the daemon used {:.1} CPU \
              seconds and read {} from Consul ({} per service; {} per service as received, gzip-compressed); \
              its peak RSS so far: {}.",
-            ops.join(", "),
+            per(&b.writes_by_op),
+            per(&b.reads_by_op),
             b.cpu,
             bytes(b.bytes),
             bytes(b.bytes / b.services as f64),

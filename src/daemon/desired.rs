@@ -182,11 +182,13 @@ async fn read_shard(
     }
     if since != 0 && meta.index > since {
         let probe = KeysProbe(client.clone(), Arc::clone(&permits));
-        let d = locate::locate(&probe, &root, &prefix, items, &known, since).await?;
-        meta.body_bytes += d.bytes;
         // Reading a quarter of the shard one folder at a time costs more
-        // requests than one listing of it all (a bulk apply, say).
-        if let Some(units) = d.units.filter(|u| u.len() * 4 <= known.len()) {
+        // requests than one listing of it all (a bulk apply, say): the
+        // descent gives up past that.
+        let most = known.len() / 4;
+        let d = locate::locate(&probe, &root, &prefix, items, &known, since, most).await?;
+        meta.body_bytes += d.bytes;
+        if let Some(units) = d.units.filter(|u| u.len() <= most) {
             let (pairs, bytes) = read_units(&client, &root, &units, &permits).await?;
             meta.body_bytes += bytes;
             return Ok((Update::Units(units, pairs), meta));

@@ -18,7 +18,7 @@ use crate::keys::ServiceId;
 use crate::lock::{Session, SessionConfig};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::reconcile::{Outcome, Reconciler, Report};
+use crate::reconcile::{Checked, Outcome, Prior, Reconciler, Report};
 
 /// What becomes of a service after a reconcile, as kube-runtime's `Action`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -106,7 +106,13 @@ impl Sessions {
     /// says during it that the session is gone (destroyed by someone, or
     /// Consul's data wiped), it runs once more at once with a new session,
     /// instead of waiting for the next renewal to notice.
-    async fn reconcile(&self, rec: &Reconciler, id: &ServiceId, prune: bool) -> Report {
+    async fn reconcile(
+        &self,
+        rec: &Reconciler,
+        id: &ServiceId,
+        prune: bool,
+        mut prior: Option<Box<Prior>>,
+    ) -> Report {
         let mut again = true;
         loop {
             let session = match self.get().await {
@@ -116,7 +122,7 @@ impl Sessions {
                     return rec.lock_failed(id, message, Instant::now().into_std());
                 }
             };
-            let report = rec.reconcile(id, prune, &session).await;
+            let report = rec.reconcile(id, prune, &session, prior.take()).await;
             let failed = matches!(
                 report.outcome,
                 Outcome::Failed { .. } | Outcome::LockLost { .. }
@@ -163,10 +169,10 @@ impl Worker {
         // watches until the writes are recorded, or the reconcile dropped.
         let _in_flight = InFlight::begin([&self.own_writes, self.reconciler.kv_writes()]);
         let report = match self.reconciler.check(id, self.prune).await {
-            Some(report) => report,
-            None => {
+            Checked::InSync(report) => report,
+            Checked::Run(prior) => {
                 self.sessions
-                    .reconcile(&self.reconciler, id, self.prune)
+                    .reconcile(&self.reconciler, id, self.prune, prior)
                     .await
             }
         };

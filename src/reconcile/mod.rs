@@ -37,7 +37,26 @@ use execute::Run;
 use fence::Fence;
 pub(crate) use outcome::Fail;
 pub use outcome::{Outcome, Report};
-pub use read::{read_current, read_current_parsed};
+
+/// What the in-sync check found. (Returned once per service and matched at
+/// once: the size of a report is no cost here.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Checked {
+    /// In place: nothing to do; the report says so.
+    InSync(Report),
+    /// A reconcile has to run, from what the check read (`None`: it could
+    /// not read).
+    Run(Option<Box<Prior>>),
+}
+
+impl Checked {
+    /// The service is in place.
+    pub fn is_in_sync(&self) -> bool {
+        matches!(self, Checked::InSync(_))
+    }
+}
+pub use read::{read_current, read_current_parsed, read_prior, Prior};
 
 /// A boxed future, for [`FlowHook`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -220,32 +239,59 @@ impl Reconciler {
     /// caller owns and may share between flows). Releases the lock at the end.
     /// `prune`: when base.json is gone, delete the entries svc-handler owns
     /// (else only its records).
-    pub async fn reconcile(&self, id: &ServiceId, prune: bool, session: &Session) -> Report {
-        self.reconcile_locked(id, prune, session)
+    /// `prior`: what the in-sync check read, when it ran just before (see
+    /// [`read::read_under_lock`]).
+    pub async fn reconcile(
+        &self,
+        id: &ServiceId,
+        prune: bool,
+        session: &Session,
+        prior: Option<Box<Prior>>,
+    ) -> Report {
+        self.reconcile_locked(id, prune, session, prior)
             .instrument(self.span(id))
             .await
     }
 
     /// When the service is already in place (its plan writes nothing, and
     /// observed.json says applied for this generation), the report saying
-    /// so; reads only, no session or lock. `None` when a reconcile has to
-    /// run (or the check could not tell).
-    pub async fn check(&self, id: &ServiceId, prune: bool) -> Option<Report> {
+    /// so; reads only, no session or lock. Else [`Checked::Run`]: a
+    /// reconcile has to run (or the check could not tell), from what the
+    /// check read when it could read.
+    pub async fn check(&self, id: &ServiceId, prune: bool) -> Checked {
         let started = Instant::now();
         let span = self.span(id);
         let parse = |b: &[u8]| self.parse(b);
         let remembered = self.remembered_link(id);
-        let read =
-            read_current_parsed(&self.client, self.layout(), id, &parse, remembered.as_ref())
-                .instrument(span.clone())
-                .await;
-        let (current, parsed) = match read {
+        let read = read_prior(&self.client, self.layout(), id, &parse, remembered.as_ref())
+            .instrument(span.clone())
+            .await;
+        let prior = match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(parent: &span, error = %e, "in-sync check failed; running the flow");
-                return None;
+                return Checked::Run(None);
             }
         };
+        match self.settled(id, prune, &prior, &span) {
+            Some(outcome) => {
+                let _enter = span.enter();
+                Checked::InSync(self.finish(id, outcome, prior.current.generation, started))
+            }
+            None => Checked::Run(Some(Box::new(prior))),
+        }
+    }
+
+    /// The check's verdict on what it read: the outcome of a service
+    /// already in place, or `None`.
+    fn settled(
+        &self,
+        id: &ServiceId,
+        prune: bool,
+        prior: &Prior,
+        span: &tracing::Span,
+    ) -> Option<Outcome> {
+        let current = &prior.current;
         let base_key = self.layout().base_key(id);
         let t = Target {
             id,
@@ -254,12 +300,11 @@ impl Reconciler {
         let observed = current.observed.as_ref();
         if let Some(pause) = &current.paused {
             let _enter = span.enter();
-            return paused_settled(pause, observed, current.generation)
-                .map(|outcome| self.finish(id, outcome, current.generation, started));
+            return paused_settled(pause, observed, current.generation);
         }
-        let outcome = match parsed {
+        match &prior.parsed {
             None => {
-                let plan = plan::plan(&t, &Desired::Gone { prune }, &current);
+                let plan = plan::plan(&t, &Desired::Gone { prune }, current);
                 plan.in_sync(&t, observed).then_some(Outcome::Absent)
             }
             Some(Err(_)) => observed
@@ -271,7 +316,7 @@ impl Reconciler {
                     status: Status::Invalid,
                 }),
             Some(Ok(spec)) => {
-                let plan = plan::plan(&t, &desired(Some(&spec), &current, prune), &current);
+                let plan = plan::plan(&t, &desired(Some(spec), current, prune), current);
                 if plan.in_sync(&t, observed) {
                     Some(Outcome::UpToDate)
                 } else {
@@ -279,9 +324,7 @@ impl Reconciler {
                         .map(|status| Outcome::Settled { status })
                 }
             }
-        }?;
-        let _enter = span.enter();
-        Some(self.finish(id, outcome, current.generation, started))
+        }
     }
 
     /// One span per reconcile, carrying the service key and (once read) the
@@ -295,7 +338,13 @@ impl Reconciler {
         )
     }
 
-    async fn reconcile_locked(&self, id: &ServiceId, prune: bool, session: &Session) -> Report {
+    async fn reconcile_locked(
+        &self,
+        id: &ServiceId,
+        prune: bool,
+        session: &Session,
+        prior: Option<Box<Prior>>,
+    ) -> Report {
         let started = Instant::now();
         let lock_key = self.cfg.layout.lock_key(id);
         match lock::try_lock(&self.client, session, &lock_key, &self.cfg.holder).await {
@@ -309,7 +358,7 @@ impl Reconciler {
                 return self.lock_failed(id, message, started);
             }
         }
-        let done = self.locked(id, prune, session, started).await;
+        let done = self.locked(id, prune, session, started, prior).await;
         if !done.released {
             match lock::unlock(&self.client, session, &lock_key).await {
                 Ok(true) => {}
@@ -404,14 +453,23 @@ impl Reconciler {
         prune: bool,
         session: &Session,
         started: Instant,
+        prior: Option<Box<Prior>>,
     ) -> Finished {
         let parse = |b: &[u8]| self.parse(b);
         let remembered = self.remembered_link(id);
-        let read = self
-            .retry(|| {
-                read_current_parsed(&self.client, self.layout(), id, &parse, remembered.as_ref())
-            })
-            .await;
+        let (client, layout) = (&self.client, self.layout());
+        let read =
+            match read::read_under_lock(client, layout, id, &parse, remembered.as_ref(), prior)
+                .await
+            {
+                Ok(r) => Ok(r),
+                Err(_) => {
+                    self.retry(|| {
+                        read_current_parsed(client, layout, id, &parse, remembered.as_ref())
+                    })
+                    .await
+                }
+            };
         let (current, parsed) = match read {
             Ok(r) => r,
             Err(e) => return Finished::failed(Fail::error(Step::Read, e.to_string()), None),

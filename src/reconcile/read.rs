@@ -25,7 +25,7 @@ pub async fn read_current(
     id: &ServiceId,
     spec: Option<&Spec>,
 ) -> Result<(Current, Option<Vec<u8>>), ConsulError> {
-    let (current, base, _) = read(client, layout, id, spec, &|b| spec::parse(b), None).await?;
+    let (current, base, _, _) = read(client, layout, id, spec, &|b| spec::parse(b), None).await?;
     Ok((current, base))
 }
 
@@ -38,8 +38,74 @@ pub async fn read_current_parsed(
     parse: &(dyn Fn(&[u8]) -> Result<Spec, SpecError> + Sync),
     remembered: Option<&Record>,
 ) -> Result<(Current, Parsed), ConsulError> {
-    let (current, _, parsed) = read(client, layout, id, None, parse, remembered).await?;
+    let (current, _, parsed, _) = read(client, layout, id, None, parse, remembered).await?;
     Ok((current, parsed))
+}
+
+/// What the in-sync check read, for the flow under the lock to start from
+/// (see [`read_under_lock`]).
+#[derive(Debug)]
+pub struct Prior {
+    pub current: Current,
+    pub parsed: Parsed,
+    /// The service folder's index when read: the highest ModifyIndex under
+    /// it, deleted keys' tombstones included.
+    folder_index: u64,
+}
+
+/// Everything, for the in-sync check (see [`read_current_parsed`]).
+pub async fn read_prior(
+    client: &Client,
+    layout: &Layout,
+    id: &ServiceId,
+    parse: &(dyn Fn(&[u8]) -> Result<Spec, SpecError> + Sync),
+    remembered: Option<&Record>,
+) -> Result<Prior, ConsulError> {
+    let (current, _, parsed, folder_index) =
+        read(client, layout, id, None, parse, remembered).await?;
+    Ok(Prior {
+        current,
+        parsed,
+        folder_index,
+    })
+}
+
+/// The read of the flow under the lock. With the check's read (`prior`),
+/// only the service folder and observed.json are read again: when nothing
+/// in the folder moved since (its index, deleted keys included, is the
+/// same), base.json and the records are as the check read them, and the
+/// rest of `prior` stands: the service's entries are written check-and-set
+/// on the index read (a change since makes the write fail, read again and
+/// plan again), and a link is planned again against the gateway its batch
+/// reads. Otherwise, everything afresh.
+pub async fn read_under_lock(
+    client: &Client,
+    layout: &Layout,
+    id: &ServiceId,
+    parse: &(dyn Fn(&[u8]) -> Result<Spec, SpecError> + Sync),
+    remembered: Option<&Record>,
+    prior: Option<Box<Prior>>,
+) -> Result<(Current, Parsed), ConsulError> {
+    if let Some(prior) = prior {
+        let consistent = QueryOptions::consistent();
+        let (dir, observed_key) = (layout.service_dir(id), layout.observed_key(id));
+        let (listed, observed) = tokio::join!(
+            client.kv_list(&dir, &consistent),
+            client.kv_get(&observed_key, &consistent),
+        );
+        let (_, meta) = listed?;
+        if meta.index == prior.folder_index {
+            let Prior {
+                mut current,
+                parsed,
+                ..
+            } = *prior;
+            current.observed =
+                (observed?.0).and_then(|o| serde_json::from_slice::<Observed>(&o.value).ok());
+            return Ok((current, parsed));
+        }
+    }
+    read_current_parsed(client, layout, id, parse, remembered).await
 }
 
 async fn read(
@@ -49,10 +115,29 @@ async fn read(
     spec: Option<&Spec>,
     parse: &(dyn Fn(&[u8]) -> Result<Spec, SpecError> + Sync),
     remembered: Option<&Record>,
-) -> Result<(Current, Option<Vec<u8>>, Parsed), ConsulError> {
+) -> Result<(Current, Option<Vec<u8>>, Parsed, u64), ConsulError> {
     let consistent = QueryOptions::consistent();
     let dir = layout.service_dir(id);
-    let (pairs, _) = client.kv_list(&dir, &consistent).await?;
+    let scoped = client.scoped(Scope::new(id.partition.clone(), id.namespace.clone()));
+    // The folder, observed.json and the four entries at once: six
+    // requests in flight, one round trip instead of six.
+    let entry = |kind: Kind| {
+        let scoped = &scoped;
+        let consistent = &consistent;
+        async move { scoped.config_get(kind.as_str(), &id.name, consistent).await }
+    };
+    let [k0, k1, k2, k3] = Kind::OWN;
+    let observed_key = layout.observed_key(id);
+    let (listed, observed, e0, e1, e2, e3) = tokio::join!(
+        client.kv_list(&dir, &consistent),
+        client.kv_get(&observed_key, &consistent),
+        entry(k0),
+        entry(k1),
+        entry(k2),
+        entry(k3),
+    );
+    let (pairs, folder_meta) = listed?;
+    let folder_index = folder_meta.index;
     let (mut current, base) = folder(layout, pairs);
     // A folder deleted whole took the link record with it: the one the
     // watch saw last stands in for it (see `Reconciler::remember_link`).
@@ -61,20 +146,16 @@ async fn read(
             current.records.insert(Kind::TerminatingGateway, r.clone());
         }
     }
-    let (observed, _) = client.kv_get(&layout.observed_key(id), &consistent).await?;
-    current.observed = observed.and_then(|o| serde_json::from_slice::<Observed>(&o.value).ok());
+    current.observed =
+        (observed?.0).and_then(|o| serde_json::from_slice::<Observed>(&o.value).ok());
 
     // base.json parsed once, when the caller did not bring its spec.
     let parsed: Parsed = match (spec, &base) {
         (Some(_), _) | (_, None) => None,
         (None, Some(bytes)) => Some(parse(bytes)),
     };
-    let scoped = client.scoped(Scope::new(id.partition.clone(), id.namespace.clone()));
-    for kind in Kind::OWN {
-        match scoped
-            .config_get(kind.as_str(), &id.name, &consistent)
-            .await
-        {
+    for (kind, got) in [(k0, e0), (k1, e1), (k2, e2), (k3, e3)] {
+        match got {
             Ok((Some(e), _)) => {
                 current.entries.insert(kind, e.0);
             }
@@ -82,8 +163,9 @@ async fn read(
             // The open-source edition refuses a namespace or partition: no
             // entry can be there; nothing more is read in that scope.
             Err(e) if e.is_enterprise_only() => {
+                current.entries.clear();
                 current.unsupported = Some(e.to_string());
-                return Ok((current, base, parsed));
+                return Ok((current, base, parsed, folder_index));
             }
             Err(e) => return Err(e),
         }
@@ -97,7 +179,7 @@ async fn read(
     if let Some(spec) = spec {
         current.others = Some(read_others(&scoped, spec, id).await?);
     }
-    Ok((current, base, parsed))
+    Ok((current, base, parsed, folder_index))
 }
 
 /// What the service's folder holds: base.json (its bytes; its ModifyIndex

@@ -32,6 +32,11 @@ use crate::keys::has_dot_segment;
 /// At most this many listings of one descent are in flight at once.
 pub const CONCURRENCY: usize = 8;
 
+/// A descent may always make this many listings, however small its
+/// `most`: a few hundred bytes each, against a whole read of a small shard
+/// (a few KiB per service).
+pub const MIN_LISTINGS: usize = 64;
+
 /// One keys-only listing with the separator `/`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Probed {
@@ -58,7 +63,7 @@ pub trait Prober: Clone + Send + 'static {
 pub struct Descent {
     /// The units to read, or `None`: read the shard whole (a prefix on the
     /// way down has a `.` or `..` path segment, which Consul's HTTP API
-    /// cannot address).
+    /// cannot address, or more than the descent's `most` changed).
     pub units: Option<BTreeSet<String>>,
     /// Listings made.
     pub probes: u64,
@@ -120,7 +125,12 @@ pub fn groups(root: &str, prefix: &str, candidates: &BTreeSet<String>) -> Option
 
 /// The units under `prefix` that changed after `since` (see the module
 /// docs). `items` is the shard's own listing, answered past `since`;
-/// `known` the units the shard held when last read.
+/// `known` the units the shard held when last read. The descent gives up
+/// (units `None`: read the shard whole) as soon as more than `most` units
+/// and groups on the way down have changed, or its listings would pass
+/// `most` (and [`MIN_LISTINGS`]): past that, one listing of the shard costs
+/// fewer requests than the rest of the descent and the units' reads (a bulk
+/// apply, or a burst of changes).
 pub async fn locate<P: Prober>(
     prober: &P,
     root: &str,
@@ -128,6 +138,7 @@ pub async fn locate<P: Prober>(
     items: Vec<String>,
     known: &BTreeSet<String>,
     since: u64,
+    most: usize,
 ) -> Result<Descent, P::Error> {
     let mut out = Descent {
         units: None,
@@ -156,6 +167,9 @@ pub async fn locate<P: Prober>(
                 None => return Ok(out),
             }
         }
+        if out.probes as usize + asks.len() > most.max(MIN_LISTINGS) {
+            return Ok(out);
+        }
         for (group, probed) in probe_all(prober, asks).await? {
             out.probes += 1;
             out.bytes += probed.bytes;
@@ -167,6 +181,9 @@ pub async fn locate<P: Prober>(
             } else {
                 level.push((group.prefix, probed.items));
             }
+        }
+        if found.len() + level.len() > most {
+            return Ok(out);
         }
     }
     out.units = Some(found);
@@ -308,7 +325,7 @@ mod tests {
 
     async fn descend(m: &Shared, prefix: &str, known: &BTreeSet<String>, since: u64) -> Descent {
         let first = m.0.lock().unwrap().list(prefix);
-        locate(m, ROOT, prefix, first.items, known, since)
+        locate(m, ROOT, prefix, first.items, known, since, usize::MAX)
             .await
             .unwrap()
     }
@@ -415,6 +432,60 @@ mod tests {
         assert_eq!(d.units, None);
     }
 
+    #[tokio::test]
+    async fn many_changes_give_up_early_and_few_do_not() {
+        let mut m = Model::default();
+        for i in 0..400 {
+            m.put(&key(&format!("svc-{i}"), "base.json"));
+        }
+        let known = units_now(&m);
+        let since = m.index;
+        for i in (0..400).step_by(3) {
+            m.put(&key(&format!("svc-{i}"), "base.json"));
+        }
+        let m = Shared(Arc::new(Mutex::new(m)));
+        let prefix = format!("{ROOT}default/default/");
+        let first = m.0.lock().unwrap().list(&prefix);
+        let all = locate(
+            &m,
+            ROOT,
+            &prefix,
+            first.items.clone(),
+            &known,
+            since,
+            usize::MAX,
+        )
+        .await
+        .unwrap();
+        assert_eq!(all.units.as_ref().map(BTreeSet::len), Some(134));
+        let most = known.len() / 4;
+        let given_up = locate(&m, ROOT, &prefix, first.items.clone(), &known, since, most)
+            .await
+            .unwrap();
+        assert_eq!(given_up.units, None, "read whole instead");
+        assert!(
+            given_up.probes * 2 < all.probes,
+            "gave up after {} listings of {}",
+            given_up.probes,
+            all.probes
+        );
+        // Below the bound, the same units as without one.
+        let m2 = Shared(Arc::new(Mutex::new(Model::default())));
+        {
+            let mut g = m2.0.lock().unwrap();
+            for i in 0..400 {
+                g.put(&key(&format!("svc-{i}"), "base.json"));
+            }
+        }
+        let since = m2.0.lock().unwrap().index;
+        m2.0.lock().unwrap().put(&key("svc-77", "base.json"));
+        let first = m2.0.lock().unwrap().list(&prefix);
+        let few = locate(&m2, ROOT, &prefix, first.items, &known, since, most)
+            .await
+            .unwrap();
+        assert_eq!(few.units, Some(BTreeSet::from([unit("svc-77")])));
+    }
+
     /// The model test: random trees, random changes before the shard's
     /// listing answers and more while the descent runs. Every unit with a
     /// key written or deleted after `since` is found.
@@ -459,8 +530,18 @@ mod tests {
                 m.during.push((at + 2, k, rng.bool()));
             }
             let m = Shared(Arc::new(Mutex::new(m)));
-            let d = descend(&m, &format!("{ROOT}default/default/"), &known, since).await;
-            let found = d.units.expect("no dot segments here");
+            let prefix = format!("{ROOT}default/default/");
+            // A descent that gives up reads the shard whole; one that does
+            // not must have found every change.
+            let most = *rng.choice(&[0, 2, 10, usize::MAX]).unwrap();
+            let first = m.0.lock().unwrap().list(&prefix);
+            let d = locate(&m, ROOT, &prefix, first.items, &known, since, most)
+                .await
+                .unwrap();
+            let Some(found) = d.units else {
+                assert!(most < usize::MAX, "round {round}: no dot segments here");
+                continue;
+            };
             let missed: Vec<_> = touched.difference(&found).collect();
             assert!(missed.is_empty(), "round {round}: missed {missed:?}");
         }

@@ -25,7 +25,7 @@ impl ReconcileOnce for Reconciler {
         let session = Session::create(self.client(), &self.config().session, None)
             .await
             .expect("a session");
-        let report = self.reconcile(id, prune, &session).await;
+        let report = self.reconcile(id, prune, &session, None).await;
         session.destroy().await.expect("the session is destroyed");
         report
     }
