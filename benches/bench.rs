@@ -922,6 +922,8 @@ struct WorldRow {
     consul_cpu: f64,
     rss: Option<u64>,
     shards: f64,
+    /// Requests per change by operation.
+    requests_by_op: Vec<(String, f64)>,
 }
 
 #[derive(Default)]
@@ -1744,6 +1746,10 @@ async fn world(
             .get("svc_handler_watch_shards")
             .copied()
             .unwrap_or(0.0),
+        requests_by_op: (x.reads_by_op.iter())
+            .chain(&x.writes_by_op)
+            .map(|(op, n)| (op.clone(), n / c))
+            .collect(),
     });
     stop_daemon(d).await;
     r.parts

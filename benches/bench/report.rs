@@ -752,6 +752,13 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
             w.rss.map(|b| bytes(b as f64)).unwrap_or_else(|| "–".into())
         );
     }
+    let _ = writeln!(o, "\nRequests per change by operation:\n");
+    for w in &r.world {
+        let ops: Vec<String> = (w.requests_by_op.iter())
+            .map(|(op, n)| format!("{op} {n:.1}"))
+            .collect();
+        let _ = writeln!(o, "- {}, {}: {}", w.consul, w.services, ops.join(", "));
+    }
     let _ = writeln!(
         o,
         "\nTargets (issue 13): p50 ≤ 20 ms and p99 ≤ 60 ms at every size; ≤ 64 KiB read per change; \

@@ -186,11 +186,21 @@ async fn read_shard(
         // requests than one listing of it all (a bulk apply, say): the
         // descent gives up past that.
         let most = known.len() / 4;
-        let d = locate::locate(&probe, &root, &prefix, items, &known, since, most).await?;
+        let limits = locate::Limits {
+            whole_up_to: GROUP_WHOLE_UP_TO,
+            most,
+        };
+        let d = locate::locate(&probe, &root, &prefix, items, &known, since, limits).await?;
         meta.body_bytes += d.bytes;
-        if let Some(units) = d.units.filter(|u| u.len() <= most) {
-            let (pairs, bytes) = read_units(&client, &root, &units, &permits).await?;
+        if let Some(mut units) = d.units.filter(|u| u.len() <= most) {
+            let (pairs, bytes) = read_units(&client, &root, &units, &d.whole, &permits).await?;
             meta.body_bytes += bytes;
+            // A folder made in a group read whole since it was listed.
+            units.extend(
+                (pairs.iter())
+                    .filter_map(|p| shards::unit_of(&root, &p.key))
+                    .map(str::to_string),
+            );
             return Ok((Update::Units(units, pairs), meta));
         }
     }
@@ -200,22 +210,38 @@ async fn read_shard(
     Ok((Update::Whole(pairs), meta))
 }
 
-/// Reads `units` afresh, at most [`CONCURRENCY`] at once (and within the
-/// daemon's [`DESCENT_CONNECTIONS`]): a service folder
-/// with everything in it, a stray key alone. Returns their keys and the
-/// bytes read.
+/// A changed group of at most this many service folders is read with one
+/// recursive listing of its prefix (a few KiB of records a folder, gzip
+/// makes it a fraction on the wire) rather than descended into: one
+/// request instead of a listing per next character and a read per folder.
+const GROUP_WHOLE_UP_TO: usize = 12;
+
+/// Reads `units` afresh, at most [`CONCURRENCY`] requests at once (and
+/// within the daemon's [`DESCENT_CONNECTIONS`]): the groups in `whole` with
+/// one recursive listing each (every unit under them), each other unit
+/// alone: a service folder with everything in it, a stray key alone.
+/// Returns their keys and the bytes read.
 async fn read_units(
     client: &Client,
     root: &str,
     units: &BTreeSet<String>,
+    whole: &BTreeSet<String>,
     permits: &Arc<Semaphore>,
 ) -> Result<(Vec<KvPair>, u64), ConsulError> {
-    let mut pending = units.iter();
+    let alone = units
+        .iter()
+        .filter(|u| !whole.iter().any(|g| u.starts_with(g.as_str())));
+    let mut pending = whole
+        .iter()
+        .map(|g| (g, true))
+        .chain(alone.map(|u| (u, false)));
     let mut running = JoinSet::new();
     let (mut pairs, mut bytes) = (Vec::new(), 0);
     loop {
         while running.len() < CONCURRENCY {
-            let Some(unit) = pending.next() else { break };
+            let Some((unit, group)) = pending.next() else {
+                break;
+            };
             let (client, root, unit) = (client.clone(), root.to_string(), unit.clone());
             let permits = Arc::clone(permits);
             running.spawn(async move {
@@ -224,6 +250,14 @@ async fn read_units(
                     .await
                     .expect("the semaphore is never closed");
                 let opts = QueryOptions::consistent();
+                if group {
+                    let (pairs, meta) = client.kv_list(&unit, &opts).await?;
+                    let under: Vec<KvPair> = pairs
+                        .into_iter()
+                        .filter(|p| shards::unit_of(&root, &p.key).is_some())
+                        .collect();
+                    return Ok::<_, ConsulError>((under, meta.body_bytes));
+                }
                 // A service folder (a stray key never ends with `/` below
                 // the namespaces).
                 if unit.ends_with('/') && !locate::is_upper_folder(&root, &unit) {
@@ -232,7 +266,7 @@ async fn read_units(
                         .into_iter()
                         .filter(|p| shards::unit_of(&root, &p.key) == Some(unit.as_str()))
                         .collect();
-                    Ok::<_, ConsulError>((mine, meta.body_bytes))
+                    Ok((mine, meta.body_bytes))
                 } else {
                     let (pair, meta) = client.kv_get(&unit, &opts).await?;
                     Ok((pair.into_iter().collect(), meta.body_bytes))

@@ -58,6 +58,15 @@ pub trait Prober: Clone + Send + 'static {
     ) -> impl Future<Output = Result<Probed, Self::Error>> + Send + 'static;
 }
 
+/// How far a descent goes (see [`locate`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A changed group of at most this many units is taken whole.
+    pub whole_up_to: usize,
+    /// Past this many changed units and groups, the descent gives up.
+    pub most: usize,
+}
+
 /// The outcome of a descent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Descent {
@@ -65,6 +74,9 @@ pub struct Descent {
     /// way down has a `.` or `..` path segment, which Consul's HTTP API
     /// cannot address, or more than the descent's `most` changed).
     pub units: Option<BTreeSet<String>>,
+    /// Groups to read whole (one recursive listing each) rather than one
+    /// folder at a time: every unit under them is in `units`.
+    pub whole: BTreeSet<String>,
     /// Listings made.
     pub probes: u64,
     /// Their bytes.
@@ -125,8 +137,12 @@ pub fn groups(root: &str, prefix: &str, candidates: &BTreeSet<String>) -> Option
 
 /// The units under `prefix` that changed after `since` (see the module
 /// docs). `items` is the shard's own listing, answered past `since`;
-/// `known` the units the shard held when last read. The descent gives up
-/// (units `None`: read the shard whole) as soon as more than `most` units
+/// `known` the units the shard held when last read. A changed group of at
+/// most `limits.whole_up_to` units is not descended into: its units are all
+/// taken, to be read with one recursive listing of the group (one request
+/// for a few units' records, instead of a listing per character and a read
+/// per unit). The descent gives up
+/// (units `None`: read the shard whole) as soon as more than `limits.most` units
 /// and groups on the way down have changed, or its listings would pass
 /// `most` (and [`MIN_LISTINGS`]): past that, one listing of the shard costs
 /// fewer requests than the rest of the descent and the units' reads (a bulk
@@ -138,8 +154,9 @@ pub async fn locate<P: Prober>(
     items: Vec<String>,
     known: &BTreeSet<String>,
     since: u64,
-    most: usize,
+    limits: Limits,
 ) -> Result<Descent, P::Error> {
+    let Limits { whole_up_to, most } = limits;
     let mut out = Descent {
         units: None,
         ..Descent::default()
@@ -149,14 +166,7 @@ pub async fn locate<P: Prober>(
     while !level.is_empty() {
         let mut asks = Vec::new();
         for (p, items) in level.drain(..) {
-            let mut cands: BTreeSet<String> =
-                items.iter().filter_map(|i| candidate(root, i)).collect();
-            cands.extend(
-                known
-                    .range(p.clone()..)
-                    .take_while(|k| k.starts_with(p.as_str()))
-                    .cloned(),
-            );
+            let mut cands = candidates(root, &p, &items, known);
             // The prefix is itself a unit (a shard laid out on one service
             // folder) or a key of its own (a folder's marker key).
             if cands.remove(&p) {
@@ -178,6 +188,12 @@ pub async fn locate<P: Prober>(
             }
             if group.unit {
                 found.insert(group.prefix);
+                continue;
+            }
+            let cands = candidates(root, &group.prefix, &probed.items, known);
+            if cands.len() <= whole_up_to && !cands.iter().any(|c| is_upper_folder(root, c)) {
+                found.extend(cands);
+                out.whole.insert(group.prefix);
             } else {
                 level.push((group.prefix, probed.items));
             }
@@ -188,6 +204,24 @@ pub async fn locate<P: Prober>(
     }
     out.units = Some(found);
     Ok(out)
+}
+
+/// The candidates under `prefix`: what its listing shows (`items`) and the
+/// units last read there (`known`), so that one deleted since is found.
+fn candidates(
+    root: &str,
+    prefix: &str,
+    items: &[String],
+    known: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut cands: BTreeSet<String> = items.iter().filter_map(|i| candidate(root, i)).collect();
+    cands.extend(
+        known
+            .range(prefix.to_string()..)
+            .take_while(|k| k.starts_with(prefix))
+            .cloned(),
+    );
+    cands
 }
 
 /// Lists every group, at most [`CONCURRENCY`] at once.
@@ -220,6 +254,10 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     const ROOT: &str = "svc/desired/";
+
+    fn lim(whole_up_to: usize, most: usize) -> Limits {
+        Limits { whole_up_to, most }
+    }
 
     /// Consul's KV store as far as a keys-only listing with the separator
     /// `/` shows it: each key's ModifyIndex, the tombstones of deleted keys,
@@ -325,9 +363,17 @@ mod tests {
 
     async fn descend(m: &Shared, prefix: &str, known: &BTreeSet<String>, since: u64) -> Descent {
         let first = m.0.lock().unwrap().list(prefix);
-        locate(m, ROOT, prefix, first.items, known, since, usize::MAX)
-            .await
-            .unwrap()
+        locate(
+            m,
+            ROOT,
+            prefix,
+            first.items,
+            known,
+            since,
+            lim(0, usize::MAX),
+        )
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
@@ -453,15 +499,23 @@ mod tests {
             first.items.clone(),
             &known,
             since,
-            usize::MAX,
+            lim(0, usize::MAX),
         )
         .await
         .unwrap();
         assert_eq!(all.units.as_ref().map(BTreeSet::len), Some(134));
         let most = known.len() / 4;
-        let given_up = locate(&m, ROOT, &prefix, first.items.clone(), &known, since, most)
-            .await
-            .unwrap();
+        let given_up = locate(
+            &m,
+            ROOT,
+            &prefix,
+            first.items.clone(),
+            &known,
+            since,
+            lim(0, most),
+        )
+        .await
+        .unwrap();
         assert_eq!(given_up.units, None, "read whole instead");
         assert!(
             given_up.probes * 2 < all.probes,
@@ -480,10 +534,57 @@ mod tests {
         let since = m2.0.lock().unwrap().index;
         m2.0.lock().unwrap().put(&key("svc-77", "base.json"));
         let first = m2.0.lock().unwrap().list(&prefix);
-        let few = locate(&m2, ROOT, &prefix, first.items, &known, since, most)
+        let few = locate(&m2, ROOT, &prefix, first.items, &known, since, lim(0, most))
             .await
             .unwrap();
         assert_eq!(few.units, Some(BTreeSet::from([unit("svc-77")])));
+    }
+
+    #[tokio::test]
+    async fn a_small_changed_group_is_taken_whole_instead_of_descended() {
+        let mut m = Model::default();
+        for i in 0..400 {
+            m.put(&key(&format!("svc-{i}"), "base.json"));
+        }
+        let known = units_now(&m);
+        let since = m.index;
+        m.put(&key("svc-123", "base.json"));
+        m.delete(&key("svc-129", "base.json"));
+        let m = Shared(Arc::new(Mutex::new(m)));
+        let prefix = format!("{ROOT}default/default/");
+        let first = m.0.lock().unwrap().list(&prefix);
+        let one_by_one = locate(
+            &m,
+            ROOT,
+            &prefix,
+            first.items.clone(),
+            &known,
+            since,
+            lim(0, 100),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            one_by_one.units,
+            Some(BTreeSet::from([unit("svc-123"), unit("svc-129")]))
+        );
+        assert!(one_by_one.whole.is_empty());
+        let grouped = locate(&m, ROOT, &prefix, first.items, &known, since, lim(16, 100))
+            .await
+            .unwrap();
+        // svc-12 and svc-120 to svc-129: eleven folders, one listing.
+        let group = format!("{ROOT}default/default/svc-12");
+        assert_eq!(grouped.whole, BTreeSet::from([group.clone()]));
+        let units = grouped.units.unwrap();
+        assert_eq!(units.len(), 11, "{units:?}");
+        assert!(units.iter().all(|u| u.starts_with(&group)));
+        assert!(units.contains(&unit("svc-129")), "the deleted one too");
+        assert!(
+            grouped.probes < one_by_one.probes,
+            "{} listings against {}",
+            grouped.probes,
+            one_by_one.probes
+        );
     }
 
     /// The model test: random trees, random changes before the shard's
@@ -535,15 +636,36 @@ mod tests {
             // not must have found every change.
             let most = *rng.choice(&[0, 2, 10, usize::MAX]).unwrap();
             let first = m.0.lock().unwrap().list(&prefix);
-            let d = locate(&m, ROOT, &prefix, first.items, &known, since, most)
-                .await
-                .unwrap();
+            let whole_up_to = *rng.choice(&[0, 3, 12]).unwrap();
+            let d = locate(
+                &m,
+                ROOT,
+                &prefix,
+                first.items,
+                &known,
+                since,
+                lim(whole_up_to, most),
+            )
+            .await
+            .unwrap();
             let Some(found) = d.units else {
                 assert!(most < usize::MAX, "round {round}: no dot segments here");
                 continue;
             };
-            let missed: Vec<_> = touched.difference(&found).collect();
-            assert!(missed.is_empty(), "round {round}: missed {missed:?}");
+            // A unit made before the listing and deleted again during the
+            // descent, never read, needs no read: it holds nothing, as the
+            // snapshot says.
+            let end = m.0.lock().unwrap();
+            let missed: Vec<_> = touched
+                .difference(&found)
+                .filter(|u| {
+                    known.contains(*u) || end.keys.keys().any(|k| k.starts_with(u.as_str()))
+                })
+                .collect();
+            assert!(
+                missed.is_empty(),
+                "round {round}: missed {missed:?} (whole up to {whole_up_to}, most {most})"
+            );
         }
     }
 
