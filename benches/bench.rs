@@ -863,6 +863,7 @@ struct Three {
     links: usize,
     /// The three daemons' deltas, summed.
     writes: f64,
+    writes_by_op: Vec<(String, f64)>,
     bytes: f64,
     wire: f64,
     cpu: f64,
@@ -1226,6 +1227,13 @@ async fn three_daemons(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Re
         secs,
         links,
         writes: deltas.iter().map(|x| x.writes).sum(),
+        writes_by_op: {
+            let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+            for (op, n) in deltas.iter().flat_map(|x| &x.writes_by_op) {
+                *by.entry(op.clone()).or_default() += n;
+            }
+            by.into_iter().collect()
+        },
         bytes: deltas.iter().map(|x| x.all_bytes).sum(),
         wire: deltas.iter().map(|x| x.all_wire).sum(),
         cpu: deltas.iter().map(|x| x.cpu).sum(),
@@ -1822,7 +1830,16 @@ fn main() -> ExitCode {
     };
     // Started from the main thread, which lives as long as the run: the
     // agent dies with it (PR_SET_PDEATHSIG) however the run ends.
-    let agent = Agent::dev();
+    // Every daemon of the run talks to it from 127.0.0.1, three at once in
+    // part 3b, and a stopped daemon's blocking queries stay counted for up
+    // to a minute: it allows 1,000 connections per client, as the tests'
+    // shared agent does (in production each node's daemon has its agent).
+    let agent = Agent::dev_with(|_| {
+        vec![
+            "-hcl".into(),
+            "limits { http_max_conns_per_client = 1000 }".into(),
+        ]
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -166,12 +166,19 @@ pub enum LockAttempt {
 }
 
 /// Tries once to take `key` for `session`; the key's value says who holds it.
+/// A lock another session holds is seen with a read first and not asked
+/// for: a failed acquire is a Raft write (an fsync on servers with data on
+/// disk), a read is not, and instances racing for the same services meet
+/// held locks often.
 pub async fn try_lock(
     client: &Client,
     session: &Session,
     key: &str,
     holder: &str,
 ) -> Result<LockAttempt, ConsulError> {
+    if let Some(other) = held_by_another(client, session, key).await? {
+        return Ok(LockAttempt::HeldElsewhere { holder: other });
+    }
     let value = serde_json::to_vec(&json!({ "holder": holder, "session": session.id() }))
         .expect("lock value serializes");
     let acquired = client
@@ -185,15 +192,27 @@ pub async fn try_lock(
     if acquired {
         return Ok(LockAttempt::Acquired);
     }
-    let holder = client
-        .kv_get(key, &Default::default())
-        .await
+    let holder = held_by_another(client, session, key).await.ok().flatten();
+    Ok(LockAttempt::HeldElsewhere {
+        holder: holder.flatten(),
+    })
+}
+
+/// `Some(holder)` when a session other than `session` holds `key`: the
+/// holder its value names, if it names one.
+async fn held_by_another(
+    client: &Client,
+    session: &Session,
+    key: &str,
+) -> Result<Option<Option<String>>, ConsulError> {
+    let (pair, _) = client.kv_get(key, &Default::default()).await?;
+    let Some(p) = pair.filter(|p| p.session.as_deref().is_some_and(|s| s != session.id())) else {
+        return Ok(None);
+    };
+    let holder = serde_json::from_slice::<serde_json::Value>(&p.value)
         .ok()
-        .and_then(|(p, _)| p)
-        .filter(|p| p.session.is_some())
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p.value).ok())
         .and_then(|v| v.get("holder").and_then(|h| h.as_str()).map(str::to_string));
-    Ok(LockAttempt::HeldElsewhere { holder })
+    Ok(Some(holder))
 }
 
 /// Lets go of `key`; false when the session did not hold it any more.

@@ -330,7 +330,9 @@ impl Plan {
         match self.generation {
             None => observed.is_none(),
             Some(g) => observed.is_some_and(|o| {
-                o.status == Status::Applied && o.generation == g && o.objects == self.objects(t)
+                o.status == Status::Applied
+                    && o.generation == g
+                    && o.objects.same_as(&self.objects(t))
             }),
         }
     }
@@ -767,7 +769,11 @@ fn plan_gateway(
         r.differs = tgw.filter(|_| c.suppressed).and_then(|t| t.differs.clone());
         Some(r)
     });
-    let same = matches!((tgw, &as_found), (Some(r), Some(f)) if r.same_as(f));
+    // The gateway's index aside: it moves whenever any service's link into
+    // the gateway does, and this service's link record (as observed.json)
+    // stands while the link itself is as recorded (see `Objects::same_as`).
+    let same = matches!((tgw, &as_found), (Some(r), Some(f))
+        if r.same_as(&Record { modify_index: r.modify_index, ..f.clone() }));
     let writes = c.action.writes();
     changes.push(c);
     let stale = stale_gateways(tgw, Some(&link.gateway));

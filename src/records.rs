@@ -222,6 +222,31 @@ pub struct Objects {
 }
 
 impl Objects {
+    /// The same objects, a terminating gateway's index aside: a shared
+    /// gateway changes whenever any service's link into it does, so its
+    /// index when this service's link was last verified stands as long as
+    /// the link itself is in place (which the plan checks). Otherwise every
+    /// link into a gateway would make every other service linked there look
+    /// out of sync, and the next resync rewrite all their observed.json.
+    pub fn same_as(&self, other: &Objects) -> bool {
+        let gateway = |o: &Objects| (o.terminating_gateway.as_ref()).map(|g| g.resource_id.clone());
+        let Objects {
+            defaults,
+            resolver,
+            splitter,
+            router,
+            terminating_gateway: _,
+        } = self;
+        (defaults, resolver, splitter, router)
+            == (
+                &other.defaults,
+                &other.resolver,
+                &other.splitter,
+                &other.router,
+            )
+            && gateway(self) == gateway(other)
+    }
+
     /// The slot of `kind`.
     pub fn slot(&mut self, kind: Kind) -> &mut Option<ObjectRef> {
         match kind {
@@ -408,6 +433,41 @@ mod history_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_are_the_same_whatever_a_shared_gateways_index() {
+        let r = |id: &str, index: u64| {
+            Some(ObjectRef {
+                resource_id: id.into(),
+                modify_index: index,
+            })
+        };
+        let a = Objects {
+            resolver: r("service-resolver/default/default/web", 10),
+            terminating_gateway: r("terminating-gateway/default/default/gw#web", 20),
+            ..Objects::default()
+        };
+        let moved = Objects {
+            terminating_gateway: r("terminating-gateway/default/default/gw#web", 31),
+            ..a.clone()
+        };
+        assert!(a.same_as(&moved));
+        let other_gateway = Objects {
+            terminating_gateway: r("terminating-gateway/default/default/gw2#web", 20),
+            ..a.clone()
+        };
+        assert!(!a.same_as(&other_gateway));
+        let unlinked = Objects {
+            terminating_gateway: None,
+            ..a.clone()
+        };
+        assert!(!a.same_as(&unlinked));
+        let resolver_moved = Objects {
+            resolver: r("service-resolver/default/default/web", 11),
+            ..a.clone()
+        };
+        assert!(!a.same_as(&resolver_moved));
+    }
     use serde_json::json;
 
     #[test]

@@ -334,3 +334,92 @@ async fn observer_sees_every_request() {
         ]
     );
 }
+
+/// A server that answers every request after `delay` (four times that for a
+/// path with `blocking` in it), counting the
+/// requests in flight and the connections open at once, and keeping the
+/// highest of each.
+async fn counting_server(delay: Duration) -> (String, Arc<Mutex<(usize, usize, usize, usize)>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // (in flight, most in flight, connections open, most connections open)
+    let seen = Arc::new(Mutex::new((0usize, 0usize, 0usize, 0usize)));
+    let counts = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                {
+                    let mut c = counts.lock().unwrap();
+                    c.2 += 1;
+                    c.3 = c.3.max(c.2);
+                }
+                let mut buf = vec![0u8; 8192];
+                // One request per read: the client sends small GETs and
+                // waits for each answer before reusing the connection.
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    {
+                        let mut c = counts.lock().unwrap();
+                        c.0 += 1;
+                        c.1 = c.1.max(c.0);
+                    }
+                    let slow = String::from_utf8_lossy(&buf[..n]).contains("blocking");
+                    tokio::time::sleep(if slow { delay * 4 } else { delay }).await;
+                    counts.lock().unwrap().0 -= 1;
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 7\r\nContent-Length: 2\r\n\r\n[]";
+                    if sock.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                counts.lock().unwrap().2 -= 1;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// However many reads a daemon's workers make at once, at most
+/// MAX_SHORT_REQUESTS are in flight (the rest wait their turn), so a
+/// daemon stays well within the agent's `http_max_conns_per_client`; a
+/// blocking read does not count against them.
+#[tokio::test]
+async fn at_most_max_short_requests_are_in_flight_and_blocking_reads_are_apart() {
+    let (url, seen) = counting_server(Duration::from_millis(100)).await;
+    let c = Client::new(Settings {
+        address: url,
+        ..Settings::default()
+    })
+    .unwrap();
+    let max = svc_handler::consul::MAX_SHORT_REQUESTS;
+    let mut set = tokio::task::JoinSet::new();
+    // Blocking reads first, holding their connections.
+    for i in 0..4 {
+        let c = c.clone();
+        set.spawn(async move {
+            let opts = QueryOptions::blocking(1, Duration::from_secs(1));
+            c.kv_list(&format!("blocking/{i}"), &opts).await.map(|_| ())
+        });
+    }
+    for i in 0..(3 * max) {
+        let c = c.clone();
+        set.spawn(async move {
+            c.kv_list(&format!("short/{i}"), &QueryOptions::default())
+                .await
+                .map(|_| ())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let (in_flight, most, _, most_open) = *seen.lock().unwrap();
+    assert_eq!(in_flight, 0);
+    // The short reads reached the cap (so the cap, not the test, bounded
+    // them), and the blocking reads came on top.
+    assert_eq!(most, max + 4, "most requests in flight at once");
+    assert!(most_open <= max + 4, "{most_open} connections open at once");
+}

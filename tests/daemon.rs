@@ -265,11 +265,14 @@ async fn an_entry_changed_with_consul_config_write_is_put_back() {
     })
     .await;
     assert!(restored, "drift not corrected:\n{}", d.log_text());
-    assert!(
+    // Counted when the reconcile ends, just after its write.
+    let counted = eventually(Duration::from_secs(10), || async {
         d.metric(r#"svc_handler_drift_corrections_total{kind="service-defaults"}"#)
             .await
             >= 1.0
-    );
+    })
+    .await;
+    assert!(counted, "drift corrected but not counted:\n{}", d.log_text());
 }
 
 /// The drift watches read within `--drift-budget` however many config

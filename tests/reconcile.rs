@@ -507,6 +507,25 @@ async fn held_lock_means_nothing_is_done() {
             .get(),
         1
     );
+    // Seen held with a read: no acquire (a Raft write) was asked for.
+    assert_eq!(w.total_writes(), 0);
+    let acquires: u64 = ["200", "500"]
+        .iter()
+        .map(|code| {
+            w.metrics
+                .consul_requests
+                .with_label_values(&["kv.acquire", code])
+                .get()
+        })
+        .sum();
+    assert_eq!(acquires, 0);
+    assert!(
+        w.metrics
+            .consul_requests
+            .with_label_values(&["kv.get", "200"])
+            .get()
+            >= 1
+    );
     w.client.session_destroy(&other).await.unwrap();
 }
 
@@ -761,17 +780,7 @@ async fn a_route_to_a_service_not_there_yet_is_refused_before_any_write_and_retr
 /// between makes the check-and-set write fail, read again and converge.
 #[tokio::test]
 async fn the_flow_starts_from_the_checks_read_and_sees_what_moved_since() {
-    let mut w = world("prior");
-    // A reconciler whose client counts its requests.
-    let metrics = Arc::new(svc_handler::metrics::Metrics::new());
-    let observer: Arc<dyn svc_handler::consul::RequestObserver> = metrics.clone();
-    let counted = Client::with_observer(shared().settings(), Some(observer)).unwrap();
-    w.rec = svc_handler::reconcile::Reconciler::new(
-        counted,
-        svc_handler::reconcile::ReconcilerConfig::new(w.layout.clone(), "test-holder"),
-        Arc::clone(&metrics),
-    );
-    w.metrics = metrics;
+    let w = world("prior");
     let session = Session::create(w.rec.client(), &w.rec.config().session, None)
         .await
         .unwrap();
@@ -842,5 +851,73 @@ async fn the_flow_starts_from_the_checks_read_and_sees_what_moved_since() {
     assert_eq!(w.observed(&a).await.unwrap().generation, g4);
     assert!(w.writes("service-resolver", "cas_retry") >= 1);
     assert!(w.rec.check(&a, true).await.is_in_sync());
+
+    // Another instance applied the change between this one's check and its
+    // lock: the check runs again and finds it in place; no lock is taken.
+    let other = svc_handler::reconcile::Reconciler::new(
+        shared().client(),
+        svc_handler::reconcile::ReconcilerConfig::new(w.layout.clone(), "other-instance"),
+        Arc::new(svc_handler::metrics::Metrics::new()),
+    );
+    let g5 = w
+        .put(&a, &json!({"resolver": {"ConnectTimeout": "7s"}}))
+        .await;
+    let Checked::Run(Some(prior)) = w.rec.check(&a, true).await else {
+        panic!("a changed base.json is not in sync")
+    };
+    let r = other.reconcile_once(&a, true).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    let acquires = |w: &support::world::World| {
+        w.metrics
+            .consul_requests
+            .with_label_values(&["kv.acquire", "200"])
+            .get()
+    };
+    let before = acquires(&w);
+    let r = w.rec.reconcile(&a, true, &session, Some(prior)).await;
+    assert_eq!(r.outcome, Outcome::UpToDate, "{r:?}");
+    assert_eq!(acquires(&w), before, "no lock taken");
+    assert_eq!(w.observed(&a).await.unwrap().generation, g5);
     session.destroy().await.unwrap();
+}
+
+/// A link into a shared gateway changes the gateway's index; the other
+/// services linked there stay in sync (their check costs reads, no lock),
+/// so a resync after links come and go does not rewrite their
+/// observed.json. A link taken out by hand still shows.
+#[tokio::test]
+async fn a_neighbours_link_leaves_a_service_in_sync() {
+    let w = world("neighbour");
+    let gw = format!("gw-{}", w.tag);
+    let (a, b) = (w.id("a"), w.id("b"));
+    let spec = json!({"terminating_gateway": {"Gateway": gw}});
+    w.put(&a, &spec).await;
+    w.put(&b, &spec).await;
+    let r = w.rec.reconcile_once(&a, true).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    let before = w.entry("terminating-gateway", &gw).await.unwrap()["ModifyIndex"].clone();
+    let r = w.rec.reconcile_once(&b, true).await;
+    assert!(matches!(r.outcome, Outcome::Applied { .. }), "{r:?}");
+    let after = w.entry("terminating-gateway", &gw).await.unwrap()["ModifyIndex"].clone();
+    assert_ne!(before, after, "b's link moved the gateway's index");
+    assert!(w.rec.check(&a, true).await.is_in_sync());
+    assert!(w.rec.check(&b, true).await.is_in_sync());
+
+    // a's link removed by hand: a is out of sync, and put back.
+    let mut g = w.entry("terminating-gateway", &gw).await.unwrap();
+    let services = g["Services"].as_array().unwrap().clone();
+    g["Services"] = Value::Array(
+        services
+            .into_iter()
+            .filter(|s| s["Name"] != json!(a.name))
+            .collect(),
+    );
+    w.client.config_put(&g).await.unwrap();
+    assert!(!w.rec.check(&a, true).await.is_in_sync());
+    let r = w.rec.reconcile_once(&a, true).await;
+    assert!(
+        matches!(r.outcome, Outcome::Applied { changed: true, .. }),
+        "{r:?}"
+    );
+    assert!(w.rec.check(&a, true).await.is_in_sync());
 }

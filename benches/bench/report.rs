@@ -577,7 +577,7 @@ fn throughput_three(o: &mut String, r: &Results) {
              and the same Consul, {} new services of their own (own names, own gateways) put at once, timed until \
              every one is applied. Their terminating gateways then held {} links to those services ({}; exactly \
              {} wanted). Together the three read {} from Consul ({} per service{}; target ≤ 3.5×; {} per \
-             service as received, gzip-compressed), made {:.2} Consul writes per service and used {:.1} CPU seconds.",
+             service as received, gzip-compressed), made {:.2} Consul writes per service ({}) and used {:.1} CPU seconds.",
             t.services,
             t.links,
             if t.links == t.services {
@@ -596,6 +596,10 @@ fn throughput_three(o: &mut String, r: &Results) {
             .unwrap_or_default(),
             bytes(t.wire / n),
             t.writes / n,
+            (t.writes_by_op.iter())
+                .map(|(op, w)| format!("{op} {:.2}", w / n))
+                .collect::<Vec<_>>()
+                .join(", "),
             t.cpu
         );
     }

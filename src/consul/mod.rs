@@ -261,7 +261,16 @@ struct Inner {
     token: RwLock<Option<Secret>>,
     settings: Settings,
     observer: Option<Arc<dyn RequestObserver>>,
+    /// Permits for requests that do not block ([`MAX_SHORT_REQUESTS`]).
+    short: tokio::sync::Semaphore,
 }
+
+/// At most this many requests without a blocking wait are in flight at once
+/// over a client and its clones (queued, not refused, past that): each
+/// holds a connection to the agent, and every client on a node shares the
+/// agent's `http_max_conns_per_client` (200 by default). Blocking reads are
+/// bounded by their callers (the daemon's watches: at most 35).
+pub const MAX_SHORT_REQUESTS: usize = 32;
 
 /// The Consul HTTP API client.
 #[derive(Clone)]
@@ -359,6 +368,7 @@ impl Client {
                 token: RwLock::new(token),
                 settings,
                 observer,
+                short: tokio::sync::Semaphore::new(MAX_SHORT_REQUESTS),
             }),
             scope,
         })
@@ -451,10 +461,12 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Answer, ConsulError> {
         let mut timeout = self.inner.settings.request_timeout;
+        let mut blocking = false;
         if let Some(opts) = read {
             opts.append_to(&mut url);
             if let Some(wait) = opts.effective_wait() {
                 timeout += wait + wait / 16;
+                blocking = true;
             }
         }
         let gzip = compressed(op, &url);
@@ -480,6 +492,14 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
+        let _permit = match blocking {
+            true => None,
+            false => Some(
+                (self.inner.short.acquire())
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+        };
         let started = Instant::now();
         let result = async {
             let resp = req.send().await?;

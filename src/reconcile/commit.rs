@@ -15,7 +15,7 @@
 //! queues its link record only after the result comes back verified.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -70,7 +70,10 @@ impl LinkRequest {
 /// A batch applied to one gateway value.
 #[derive(Debug)]
 pub(crate) struct Applied {
-    /// Each request's change, in the batch's order.
+    /// Each request's change, in the batch's order, without the gateway
+    /// values (`current` and `desired` are `None`): the batch's write and
+    /// the gateway read back stand for them, and a batch of k links into a
+    /// gateway of n links does not hold 2k copies of it.
     pub changes: Vec<Change>,
     /// The gateway to write; `None` when no change of the batch writes.
     pub write: Option<Value>,
@@ -91,11 +94,13 @@ pub(crate) fn apply_batch(requests: &[&LinkRequest], gateway: Option<&Value>) ->
     let changes = requests
         .iter()
         .map(|r| {
-            let c = r.plan(state.as_ref());
+            let mut c = r.plan(state.as_ref());
             if goes_in(&c) {
-                state = c.desired.clone();
+                state = c.desired.take();
                 dirty = true;
             }
+            c.current = None;
+            c.desired = None;
             c
         })
         .collect();
@@ -111,7 +116,8 @@ pub(crate) fn apply_batch(requests: &[&LinkRequest], gateway: Option<&Value>) ->
 #[derive(Debug)]
 pub(crate) struct Made {
     pub change: Change,
-    pub actual: Option<Value>,
+    /// The gateway read back, shared by the batch's waiters.
+    pub actual: Option<Arc<Value>>,
     pub written: bool,
 }
 
@@ -238,6 +244,7 @@ async fn commit_batch(rec: &Reconciler, scoped: &Client, name: &str, batch: Vec<
     let requests: Vec<&LinkRequest> = batch.iter().map(|w| &w.request).collect();
     match write_batch(rec, scoped, name, &requests).await {
         Ok((applied, actual, written)) => {
+            let actual = actual.map(Arc::new);
             for (w, change) in batch.into_iter().zip(applied.changes) {
                 let result = waiter_result(rec, change, actual.clone(), written, w.step);
                 let _ = w.tx.send(result);
@@ -255,7 +262,7 @@ async fn commit_batch(rec: &Reconciler, scoped: &Client, name: &str, batch: Vec<
 fn waiter_result(
     rec: &Reconciler,
     change: Change,
-    actual: Option<Value>,
+    actual: Option<Arc<Value>>,
     written: bool,
     step: Step,
 ) -> Result<Made, Fail> {
@@ -420,12 +427,13 @@ mod tests {
         assert_eq!(names(&new), ["a", "b", "c"]);
         assert_eq!(new["Services"][1]["SNI"], "b.example");
         assert!(applied.changes.iter().all(|c| c.action == Action::Link));
-        // Each change is planned against the gateway as the ones before left it.
-        assert_eq!(applied.changes[0].current, None);
-        assert_eq!(
-            names(applied.changes[2].current.as_ref().unwrap()),
-            ["a", "b"]
-        );
+        // The batch's write stands for the gateway values (each change is
+        // planned against the gateway as the ones before left it:
+        // `unlinks_and_links_mix_in_order`).
+        assert!(applied
+            .changes
+            .iter()
+            .all(|c| c.current.is_none() && c.desired.is_none()));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! one batch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -279,7 +280,7 @@ impl<'a> Run<'a> {
         change: &Change,
         spec: Option<&Spec>,
         step: Step,
-    ) -> Result<(Change, Option<Value>), Fail> {
+    ) -> Result<(Change, Option<Arc<Value>>), Fail> {
         if let Some(b) = &change.blocked {
             return Err(Fail::conflict(step, b));
         }
@@ -290,7 +291,7 @@ impl<'a> Run<'a> {
             if change.suppressed {
                 self.rec.count_suppressed("entry");
             }
-            return Ok((change.clone(), change.current.clone()));
+            return Ok((change.clone(), change.current.clone().map(Arc::new)));
         }
         let link = spec
             .and_then(|s| Some((s.terminating_gateway.clone()?, s.adopt.is_on())))

@@ -346,6 +346,21 @@ impl Reconciler {
         prior: Option<Box<Prior>>,
     ) -> Report {
         let started = Instant::now();
+        let mut prior = prior;
+        // When the service's folder moved since the check read it (another
+        // instance's reconcile, most often, between this one's check and
+        // now), the check runs again first: a service another instance just
+        // put in place then costs reads, not a lock taken and released.
+        for _ in 0..2 {
+            let Some(p) = &prior else { break };
+            if read::folder_unmoved(&self.client, self.layout(), id, p).await {
+                break;
+            }
+            match self.check(id, prune).await {
+                Checked::InSync(report) => return report,
+                Checked::Run(fresh) => prior = fresh,
+            }
+        }
         let lock_key = self.cfg.layout.lock_key(id);
         match lock::try_lock(&self.client, session, &lock_key, &self.cfg.holder).await {
             Ok(LockAttempt::Acquired) => self.count_lock("acquired"),

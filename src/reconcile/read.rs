@@ -70,6 +70,26 @@ pub async fn read_prior(
     })
 }
 
+/// True when the service's folder is as `prior` read it: its index (a
+/// keys-only listing's: the highest ModifyIndex under it, deleted keys
+/// included, as the check's listing had it) has not moved. A failed read
+/// says moved.
+pub async fn folder_unmoved(
+    client: &Client,
+    layout: &Layout,
+    id: &ServiceId,
+    prior: &Prior,
+) -> bool {
+    let dir = layout.service_dir(id);
+    match client
+        .kv_keys(&dir, None, &QueryOptions::consistent())
+        .await
+    {
+        Ok((_, meta)) => meta.index == prior.folder_index,
+        Err(_) => false,
+    }
+}
+
 /// The read of the flow under the lock. With the check's read (`prior`),
 /// only the service folder and observed.json are read again: when nothing
 /// in the folder moved since (its index, deleted keys included, is the

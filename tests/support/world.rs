@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use svc_handler::consul::{Client, QueryOptions};
+use svc_handler::consul::{Client, QueryOptions, RequestObserver};
 use svc_handler::keys::{Layout, ServiceId};
 use svc_handler::lock::Session;
 use svc_handler::metrics::Metrics;
@@ -58,8 +58,12 @@ pub fn world(test: &str) -> World {
     let p = prefix(test);
     let layout = Layout::new(&p).unwrap();
     let metrics = Arc::new(Metrics::new());
+    // The reconciler's requests are counted in its metrics; the test's own
+    // (`client`) are not.
+    let observer: Arc<dyn RequestObserver> = metrics.clone();
+    let counted = Client::with_observer(shared().settings(), Some(observer)).expect("client");
     let rec = Reconciler::new(
-        client.clone(),
+        counted,
         ReconcilerConfig::new(layout.clone(), "test-holder"),
         Arc::clone(&metrics),
     );
