@@ -37,6 +37,7 @@ use execute::Run;
 use fence::Fence;
 pub(crate) use outcome::Fail;
 pub use outcome::{Outcome, Report};
+pub use read::{read_current, read_current_parsed, read_prior, Prior};
 
 /// What the in-sync check found. (Returned once per service and matched at
 /// once: the size of a report is no cost here.)
@@ -56,7 +57,6 @@ impl Checked {
         matches!(self, Checked::InSync(_))
     }
 }
-pub use read::{read_current, read_current_parsed, read_prior, Prior};
 
 /// A boxed future, for [`FlowHook`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
