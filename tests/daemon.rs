@@ -272,7 +272,11 @@ async fn an_entry_changed_with_consul_config_write_is_put_back() {
             >= 1.0
     })
     .await;
-    assert!(counted, "drift corrected but not counted:\n{}", d.log_text());
+    assert!(
+        counted,
+        "drift corrected but not counted:\n{}",
+        d.log_text()
+    );
 }
 
 /// The drift watches read within `--drift-budget` however many config
