@@ -361,19 +361,32 @@ mod tests {
             .collect()
     }
 
+    /// A descent of `prefix` without limits, from a listing made now.
     async fn descend(m: &Shared, prefix: &str, known: &BTreeSet<String>, since: u64) -> Descent {
+        descend_within(m, prefix, known, since, lim(0, usize::MAX)).await
+    }
+
+    /// The same, within `limits`.
+    async fn descend_within(
+        m: &Shared,
+        prefix: &str,
+        known: &BTreeSet<String>,
+        since: u64,
+        limits: Limits,
+    ) -> Descent {
         let first = m.0.lock().unwrap().list(prefix);
-        locate(
-            m,
-            ROOT,
-            prefix,
-            first.items,
-            known,
-            since,
-            lim(0, usize::MAX),
-        )
-        .await
-        .unwrap()
+        locate(m, ROOT, prefix, first.items, known, since, limits)
+            .await
+            .unwrap()
+    }
+
+    /// A store holding services `svc-0` to `svc-{n-1}`, a base.json each.
+    fn services(n: usize) -> Model {
+        let mut m = Model::default();
+        for i in 0..n {
+            m.put(&key(&format!("svc-{i}"), "base.json"));
+        }
+        m
     }
 
     #[tokio::test]
@@ -480,10 +493,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_changes_give_up_early_and_few_do_not() {
-        let mut m = Model::default();
-        for i in 0..400 {
-            m.put(&key(&format!("svc-{i}"), "base.json"));
-        }
+        let mut m = services(400);
         let known = units_now(&m);
         let since = m.index;
         for i in (0..400).step_by(3) {
@@ -491,31 +501,10 @@ mod tests {
         }
         let m = Shared(Arc::new(Mutex::new(m)));
         let prefix = format!("{ROOT}default/default/");
-        let first = m.0.lock().unwrap().list(&prefix);
-        let all = locate(
-            &m,
-            ROOT,
-            &prefix,
-            first.items.clone(),
-            &known,
-            since,
-            lim(0, usize::MAX),
-        )
-        .await
-        .unwrap();
+        let all = descend(&m, &prefix, &known, since).await;
         assert_eq!(all.units.as_ref().map(BTreeSet::len), Some(134));
         let most = known.len() / 4;
-        let given_up = locate(
-            &m,
-            ROOT,
-            &prefix,
-            first.items.clone(),
-            &known,
-            since,
-            lim(0, most),
-        )
-        .await
-        .unwrap();
+        let given_up = descend_within(&m, &prefix, &known, since, lim(0, most)).await;
         assert_eq!(given_up.units, None, "read whole instead");
         assert!(
             given_up.probes * 2 < all.probes,
@@ -524,54 +513,30 @@ mod tests {
             all.probes
         );
         // Below the bound, the same units as without one.
-        let m2 = Shared(Arc::new(Mutex::new(Model::default())));
-        {
-            let mut g = m2.0.lock().unwrap();
-            for i in 0..400 {
-                g.put(&key(&format!("svc-{i}"), "base.json"));
-            }
-        }
-        let since = m2.0.lock().unwrap().index;
-        m2.0.lock().unwrap().put(&key("svc-77", "base.json"));
-        let first = m2.0.lock().unwrap().list(&prefix);
-        let few = locate(&m2, ROOT, &prefix, first.items, &known, since, lim(0, most))
-            .await
-            .unwrap();
+        let mut m2 = services(400);
+        let since = m2.index;
+        m2.put(&key("svc-77", "base.json"));
+        let m2 = Shared(Arc::new(Mutex::new(m2)));
+        let few = descend_within(&m2, &prefix, &known, since, lim(0, most)).await;
         assert_eq!(few.units, Some(BTreeSet::from([unit("svc-77")])));
     }
 
     #[tokio::test]
     async fn a_small_changed_group_is_taken_whole_instead_of_descended() {
-        let mut m = Model::default();
-        for i in 0..400 {
-            m.put(&key(&format!("svc-{i}"), "base.json"));
-        }
+        let mut m = services(400);
         let known = units_now(&m);
         let since = m.index;
         m.put(&key("svc-123", "base.json"));
         m.delete(&key("svc-129", "base.json"));
         let m = Shared(Arc::new(Mutex::new(m)));
         let prefix = format!("{ROOT}default/default/");
-        let first = m.0.lock().unwrap().list(&prefix);
-        let one_by_one = locate(
-            &m,
-            ROOT,
-            &prefix,
-            first.items.clone(),
-            &known,
-            since,
-            lim(0, 100),
-        )
-        .await
-        .unwrap();
+        let one_by_one = descend_within(&m, &prefix, &known, since, lim(0, 100)).await;
         assert_eq!(
             one_by_one.units,
             Some(BTreeSet::from([unit("svc-123"), unit("svc-129")]))
         );
         assert!(one_by_one.whole.is_empty());
-        let grouped = locate(&m, ROOT, &prefix, first.items, &known, since, lim(16, 100))
-            .await
-            .unwrap();
+        let grouped = descend_within(&m, &prefix, &known, since, lim(16, 100)).await;
         // svc-12 and svc-120 to svc-129: eleven folders, one listing.
         let group = format!("{ROOT}default/default/svc-12");
         assert_eq!(grouped.whole, BTreeSet::from([group.clone()]));
@@ -635,19 +600,8 @@ mod tests {
             // A descent that gives up reads the shard whole; one that does
             // not must have found every change.
             let most = *rng.choice(&[0, 2, 10, usize::MAX]).unwrap();
-            let first = m.0.lock().unwrap().list(&prefix);
             let whole_up_to = *rng.choice(&[0, 3, 12]).unwrap();
-            let d = locate(
-                &m,
-                ROOT,
-                &prefix,
-                first.items,
-                &known,
-                since,
-                lim(whole_up_to, most),
-            )
-            .await
-            .unwrap();
+            let d = descend_within(&m, &prefix, &known, since, lim(whole_up_to, most)).await;
             let Some(found) = d.units else {
                 assert!(most < usize::MAX, "round {round}: no dot segments here");
                 continue;
