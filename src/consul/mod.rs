@@ -470,6 +470,12 @@ impl Client {
             }
         }
         let gzip = compressed(op, &url);
+        // For the trace below: the path and query only (the token travels
+        // in a header, never in the URL).
+        let target = tracing::enabled!(tracing::Level::TRACE).then(|| match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        });
         let mut req = (self.inner.http.request(method, url)).timeout(timeout);
         if gzip {
             req = req.header(reqwest::header::ACCEPT_ENCODING, "gzip");
@@ -535,6 +541,15 @@ impl Client {
             }
             Ok(Ok(answer)) => {
                 self.observe(op, answer.status.as_str(), elapsed);
+                tracing::trace!(
+                    op,
+                    target = target.as_deref().unwrap_or_default(),
+                    status = answer.status.as_u16(),
+                    bytes = answer.meta.body_bytes,
+                    wire_bytes = answer.meta.wire_bytes,
+                    ms = elapsed.as_secs_f64() * 1000.0,
+                    "consul request"
+                );
                 if let Some(o) = &self.inner.observer {
                     o.observe_bytes(op, answer.meta.body_bytes, answer.meta.wire_bytes);
                 }

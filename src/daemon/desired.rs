@@ -444,7 +444,10 @@ impl DesiredWatch {
             body_bytes: 0,
             ..meta
         };
+        let keys = self.tree_keys();
+        self.guard.walks(keys);
         self.guard.answered(&probe);
+        self.sweep.walks(3 * keys);
         self.sweep.answered(&QueryMeta { index, ..meta });
         self.sweep_bytes = meta.body_bytes;
         self.spawn_guard();
@@ -509,6 +512,11 @@ impl DesiredWatch {
         }));
     }
 
+    /// About how many keys the shards hold: what the guard's probe walks.
+    fn tree_keys(&self) -> usize {
+        self.shards.values().map(|s| s.part.keys()).sum()
+    }
+
     /// Starts a sweep, paced by the size of the last one.
     fn spawn_sweep(&mut self) {
         if let Some(old) = self.guard_read.take() {
@@ -538,6 +546,8 @@ impl DesiredWatch {
                 return true;
             }
         };
+        // The probe walks the whole tree: pace it by the tree's size.
+        self.guard.walks(self.tree_keys());
         let previous = self.guard.answered(&meta);
         self.answered(meta.index);
         let moved = self.guard.index() != previous || previous == 0;
@@ -647,6 +657,9 @@ impl DesiredWatch {
         self.guard_read = None;
         let keys = match r {
             Ok((keys, meta)) => {
+                // A sweep walks the tree three times (root, partitions,
+                // namespaces), besides the bytes it reads.
+                self.sweep.walks(3 * self.tree_keys());
                 self.sweep.answered(&meta);
                 self.sweep_bytes = meta.body_bytes;
                 self.sweep_due = None;

@@ -185,6 +185,10 @@ impl Daemon {
                 };
                 match result {
                     Ok((keys, meta)) => {
+                        // The probe and the sweep walk every key under the
+                        // prefix: paced by how many there are.
+                        probe.walks(keys.len());
+                        sweep.walks(keys.len());
                         sweep.answered(&meta);
                         (sweep_now, due, sweep_bytes) = (false, None, meta.body_bytes);
                         if probe.index() == 0 {
