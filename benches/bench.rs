@@ -91,7 +91,7 @@ fn err(context: &str) -> impl Fn(svc_handler::consul::ConsulError) -> String + '
 // ---------------------------------------------------------------- settings
 
 /// The variables of the header, for the report.
-const VARIABLES: [(&str, &str, &str, &str); 19] = [
+const VARIABLES: [(&str, &str, &str, &str); 20] = [
     (
         "BENCH_CEILING_SECS",
         "seconds per ceiling measurement",
@@ -177,6 +177,12 @@ const VARIABLES: [(&str, &str, &str, &str); 19] = [
         "5,20",
     ),
     (
+        "BENCH_WORLD_CHANGES",
+        "single changes timed at each size there",
+        "150",
+        "5",
+    ),
+    (
         "BENCH_WORLD_GAP_MS",
         "pause before each change there",
         "300",
@@ -226,8 +232,10 @@ struct Sizes {
     idle_gap: Duration,
     /// The same for the changes with the steady-state services present.
     steady_gap: Duration,
-    /// Services present for each row of "Cost as the world grows".
+    /// Services present for each row of "Cost as the world grows", and
+    /// the changes timed at each.
     world: Vec<usize>,
+    world_changes: usize,
     /// Services present for the same row on a three-server cluster (0: none).
     cluster_world: usize,
     /// Pause before each change there.
@@ -304,6 +312,7 @@ impl Sizes {
                 if quick { 250 } else { 3000 },
             )?),
             world: world_sizes(quick)?,
+            world_changes: env_num("BENCH_WORLD_CHANGES", pick(150, 5))?.max(1),
             cluster_world: env_num("BENCH_CLUSTER_WORLD", if quick { 0 } else { 5000 })?,
             world_gap: Duration::from_millis(env_num(
                 "BENCH_WORLD_GAP_MS",
@@ -920,7 +929,11 @@ struct WorldRow {
     /// What the desired watch read (shards and guard).
     watch_bytes: f64,
     daemon_cpu: f64,
+    /// Consul's CPU per change: the median of the runs of changes, their
+    /// mean over all changes, and each run's.
     consul_cpu: f64,
+    consul_cpu_mean: f64,
+    consul_chunks: Vec<f64>,
     /// How long Consul took to settle after the setup, and its CPU a
     /// second then (see [`Under::settle`]).
     settled: Duration,
@@ -1653,12 +1666,19 @@ async fn run(agent: &Agent, sizes: &Sizes, r: &mut Results) -> Res<()> {
     if part("steady") {
         steady_state(agent, &client, sizes, r).await?;
     }
-    let dev = Under {
-        url: agent.url(),
-        pids: vec![agent.pid()],
-        label: "dev agent",
-    };
     if part("world") {
+        // A dev agent of its own, started now: after tens of thousands of
+        // writes (the ceiling's, the bulk's, part 4's) Consul keeps working
+        // on its own for minutes, in bursts (measured: about 250 ms of CPU
+        // a second for 10 s at a time with nothing asking it anything),
+        // which would land in the first rows' timed changes.
+        let agent = bench_agent();
+        let dev = Under {
+            url: agent.url(),
+            pids: vec![agent.pid()],
+            label: "dev agent",
+        };
+        let client = agent.client();
         for &n in &sizes.world {
             world(&dev, &client, sizes, n, r).await?;
         }
@@ -1689,8 +1709,35 @@ impl Under {
         self.pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
     }
 
-    /// Waits until Consul's CPU over a 2 s window falls to
-    /// [`SETTLED_CPU_PER_SERVER`] a server or less, or until `deadline`.
+    /// Has Consul take a Raft snapshot now (`GET /v1/snapshot`, the body
+    /// thrown away), which also trims its Raft log. Consul snapshots on its
+    /// own once 16,384 entries have piled up, checking every 30 to 60 s: left
+    /// alone, the setup's writes (and the ceiling's, before the first row)
+    /// bring that snapshot, seconds of Consul CPU, into the timed changes,
+    /// at a moment of Consul's choosing. A change adds about five entries,
+    /// so in use it comes once every 3,000 changes or so.
+    async fn snapshot(&self) -> Res<()> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| format!("snapshot client: {e}"))?;
+        let resp = (http.get(format!("{}/v1/snapshot", self.url)).send())
+            .await
+            .map_err(|e| format!("snapshot: {e}"))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| format!("snapshot: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "snapshot: {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until Consul's CPU stays at [`SETTLED_CPU_PER_SERVER`] a
+    /// server or less for [`SETTLED_WINDOWS`] 2 s windows in a row, or until
+    /// `deadline`.
     /// After a bulk write Consul keeps busy on its own for a while (about
     /// 30 s at 100–200 ms of CPU a second after 20,000 services, with no
     /// client asking anything: its snapshot, memory and housekeeping); what
@@ -1699,14 +1746,35 @@ impl Under {
     async fn settle(&self, deadline: Instant) -> (Duration, f64) {
         let t = Instant::now();
         let limit = SETTLED_CPU_PER_SERVER * self.pids.len() as f64;
+        let mut quiet = 0;
         loop {
             let c0 = self.cpu_seconds();
             tokio::time::sleep(Duration::from_secs(2)).await;
             let rate = (self.cpu_seconds() - c0) / 2.0;
-            if rate <= limit || Instant::now() >= deadline {
+            quiet = if rate <= limit { quiet + 1 } else { 0 };
+            if quiet >= SETTLED_WINDOWS || Instant::now() >= deadline {
                 return (t.elapsed(), rate);
             }
         }
+    }
+}
+
+/// Quiet 2 s windows in a row that make Consul settled: one lull is not
+/// enough (after the ceiling's tens of thousands of writes Consul's
+/// snapshots and collections come in bursts with quiet seconds between).
+const SETTLED_WINDOWS: u32 = 5;
+
+/// The runs of changes a world row's Consul CPU is taken over.
+const WORLD_CHUNKS: usize = 5;
+
+/// The median of `xs` (0 when empty).
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -1748,12 +1816,18 @@ async fn world(
     put_and_wait(client, &layout, items, &set, None, sizes, deadline)
         .await
         .map_err(|e| format!("world {n} setup: {e}\n{}", tail(&d)))?;
+    consul.snapshot().await?;
     let (settled, idle_cpu) = consul
         .settle(sizes.deadline(Duration::from_secs(120), Duration::from_secs(4)))
         .await;
     let (before, consul0) = (Scrape::of(&d).await?, consul.cpu_seconds());
     let mut obs = Vec::new();
-    for k in 0..sizes.watch_changes {
+    // Consul's CPU per change in WORLD_CHUNKS runs of changes: the median
+    // run is the figure, so that one burst of Consul's own housekeeping
+    // (a snapshot, a collection of its heap) cannot decide it alone.
+    let chunk = (sizes.world_changes / WORLD_CHUNKS).max(1);
+    let (mut chunks, mut mark) = (Vec::new(), (0usize, consul0));
+    for k in 0..sizes.world_changes {
         tokio::time::sleep(sizes.world_gap).await;
         let name = &names[(k * 7919 + 1) % names.len()];
         let timeout = timeout_for(k);
@@ -1763,21 +1837,28 @@ async fn world(
             .await
             .map_err(|e| format!("world {n} change {k}: {e}\n{}", tail(&d)))?;
         obs.push(o.expect("measured"));
+        if (k + 1) % chunk == 0 || k + 1 == sizes.world_changes {
+            let now = consul.cpu_seconds();
+            chunks.push((now - mark.1) / (k + 1 - mark.0) as f64);
+            mark = (k + 1, now);
+        }
     }
     let (after, consul1) = (Scrape::of(&d).await?, consul.cpu_seconds());
     let x = delta(&before, &after);
-    let c = sizes.watch_changes as f64;
+    let c = sizes.world_changes as f64;
     let watch = |s: &Scrape| s.bytes(Some("kv.list")) + s.bytes(Some("kv.keys"));
     r.world.push(WorldRow {
         consul: consul.label,
         services: n,
-        changes: sizes.watch_changes,
+        changes: sizes.world_changes,
         to_observed: dist(&obs),
         bytes: x.all_bytes / c,
         wire: x.all_wire / c,
         watch_bytes: (watch(&after) - watch(&before)) / c,
         daemon_cpu: x.cpu / c,
-        consul_cpu: (consul1 - consul0) / c,
+        consul_cpu: median(&chunks),
+        consul_cpu_mean: (consul1 - consul0) / c,
+        consul_chunks: chunks,
         settled,
         idle_cpu,
         rss: peak_rss(d.pid()),
@@ -1840,6 +1921,20 @@ fn consul_version() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// A Consul dev agent for the bench. Every daemon of the run talks to it
+/// from 127.0.0.1, three at once in part 3b, and a stopped daemon's
+/// blocking queries stay counted for up to a minute: it allows 1,000
+/// connections per client, as the tests' shared agent does (in production
+/// each node's daemon has its agent).
+fn bench_agent() -> Agent {
+    Agent::dev_with(|_| {
+        vec![
+            "-hcl".into(),
+            "limits { http_max_conns_per_client = 1000 }".into(),
+        ]
+    })
+}
+
 fn main() -> ExitCode {
     let quick = !std::env::args().any(|a| a == "--bench");
     let sizes = match Sizes::from_env(quick) {
@@ -1862,16 +1957,7 @@ fn main() -> ExitCode {
     };
     // Started from the main thread, which lives as long as the run: the
     // agent dies with it (PR_SET_PDEATHSIG) however the run ends.
-    // Every daemon of the run talks to it from 127.0.0.1, three at once in
-    // part 3b, and a stopped daemon's blocking queries stay counted for up
-    // to a minute: it allows 1,000 connections per client, as the tests'
-    // shared agent does (in production each node's daemon has its agent).
-    let agent = Agent::dev_with(|_| {
-        vec![
-            "-hcl".into(),
-            "limits { http_max_conns_per_client = 1000 }".into(),
-        ]
-    });
+    let agent = bench_agent();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{
     command_line, source_version, Dist, Results, Sizes, SETTLED_CPU_PER_SERVER, VARIABLES,
+    WORLD_CHUNKS,
 };
 
 /// The whole report of a run.
@@ -183,7 +184,7 @@ fn summary_world(o: &mut String, r: &Results) {
         if big.services > small.services {
             let _ = writeln!(
                 o,
-                "| Consul CPU per change, {} vs {} services ({}) | {:.1} ms vs {:.1} ms ({}) | ≤ 2× | {} |",
+                "| Consul CPU per change (median of 5 runs of changes), {} vs {} services ({}) | {:.1} ms vs {:.1} ms ({}) | ≤ 2× | {} |",
                 big.services,
                 small.services,
                 small.consul,
@@ -727,13 +728,20 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
          `kv.list` and `kv.keys` read (the watch's shards and guard, and each reconcile's read of \
          its service folder), the daemon's and the Consul agent's CPU from /proc. RSS is the daemon's \
          peak (VmHWM, the setup included). Ratios are against the first row, in this run. \
-         The changes start once Consul has settled after the setup: after a bulk write it keeps \
+         The changes start once Consul has settled after the setup: the bench has it take a Raft \
+         snapshot (`GET /v1/snapshot`, which also trims its log: Consul would otherwise take one on \
+         its own, seconds of CPU, within a minute of the setup's and the ceiling's writes, in the \
+         middle of the timed changes; a change adds about five Raft entries, so in use that comes \
+         every 3,000 changes or so), and after a bulk write Consul also keeps \
          busy on its own for a while (its snapshot and housekeeping; it does so with the daemon \
-         stopped too), so the bench waits, up to 120 s, until a 2 s window shows at most {} ms of \
+         stopped too), so the bench waits, up to 120 s, until five 2 s windows in a row show at most {} ms of \
          Consul CPU a second per server; the wait and that last window's rate are in the table \
          (Consul's idle share, the rate times the {} ms between changes, is part of every row's \
-         per-change figure). \
-         The services of earlier rows and of part 4 stay in the dev agent. The last row, when \
+         per-change figure). Consul's CPU per change is taken over {} runs of consecutive changes; \
+         the figure is the median run's (one burst of Consul's own housekeeping can otherwise decide \
+         a row), with the mean over all changes beside it and every run's listed below the table. \
+         The dev agent rows run on a dev agent of their own, started after the other parts; \
+         the services of earlier rows stay in it. The last row, when \
          there is one, runs on three Consul servers on 127.0.0.1, .2 and .3 (`-server \
          -bootstrap-expect 3`, data on disk, so Raft fsyncs each write), started for it and \
          empty; the daemon talks to the first; Consul CPU is the three servers' together.\n",
@@ -741,11 +749,12 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
         small.changes,
         sizes.world_gap.as_millis(),
         (1000.0 * SETTLED_CPU_PER_SERVER) as u64,
-        sizes.world_gap.as_millis()
+        sizes.world_gap.as_millis(),
+        WORLD_CHUNKS
     );
     let _ = writeln!(
         o,
-        "| Consul | services | shards | settled after / then CPU a second | p50 | p99 | read / change (wire) | read / change (decoded) | kv.list+keys / change (decoded) | daemon CPU / change | Consul CPU / change (× first row) | daemon peak RSS |"
+        "| Consul | services | shards | settled after / then CPU a second | p50 | p99 | read / change (wire) | read / change (decoded) | kv.list+keys / change (decoded) | daemon CPU / change | Consul CPU / change, median run (× first row; mean) | daemon peak RSS |"
     );
     let _ = writeln!(
         o,
@@ -754,7 +763,7 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
     for w in &r.world {
         let _ = writeln!(
             o,
-            "| {} | {} | {:.0} | {:.0} s / {:.0} ms | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms ({}) | {} |",
+            "| {} | {} | {:.0} | {:.0} s / {:.0} ms | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms ({}; {:.1} ms) | {} |",
             w.consul,
             w.services,
             w.shards,
@@ -768,8 +777,16 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
             1000.0 * w.daemon_cpu,
             1000.0 * w.consul_cpu,
             ratio(w.consul_cpu, small.consul_cpu),
+            1000.0 * w.consul_cpu_mean,
             w.rss.map(|b| bytes(b as f64)).unwrap_or_else(|| "–".into())
         );
+    }
+    let _ = writeln!(o, "\nConsul CPU per change in each run of changes:\n");
+    for w in &r.world {
+        let runs: Vec<String> = (w.consul_chunks.iter())
+            .map(|c| format!("{:.1} ms", 1000.0 * c))
+            .collect();
+        let _ = writeln!(o, "- {}, {}: {}", w.consul, w.services, runs.join(", "));
     }
     let _ = writeln!(o, "\nRequests per change by operation:\n");
     for w in &r.world {
