@@ -11,12 +11,6 @@ use svc_handler::daemon::{default_holder, Daemon, DaemonConfig, Faults};
 use svc_handler::keys::Layout;
 use svc_handler::lock::SessionConfig;
 use tokio::signal::unix::{signal, SignalKind};
-
-/// mimalloc instead of the C library's malloc: profiled during a bulk apply,
-/// glibc's malloc and free were about 40 % of the daemon's CPU (many small,
-/// short-lived allocations across threads: parsed listings, JSON values).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 /// `level`: the filter when RUST_LOG is not set.
