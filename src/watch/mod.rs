@@ -115,7 +115,7 @@ impl Snapshot {
 
     /// About how many keys the listing held: a base.json per service, a
     /// key per readable record, invalid key and pause.json (what a probe of
-    /// the tree walks, give or take unreadable records and history keys).
+    /// the tree walks, give or take unreadable records and other keys a folder may hold).
     pub fn keys(&self) -> usize {
         self.services.len() + self.records.len() + self.invalid.len() + self.paused.len()
     }
