@@ -45,6 +45,11 @@ const GUARD_GRACE: Duration = Duration::from_millis(200);
 /// `http_max_conns_per_client` (200) meanwhile: a short wait frees those
 /// slots within a minute.
 const SHARD_MAX_WAIT: Duration = Duration::from_secs(60);
+/// How many times a sweep walks the tree in Consul (the root's listing,
+/// then each partition's, then each namespace's): its pacing by walk is
+/// this many times the probe's.
+const SWEEP_WALKS: usize = 3;
+
 /// The least time between two reads of the guard.
 const GUARD_MIN_GAP: Duration = Duration::from_millis(250);
 
@@ -447,7 +452,7 @@ impl DesiredWatch {
         let keys = self.tree_keys();
         self.guard.walks(keys);
         self.guard.answered(&probe);
-        self.sweep.walks(3 * keys);
+        self.sweep.walks(SWEEP_WALKS * keys);
         self.sweep.answered(&QueryMeta { index, ..meta });
         self.sweep_bytes = meta.body_bytes;
         self.spawn_guard();
@@ -657,9 +662,7 @@ impl DesiredWatch {
         self.guard_read = None;
         let keys = match r {
             Ok((keys, meta)) => {
-                // A sweep walks the tree three times (root, partitions,
-                // namespaces), besides the bytes it reads.
-                self.sweep.walks(3 * self.tree_keys());
+                self.sweep.walks(SWEEP_WALKS * self.tree_keys());
                 self.sweep.answered(&meta);
                 self.sweep_bytes = meta.body_bytes;
                 self.sweep_due = None;
