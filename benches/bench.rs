@@ -53,7 +53,7 @@
 //! | `BENCH_IDLE_GAP_MS` | pause before each timed single change (parts 2 and 6) | 250 | 250 |
 //! | `BENCH_STEADY_GAP_MS` | pause before each change with the steady-state services present | 3000 | 250 |
 //! | `BENCH_CLUSTER_WORLD` | services present for the same row on a 3-server cluster (fsync on; 0: skipped) | 5000 | 0 |
-//! | `BENCH_WORKERS` | the daemon's `--workers` | its default (16) | its default |
+//! | `BENCH_WORKERS` | the daemon's `--workers` | its default (64) | its default |
 //! | `BENCH_PARTS` | parts to run, comma-separated, of bulk, three, baseline, steady, world, cluster (the ceiling always runs) | all | all |
 //! | `BENCH_OUTPUT` | where the report goes | `BENCHMARKS.md` | not written |
 //!

@@ -444,7 +444,7 @@ pub struct RunArgs {
     )]
     pub metrics_listen: SocketAddr,
     /// Services reconciled at once.
-    #[arg(long, env = "SVC_HANDLER_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "SVC_HANDLER_WORKERS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
     /// TTL of the instance's Consul session (10s to 24h); renewed every TTL/2.
     #[arg(long, env = "SVC_HANDLER_SESSION_TTL", default_value = "15s", value_parser = parse_session_ttl)]
@@ -507,7 +507,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.metrics_listen.to_string(), "127.0.0.1:9732");
-        assert_eq!(run.workers, 16);
+        assert_eq!(run.workers, 64);
         assert_eq!(run.session_ttl, Duration::from_secs(15));
         assert_eq!(run.resync_interval, Duration::from_secs(600));
         assert!(run.prune());

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -31,8 +32,10 @@ pub struct Current {
     pub observed: Option<Observed>,
     /// The service's own entries (defaults, resolver, splitter, router) in Consul.
     pub entries: BTreeMap<Kind, Value>,
-    /// The terminating gateways involved, by name; an absent one is missing.
-    pub gateways: BTreeMap<String, Value>,
+    /// The terminating gateways involved, by name; an absent one is
+    /// missing. Shared: concurrent reconciles that read a gateway at once
+    /// hold one copy of it.
+    pub gateways: BTreeMap<String, Arc<Value>>,
     /// What the preflight rules need of other entries, when read (`None`:
     /// only the rules that need nothing outside base.json are checked).
     pub others: Option<Others>,
@@ -743,7 +746,7 @@ fn plan_gateway(
     changes: &mut Vec<Change>,
 ) -> RecordOp {
     let tgw = cur.records.get(&Kind::TerminatingGateway);
-    let unlink = |g: &String| unlink_change(t, g, cur.gateways.get(g));
+    let unlink = |g: &String| unlink_change(t, g, cur.gateways.get(g).map(|g| &**g));
     let Some(link) = &spec.terminating_gateway else {
         changes.extend(stale_gateways(tgw, None).iter().map(unlink));
         return if tgw.is_some() {
@@ -752,7 +755,7 @@ fn plan_gateway(
             RecordOp::Keep
         };
     };
-    let gw = cur.gateways.get(&link.gateway);
+    let gw = cur.gateways.get(&link.gateway).map(|g| &**g);
     let c = link_change(t, link, spec.adopt.is_on(), gw, tgw, generation);
     let as_found = gw.and_then(|g| {
         let found = entries::find_link(g, t.id)?.clone();
@@ -809,7 +812,7 @@ fn plan_gone(t: &Target<'_>, prune: bool, cur: &Current) -> Plan {
     if prune && forget {
         let tgw = cur.records.get(&Kind::TerminatingGateway);
         for g in stale_gateways(tgw, None) {
-            changes.push(unlink_change(t, &g, cur.gateways.get(&g)));
+            changes.push(unlink_change(t, &g, cur.gateways.get(&g).map(|g| &**g)));
         }
         for k in [
             Kind::ServiceRouter,

@@ -49,7 +49,7 @@ fn is_transient(body: &str) -> bool {
 
 /// An error from one Consul HTTP API operation. `op` names the operation
 /// (`kv.get`, `config.put`, ...). No variant ever carries the ACL token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ConsulError {
     /// The settings (environment variables, flags) cannot make a client.
     #[error("Consul client configuration: {0}")]

@@ -12,6 +12,7 @@ mod error;
 mod kv;
 mod session;
 mod settings;
+mod shared;
 mod txn;
 
 pub use agent::{AclToken, TokenSelf};
@@ -20,6 +21,7 @@ pub use error::{one_line, ConsulError, ErrorClass};
 pub use kv::KvPair;
 pub use session::{SessionBehavior, SessionInfo, SessionRequest};
 pub use settings::{Secret, Settings, DEFAULT_ADDR};
+pub use shared::SharedEntry;
 pub use txn::{TxnError, TxnKvOp, TxnKvResult, TxnOutcome};
 
 use std::path::Path;
@@ -263,6 +265,8 @@ struct Inner {
     observer: Option<Arc<dyn RequestObserver>>,
     /// Permits for requests that do not block ([`MAX_SHORT_REQUESTS`]).
     short: tokio::sync::Semaphore,
+    /// Reads shared by concurrent callers ([`Client::config_get_shared`]).
+    shared: shared::SharedReads,
 }
 
 /// At most this many requests without a blocking wait are in flight at once
@@ -369,6 +373,7 @@ impl Client {
                 settings,
                 observer,
                 short: tokio::sync::Semaphore::new(MAX_SHORT_REQUESTS),
+                shared: shared::SharedReads::default(),
             }),
             scope,
         })

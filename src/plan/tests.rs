@@ -68,7 +68,7 @@ impl State {
     }
     fn gw(mut self, g: Value) -> Self {
         let name = g["Name"].as_str().unwrap().to_string();
-        self.0.gateways.insert(name, g);
+        self.0.gateways.insert(name, std::sync::Arc::new(g));
         self
     }
     fn link_record(mut self, gw: &Value, previous: Option<&str>, generation: u64) -> Self {

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::outcome::Fail;
 use super::Reconciler;
-use crate::consul::{Client, ConfigEntry, ConsulError, QueryOptions};
+use crate::consul::{Client, ConsulError};
 use crate::entries;
 use crate::keys::ServiceId;
 use crate::kind::{Kind, Step};
@@ -244,7 +244,6 @@ async fn commit_batch(rec: &Reconciler, scoped: &Client, name: &str, batch: Vec<
     let requests: Vec<&LinkRequest> = batch.iter().map(|w| &w.request).collect();
     match write_batch(rec, scoped, name, &requests).await {
         Ok((applied, actual, written)) => {
-            let actual = actual.map(Arc::new);
             for (w, change) in batch.into_iter().zip(applied.changes) {
                 let result = waiter_result(rec, change, actual.clone(), written, w.step);
                 let _ = w.tx.send(result);
@@ -292,13 +291,13 @@ async fn write_batch(
     scoped: &Client,
     name: &str,
     requests: &[&LinkRequest],
-) -> Result<(Applied, Option<Value>, bool), BatchError> {
+) -> Result<(Applied, Option<Arc<Value>>, bool), BatchError> {
     let kind = Kind::TerminatingGateway;
     let attempts = rec.config().link_cas_attempts;
     let mut delays = rec.cas_delays(attempts);
     loop {
         let read = get(rec, scoped, name).await?;
-        let applied = apply_batch(requests, read.as_ref());
+        let applied = apply_batch(requests, read.as_deref());
         let Some(new) = &applied.write else {
             return Ok((applied, read, false));
         };
@@ -316,7 +315,7 @@ async fn write_batch(
             Ok(()) => {
                 rec.count_write(kind, "ok");
                 let mut actual = get(rec, scoped, name).await?;
-                if actual.as_ref().is_some_and(entries::is_empty_own_gateway) {
+                if actual.as_deref().is_some_and(entries::is_empty_own_gateway) {
                     delete_empty(rec, scoped, name).await?;
                     actual = None;
                 }
@@ -354,12 +353,16 @@ async fn delete_empty(rec: &Reconciler, scoped: &Client, name: &str) -> Result<(
     Ok(())
 }
 
-/// The gateway, read with a consistent read.
-async fn get(rec: &Reconciler, scoped: &Client, name: &str) -> Result<Option<Value>, ConsulError> {
-    let opts = QueryOptions::consistent();
-    rec.retry(|| scoped.config_get(Kind::TerminatingGateway.as_str(), name, &opts))
+/// The gateway, read with a consistent read shared with the checks that
+/// read it at the same time ([`Client::config_get_shared`]).
+async fn get(
+    rec: &Reconciler,
+    scoped: &Client,
+    name: &str,
+) -> Result<Option<Arc<Value>>, ConsulError> {
+    rec.retry(|| scoped.config_get_shared(Kind::TerminatingGateway.as_str(), name))
         .await
-        .map(|(e, _)| e.map(ConfigEntry::into_value))
+        .map(|(e, _)| e)
 }
 
 #[cfg(test)]

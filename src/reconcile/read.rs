@@ -3,6 +3,7 @@
 //! records), observed.json, its own entries, and the gateways involved.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::consul::{Client, ConsulError, QueryOptions, Scope};
 use crate::entries;
@@ -290,18 +291,14 @@ async fn read_others(scoped: &Client, spec: &Spec, id: &ServiceId) -> Result<Oth
 async fn read_gateways(
     scoped: &Client,
     names: &[String],
-) -> Result<BTreeMap<String, serde_json::Value>, ConsulError> {
+) -> Result<BTreeMap<String, Arc<serde_json::Value>>, ConsulError> {
     let mut out = BTreeMap::new();
     for name in names {
         let (gw, _) = scoped
-            .config_get(
-                Kind::TerminatingGateway.as_str(),
-                name,
-                &QueryOptions::consistent(),
-            )
+            .config_get_shared(Kind::TerminatingGateway.as_str(), name)
             .await?;
         if let Some(gw) = gw {
-            out.insert(name.clone(), gw.0);
+            out.insert(name.clone(), gw);
         }
     }
     Ok(out)
