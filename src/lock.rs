@@ -179,6 +179,17 @@ pub async fn try_lock(
     if let Some(other) = held_by_another(client, session, key).await? {
         return Ok(LockAttempt::HeldElsewhere { holder: other });
     }
+    acquire(client, session, key, holder).await
+}
+
+/// Asks for `key` for `session` without reading it first: for a caller
+/// that has just read it free with [`held_by_another`].
+pub async fn acquire(
+    client: &Client,
+    session: &Session,
+    key: &str,
+    holder: &str,
+) -> Result<LockAttempt, ConsulError> {
     let value = serde_json::to_vec(&json!({ "holder": holder, "session": session.id() }))
         .expect("lock value serializes");
     let acquired = client
@@ -200,7 +211,7 @@ pub async fn try_lock(
 
 /// `Some(holder)` when a session other than `session` holds `key`: the
 /// holder its value names, if it names one.
-async fn held_by_another(
+pub async fn held_by_another(
     client: &Client,
     session: &Session,
     key: &str,

@@ -347,13 +347,22 @@ impl Reconciler {
     ) -> Report {
         let started = Instant::now();
         let mut prior = prior;
+        let lock_key = self.cfg.layout.lock_key(id);
         // When the service's folder moved since the check read it (another
         // instance's reconcile, most often, between this one's check and
         // now), the check runs again first: a service another instance just
-        // put in place then costs reads, not a lock taken and released.
+        // put in place then costs reads, not a lock taken and released. The
+        // lock key is read at the same time (one round trip for both): a
+        // lock another session holds is not asked for.
+        let mut seen = None;
         for _ in 0..2 {
             let Some(p) = &prior else { break };
-            if read::folder_unmoved(&self.client, self.layout(), id, p).await {
+            let (unmoved, held) = tokio::join!(
+                read::folder_unmoved(&self.client, self.layout(), id, p),
+                lock::held_by_another(&self.client, session, &lock_key),
+            );
+            if unmoved {
+                seen = held.ok();
                 break;
             }
             match self.check(id, prune).await {
@@ -361,8 +370,13 @@ impl Reconciler {
                 Checked::Run(fresh) => prior = fresh,
             }
         }
-        let lock_key = self.cfg.layout.lock_key(id);
-        match lock::try_lock(&self.client, session, &lock_key, &self.cfg.holder).await {
+        let holder = &self.cfg.holder;
+        let attempt = match seen {
+            Some(Some(other)) => Ok(LockAttempt::HeldElsewhere { holder: other }),
+            Some(None) => lock::acquire(&self.client, session, &lock_key, holder).await,
+            None => lock::try_lock(&self.client, session, &lock_key, holder).await,
+        };
+        match attempt {
             Ok(LockAttempt::Acquired) => self.count_lock("acquired"),
             Ok(LockAttempt::HeldElsewhere { holder }) => {
                 self.count_lock("held_elsewhere");

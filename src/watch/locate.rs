@@ -157,53 +157,97 @@ pub async fn locate<P: Prober>(
     limits: Limits,
 ) -> Result<Descent, P::Error> {
     let Limits { whole_up_to, most } = limits;
+    let cap = most.max(MIN_LISTINGS);
     let mut out = Descent {
         units: None,
         ..Descent::default()
     };
     let mut found = BTreeSet::new();
-    let mut level = vec![(prefix.to_string(), items)];
-    while !level.is_empty() {
-        let mut asks = Vec::new();
-        for (p, items) in level.drain(..) {
-            let mut cands = candidates(root, &p, &items, known);
-            // The prefix is itself a unit (a shard laid out on one service
-            // folder) or a key of its own (a folder's marker key).
-            if cands.remove(&p) {
-                found.insert(p.clone());
-            }
-            match groups(root, &p, &cands) {
-                Some(g) => asks.extend(g),
-                None => return Ok(out),
-            }
-        }
-        if out.probes as usize + asks.len() > most.max(MIN_LISTINGS) {
+    // The groups still to list, a stack: a changed group's own groups are
+    // listed before the rest of the level above it, so the way down to a
+    // change goes on while its neighbours are still being listed (at most
+    // CONCURRENCY listings in flight), instead of level after level.
+    let mut pending = Vec::new();
+    if !expand(root, prefix, &items, known, &mut found, &mut pending) {
+        return Ok(out);
+    }
+    let mut asked = 0;
+    let mut descended = 0;
+    let mut running = JoinSet::new();
+    loop {
+        if asked + pending.len() > cap {
             return Ok(out);
         }
-        for (group, probed) in probe_all(prober, asks).await? {
-            out.probes += 1;
-            out.bytes += probed.bytes;
-            if probed.index <= since {
-                continue;
-            }
-            if group.unit {
-                found.insert(group.prefix);
-                continue;
-            }
+        while running.len() < CONCURRENCY {
+            let Some(group) = pending.pop() else { break };
+            asked += 1;
+            let probe = prober.clone().probe(group.prefix.clone());
+            running.spawn(async move { (group, probe.await) });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        // A probe panicking is a bug; let it show.
+        let (group, probed) = done.expect("a listing task panicked");
+        let probed = probed?;
+        out.probes += 1;
+        out.bytes += probed.bytes;
+        if probed.index <= since {
+            continue;
+        }
+        if group.unit {
+            found.insert(group.prefix);
+        } else {
             let cands = candidates(root, &group.prefix, &probed.items, known);
             if cands.len() <= whole_up_to && !cands.iter().any(|c| is_upper_folder(root, c)) {
                 found.extend(cands);
                 out.whole.insert(group.prefix);
             } else {
-                level.push((group.prefix, probed.items));
+                descended += 1;
+                if !expand(
+                    root,
+                    &group.prefix,
+                    &probed.items,
+                    known,
+                    &mut found,
+                    &mut pending,
+                ) {
+                    return Ok(out);
+                }
             }
         }
-        if found.len() + level.len() > most {
+        if found.len() + descended > most {
             return Ok(out);
         }
     }
     out.units = Some(found);
     Ok(out)
+}
+
+/// Groups what is under `p` (its listing `items` and the `known` units)
+/// onto `pending`; `p` itself, when it is a unit (a shard laid out on one
+/// service folder) or a key of its own (a folder's marker key), is found.
+/// False when a group's prefix cannot be addressed (a `.` or `..` path
+/// segment): read the shard whole.
+fn expand(
+    root: &str,
+    p: &str,
+    items: &[String],
+    known: &BTreeSet<String>,
+    found: &mut BTreeSet<String>,
+    pending: &mut Vec<Group>,
+) -> bool {
+    let mut cands = candidates(root, p, items, known);
+    if cands.remove(p) {
+        found.insert(p.to_string());
+    }
+    match groups(root, p, &cands) {
+        Some(g) => {
+            pending.extend(g);
+            true
+        }
+        None => false,
+    }
 }
 
 /// The candidates under `prefix`: what its listing shows (`items`) and the
@@ -222,30 +266,6 @@ fn candidates(
             .cloned(),
     );
     cands
-}
-
-/// Lists every group, at most [`CONCURRENCY`] at once.
-async fn probe_all<P: Prober>(
-    prober: &P,
-    asks: Vec<Group>,
-) -> Result<Vec<(Group, Probed)>, P::Error> {
-    let mut out = Vec::with_capacity(asks.len());
-    let mut pending = asks.into_iter();
-    let mut running = JoinSet::new();
-    loop {
-        while running.len() < CONCURRENCY {
-            let Some(group) = pending.next() else { break };
-            let probe = prober.clone().probe(group.prefix.clone());
-            running.spawn(async move { (group, probe.await) });
-        }
-        let Some(done) = running.join_next().await else {
-            break;
-        };
-        // A probe panicking is a bug; let it show.
-        let (group, probed) = done.expect("a listing task panicked");
-        out.push((group, probed?));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -412,6 +432,66 @@ mod tests {
             .sum();
         assert!(d.bytes < 2 * folders, "{} bytes for {folders}", d.bytes);
         assert!(d.probes < 60, "{} listings", d.probes);
+    }
+
+    /// Lists through `inner`; a listing of `slow` answers only once
+    /// `until` has been listed.
+    #[derive(Clone)]
+    struct Gated {
+        inner: Shared,
+        slow: String,
+        until: String,
+        listed: Arc<tokio::sync::watch::Sender<bool>>,
+    }
+
+    impl Prober for Gated {
+        type Error = std::convert::Infallible;
+        async fn probe(self, prefix: String) -> Result<Probed, Self::Error> {
+            if prefix == self.until {
+                self.listed.send_replace(true);
+            }
+            if prefix == self.slow {
+                let mut rx = self.listed.subscribe();
+                let _ = rx.wait_for(|l| *l).await;
+            }
+            self.inner.probe(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_way_down_to_a_change_does_not_wait_for_its_neighbours() {
+        let mut m = services(1000);
+        let known = units_now(&m);
+        let since = m.index;
+        m.put(&key("svc-523", "base.json"));
+        let prefix = format!("{ROOT}default/default/svc-");
+        // svc-9's listing (a neighbour of the changed svc-5, listed first)
+        // answers only after svc-52's (two levels down the way to the
+        // change): a descent that lists level after level never ends.
+        let gated = Gated {
+            inner: Shared(Arc::new(Mutex::new(m))),
+            slow: format!("{prefix}9"),
+            until: format!("{prefix}52"),
+            listed: Arc::new(tokio::sync::watch::channel(false).0),
+        };
+        let first = gated.inner.0.lock().unwrap().list(&prefix);
+        let d = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            locate(
+                &gated,
+                ROOT,
+                &prefix,
+                first.items,
+                &known,
+                since,
+                lim(12, 64),
+            ),
+        )
+        .await
+        .expect("the descent waited for a neighbour of the change")
+        .unwrap();
+        let units = d.units.expect("found, not given up");
+        assert!(units.contains(&unit("svc-523")), "{units:?}");
     }
 
     #[tokio::test]
