@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`) is only the command line; everything else lives here
 //! so that tests and benchmarks can use it.
 
+pub mod batches;
 pub mod cli;
 pub mod commands;
 pub mod consul;

@@ -15,13 +15,13 @@
 //! gateway of a few hundred links is tens of KiB of JSON for Consul to
 //! encode and for the daemon to parse, per read.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{Client, ConsulError, QueryMeta, QueryOptions};
+use crate::batches::Batches;
 
 /// An entry read once for several callers: the entry (`None` when absent)
 /// and what Consul said about the read.
@@ -32,39 +32,7 @@ type Key = (String, String, String, String);
 
 /// The entries with a reader task running, and the callers waiting for its
 /// next read.
-#[derive(Default)]
-pub(super) struct SharedReads {
-    slots: Mutex<HashMap<Key, Vec<oneshot::Sender<SharedEntry>>>>,
-}
-
-impl SharedReads {
-    /// Queues a caller for `key`; true when no reader runs for it yet (the
-    /// caller starts one).
-    fn join(&self, key: &Key, tx: oneshot::Sender<SharedEntry>) -> bool {
-        let mut slots = self.slots.lock().expect("shared reads lock");
-        let start = !slots.contains_key(key);
-        slots.entry(key.clone()).or_default().push(tx);
-        start
-    }
-
-    /// The callers waiting for the next read of `key`; `None` (and the slot
-    /// gone) when none waits.
-    fn take(&self, key: &Key) -> Option<Vec<oneshot::Sender<SharedEntry>>> {
-        let mut slots = self.slots.lock().expect("shared reads lock");
-        let queue = slots.get_mut(key)?;
-        if queue.is_empty() {
-            slots.remove(key);
-            return None;
-        }
-        Some(std::mem::take(queue))
-    }
-
-    fn forget(&self, key: &Key) {
-        if let Ok(mut slots) = self.slots.lock() {
-            slots.remove(key);
-        }
-    }
-}
+pub(super) type SharedReads = Batches<Key, oneshot::Sender<SharedEntry>>;
 
 /// Drops the slot when the reader task ends without emptying it (a panic,
 /// or the runtime shutting down), so that the next caller starts a reader

@@ -14,14 +14,14 @@
 //! its intent record (under its own lock) before it submits its link, and
 //! queues its link record only after the result comes back verified.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::outcome::Fail;
 use super::Reconciler;
+use crate::batches::Batches;
 use crate::consul::{Client, ConsulError};
 use crate::entries;
 use crate::keys::ServiceId;
@@ -134,7 +134,7 @@ struct Waiter {
 /// The gateways with a committer task running, and what waits for each.
 #[derive(Default)]
 pub(crate) struct GatewayCommitter {
-    slots: Mutex<HashMap<Key, Vec<Waiter>>>,
+    slots: Batches<Key, Waiter>,
 }
 
 impl GatewayCommitter {
@@ -156,12 +156,7 @@ impl GatewayCommitter {
         );
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter { request, step, tx };
-        let start = {
-            let mut slots = self.slots.lock().expect("committer lock");
-            let start = !slots.contains_key(&key);
-            slots.entry(key.clone()).or_default().push(waiter);
-            start
-        };
+        let start = self.slots.join(&key, waiter);
         if start {
             tokio::spawn(drain(rec.clone(), scoped.clone(), key));
         }
@@ -169,16 +164,9 @@ impl GatewayCommitter {
             .unwrap_or_else(|_| Err(Fail::error(step, "the gateway's committer stopped")))
     }
 
-    /// The next batch for `key`; `None` (and the slot gone) when nothing
-    /// waits.
+    /// The next batch for `key`; `None` when nothing waits.
     fn take(&self, key: &Key) -> Option<Vec<Waiter>> {
-        let mut slots = self.slots.lock().expect("committer lock");
-        let queue = slots.get_mut(key)?;
-        if queue.is_empty() {
-            slots.remove(key);
-            return None;
-        }
-        Some(std::mem::take(queue))
+        self.slots.take(key)
     }
 }
 
@@ -192,9 +180,7 @@ struct PanicGuard<'a> {
 impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            if let Ok(mut slots) = self.committer.slots.lock() {
-                slots.remove(self.key);
-            }
+            self.committer.slots.forget(self.key);
         }
     }
 }
