@@ -81,6 +81,10 @@ pub struct Coordinator {
     seen: HashMap<ServiceId, (u64, Instant)>,
     /// Each service's status, as its last reconcile left it.
     statuses: HashMap<ServiceId, Status>,
+    /// How many services have each status (`statuses` counted, kept as it
+    /// changes: counting it at every reconcile's end made a resync of N
+    /// services cost N x N).
+    counts: HashMap<&'static str, i64>,
     /// The ModifyIndex of each object this instance last applied.
     applied: watch::Applied,
     /// Services sent to the queue whose last run has not come back, or that
@@ -278,7 +282,7 @@ impl Coordinator {
         self.remember_objects(&report);
         match &report.outcome {
             Outcome::Applied { .. } | Outcome::UpToDate => {
-                self.statuses.insert(id.clone(), Status::Applied);
+                self.set_status(&id, Some(Status::Applied));
                 if let (Some(&(seen, at)), Some(done)) = (self.seen.get(&id), report.generation) {
                     if done >= seen {
                         let latency = now.saturating_duration_since(at);
@@ -288,13 +292,13 @@ impl Coordinator {
                 }
             }
             Outcome::Failed { status, .. } | Outcome::Settled { status } => {
-                self.statuses.insert(id.clone(), *status);
+                self.set_status(&id, Some(*status));
             }
             Outcome::LockLost { .. } => {
-                self.statuses.insert(id.clone(), Status::Error);
+                self.set_status(&id, Some(Status::Error));
             }
             Outcome::Deleted { .. } | Outcome::Absent => {
-                self.statuses.remove(&id);
+                self.set_status(&id, None);
             }
             Outcome::HeldElsewhere { .. } => {}
         }
@@ -324,13 +328,23 @@ impl Coordinator {
         }
     }
 
+    /// Sets (or, with `None`, forgets) `id`'s status, and its count.
+    fn set_status(&mut self, id: &ServiceId, status: Option<Status>) {
+        let old = match status {
+            Some(s) => self.statuses.insert(id.clone(), s),
+            None => self.statuses.remove(id),
+        };
+        if let Some(o) = old {
+            *self.counts.entry(o.as_str()).or_default() -= 1;
+        }
+        if let Some(s) = status {
+            *self.counts.entry(s.as_str()).or_default() += 1;
+        }
+    }
+
     fn service_counts(&self) -> Vec<(&'static str, i64)> {
-        STATUSES
-            .iter()
-            .map(|st| {
-                let n = self.statuses.values().filter(|s| s.as_str() == *st).count();
-                (*st, n as i64)
-            })
+        (STATUSES.iter())
+            .map(|st| (*st, self.counts.get(st).copied().unwrap_or(0)))
             .collect()
     }
 
@@ -648,6 +662,28 @@ mod tests {
             ("applied", 1),
             ("error", 2),
             ("invalid", 1),
+            ("conflict", 1),
+            ("paused", 0),
+        ]
+        .into();
+        assert_eq!(counts(&out), want);
+        // A status that changes moves from one count to the other; a
+        // deleted service leaves its count.
+        c.on(
+            Event::Done(report("b", Outcome::UpToDate, None), Action::Done),
+            Instant::now(),
+        );
+        let out = c.on(
+            Event::Done(
+                report("c", Outcome::Deleted { pruned: true }, None),
+                Action::Done,
+            ),
+            Instant::now(),
+        );
+        let want: BTreeMap<&str, i64> = [
+            ("applied", 2),
+            ("error", 1),
+            ("invalid", 0),
             ("conflict", 1),
             ("paused", 0),
         ]
