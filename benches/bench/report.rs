@@ -96,6 +96,16 @@ fn ceiling(o: &mut String, r: &Results, sizes: &Sizes) {
             c.config[0], c.config[1]
         );
     }
+    if let Some((took, rate)) = r.after_ceiling {
+        let _ = writeln!(
+            o,
+            "\nThen Consul took a Raft snapshot (`GET /v1/snapshot`) and the bench waited until it \
+             settled (five 2 s windows in a row at ≤ 50 ms of CPU a second, as in part 5a) before \
+             the parts below: {:.0} s, then {:.0} ms a second.",
+            took.as_secs_f64(),
+            rate * 1000.0
+        );
+    }
 }
 
 /// Every figure with a target, measured against it.
