@@ -31,9 +31,19 @@ impl<K: Eq + Hash + Clone, W> Batches<K, W> {
         start
     }
 
+    /// The serving side of `key`, for the task the first caller started:
+    /// batch after batch, until nothing waits.
+    pub fn serve<'a>(&'a self, key: &'a K) -> Serving<'a, K, W> {
+        Serving {
+            batches: self,
+            key,
+            over: false,
+        }
+    }
+
     /// The next batch for `key`; `None`, and the key's task is over, when
     /// nothing waits.
-    pub fn take(&self, key: &K) -> Option<Vec<W>> {
+    fn take(&self, key: &K) -> Option<Vec<W>> {
         let mut slots = self.slots.lock().expect("batches lock");
         let queue = slots.get_mut(key)?;
         if queue.is_empty() {
@@ -43,11 +53,39 @@ impl<K: Eq + Hash + Clone, W> Batches<K, W> {
         Some(std::mem::take(queue))
     }
 
-    /// Forgets `key` (its task ended without emptying it: a panic); the
-    /// waiters queued are dropped, and the next caller starts a task again.
-    pub fn forget(&self, key: &K) {
+    /// Forgets `key` (its task ended without emptying it); the waiters
+    /// queued are dropped, and the next caller starts a task again.
+    fn forget(&self, key: &K) {
         if let Ok(mut slots) = self.slots.lock() {
             slots.remove(key);
+        }
+    }
+}
+
+/// The task serving one key. Dropped before the last batch was taken (the
+/// task panicked, or was cancelled), it forgets the key: the waiters queued
+/// are dropped (their receivers see it), and the next caller starts a task
+/// again instead of queueing for none.
+pub struct Serving<'a, K: Eq + Hash + Clone, W> {
+    batches: &'a Batches<K, W>,
+    key: &'a K,
+    over: bool,
+}
+
+impl<K: Eq + Hash + Clone, W> Serving<'_, K, W> {
+    /// What queued since the last batch; `None`, and the task is over, when
+    /// nothing did.
+    pub fn next_batch(&mut self) -> Option<Vec<W>> {
+        let batch = self.batches.take(self.key);
+        self.over = batch.is_none();
+        batch
+    }
+}
+
+impl<K: Eq + Hash + Clone, W> Drop for Serving<'_, K, W> {
+    fn drop(&mut self) {
+        if !self.over {
+            self.batches.forget(self.key);
         }
     }
 }
@@ -76,5 +114,23 @@ mod tests {
         b.forget(&"gw");
         assert_eq!(b.take(&"gw"), None);
         assert_eq!(b.take(&"other"), Some(vec![9]));
+    }
+
+    #[test]
+    fn a_task_that_stops_before_the_last_batch_lets_the_next_caller_start_one() {
+        let b: Batches<&str, u32> = Batches::default();
+        assert!(b.join(&"gw", 1));
+        {
+            let mut serving = b.serve(&"gw");
+            assert_eq!(serving.next_batch(), Some(vec![1]));
+            assert!(!b.join(&"gw", 2), "queued for the running task");
+            // Dropped here, as when the task panics mid-batch.
+        }
+        assert!(b.join(&"gw", 3), "the key was forgotten: a new task");
+        let mut serving = b.serve(&"gw");
+        assert_eq!(serving.next_batch(), Some(vec![3]), "2 went with the task");
+        assert_eq!(serving.next_batch(), None);
+        drop(serving);
+        assert!(b.join(&"gw", 4), "over: the next caller starts a task");
     }
 }

@@ -34,23 +34,6 @@ type Key = (String, String, String, String);
 /// next read.
 pub(super) type SharedReads = Batches<Key, oneshot::Sender<SharedEntry>>;
 
-/// Drops the slot when the reader task ends without emptying it (a panic,
-/// or the runtime shutting down), so that the next caller starts a reader
-/// again instead of waiting on none.
-struct Guard {
-    client: Client,
-    key: Key,
-    done: bool,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if !self.done {
-            self.client.inner.shared.forget(&self.key);
-        }
-    }
-}
-
 impl Client {
     /// `GET /v1/config/<kind>/<name>?consistent`, shared with the callers
     /// in this process that ask for the same entry (same partition and
@@ -85,18 +68,15 @@ impl Client {
 /// The reader of one entry: sends a read for whoever waits, answers them
 /// all, and again for those that asked meanwhile, until nobody waits.
 async fn read_for_all(client: Client, key: Key) {
-    let mut guard = Guard {
-        client: client.clone(),
-        key,
-        done: false,
-    };
-    while let Some(waiting) = client.inner.shared.take(&guard.key) {
-        let answer = client.read_one(&guard.key.2, &guard.key.3).await;
+    // Stopped early (a panic, the runtime shutting down), the slot goes:
+    // its callers read alone and the next one starts a reader again.
+    let mut serving = client.inner.shared.serve(&key);
+    while let Some(waiting) = serving.next_batch() {
+        let answer = client.read_one(&key.2, &key.3).await;
         for tx in waiting {
             let _ = tx.send(answer.clone());
         }
     }
-    guard.done = true;
 }
 
 #[cfg(test)]

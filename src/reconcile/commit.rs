@@ -163,26 +163,6 @@ impl GatewayCommitter {
         rx.await
             .unwrap_or_else(|_| Err(Fail::error(step, "the gateway's committer stopped")))
     }
-
-    /// The next batch for `key`; `None` when nothing waits.
-    fn take(&self, key: &Key) -> Option<Vec<Waiter>> {
-        self.slots.take(key)
-    }
-}
-
-/// Drops the slot when the committer task panics, so that its waiters (and
-/// the next submit) are not left waiting.
-struct PanicGuard<'a> {
-    committer: &'a GatewayCommitter,
-    key: &'a Key,
-}
-
-impl Drop for PanicGuard<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.committer.slots.forget(self.key);
-        }
-    }
 }
 
 /// The committer task of one gateway: waits the batching window for
@@ -190,15 +170,14 @@ impl Drop for PanicGuard<'_> {
 /// (what queued while a write was in flight) until nothing waits.
 async fn drain(rec: Reconciler, scoped: Client, key: Key) {
     let committer = std::sync::Arc::clone(rec.gateways());
-    let _guard = PanicGuard {
-        committer: &committer,
-        key: &key,
-    };
+    // Stopped early (a panic), the slot goes: its waiters are told and the
+    // next submit starts a committer again.
+    let mut serving = committer.slots.serve(&key);
     let window = rec.config().link_batch_window;
     if !window.is_zero() {
         tokio::time::sleep(window).await;
     }
-    while let Some(batch) = committer.take(&key) {
+    while let Some(batch) = serving.next_batch() {
         rec.metrics().gateway_batch_size.observe(batch.len() as f64);
         commit_batch(&rec, &scoped, &key.2, batch).await;
     }

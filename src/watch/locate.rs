@@ -171,16 +171,15 @@ pub async fn locate<P: Prober>(
     if !expand(root, prefix, &items, known, &mut found, &mut pending) {
         return Ok(out);
     }
-    let mut asked = 0;
     let mut descended = 0;
     let mut running = JoinSet::new();
     loop {
-        if asked + pending.len() > cap {
+        // Listings made, in flight and still to make.
+        if out.probes as usize + running.len() + pending.len() > cap {
             return Ok(out);
         }
         while running.len() < CONCURRENCY {
             let Some(group) = pending.pop() else { break };
-            asked += 1;
             let probe = prober.clone().probe(group.prefix.clone());
             running.spawn(async move { (group, probe.await) });
         }
