@@ -197,7 +197,7 @@ const VARIABLES: [(&str, &str, &str, &str); 20] = [
     (
         "BENCH_WORKERS",
         "the daemon's `--workers`",
-        "its default (16)",
+        "its default (64)",
         "its default",
     ),
     (

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::consul::{Client, ConsulError, SessionBehavior, SessionRequest};
+use crate::consul::{Client, ConsulError, SessionBehavior, SessionRequest, TxnKvOp, TxnOutcome};
 use crate::metrics::Metrics;
 
 /// Consul's bounds on a session TTL.
@@ -158,11 +158,10 @@ async fn renew_loop(
 /// The result of trying to take a lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LockAttempt {
-    Acquired,
+    /// Taken, at this raft index.
+    Acquired(u64),
     /// Another session holds it, or a lost lock's lock-delay still runs.
-    HeldElsewhere {
-        holder: Option<String>,
-    },
+    HeldElsewhere { holder: Option<String> },
 }
 
 /// Tries once to take `key` for `session`; the key's value says who holds it.
@@ -183,7 +182,10 @@ pub async fn try_lock(
 }
 
 /// Asks for `key` for `session` without reading it first: for a caller
-/// that has just read it free with [`held_by_another`].
+/// that has just read it free with [`held_by_another`]. The lock is taken
+/// with a one-operation transaction (`lock`), which Consul checks like
+/// `?acquire` (the session, a lock-delay still running) and which answers
+/// with the raft index it was taken at ([`LockAttempt::Acquired`]).
 pub async fn acquire(
     client: &Client,
     session: &Session,
@@ -192,17 +194,39 @@ pub async fn acquire(
 ) -> Result<LockAttempt, ConsulError> {
     let value = serde_json::to_vec(&json!({ "holder": holder, "session": session.id() }))
         .expect("lock value serializes");
-    let acquired = client
-        .kv_acquire(key, &value, session.id())
-        .await
-        .inspect_err(|e| {
+    let op = TxnKvOp::Lock {
+        key: key.to_string(),
+        value,
+        session: session.id().to_string(),
+    };
+    let answer = client.txn_as("kv.acquire", &[op]).await;
+    let errors = match answer {
+        Ok(TxnOutcome::Committed(results)) => {
+            let index = results.first().map_or(0, |r| r.modify_index);
+            return Ok(LockAttempt::Acquired(index));
+        }
+        Ok(TxnOutcome::RolledBack(errors)) => errors,
+        Err(e) => {
             if e.is_invalid_session() {
                 session.mark_lost();
             }
-        })?;
-    if acquired {
-        return Ok(LockAttempt::Acquired);
+            return Err(e);
+        }
+    };
+    let what = errors
+        .iter()
+        .map(|e| e.what.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if what.to_ascii_lowercase().contains("invalid session") {
+        session.mark_lost();
+        return Err(ConsulError::Status {
+            op: "kv.acquire",
+            status: 409,
+            body: what,
+        });
     }
+    // Held by another session, or a lost lock's lock-delay still runs.
     let holder = held_by_another(client, session, key).await.ok().flatten();
     Ok(LockAttempt::HeldElsewhere {
         holder: holder.flatten(),
@@ -226,7 +250,20 @@ pub async fn held_by_another(
     Ok(Some(holder))
 }
 
-/// Lets go of `key`; false when the session did not hold it any more.
-pub async fn unlock(client: &Client, session: &Session, key: &str) -> Result<bool, ConsulError> {
-    client.kv_release(key, b"", session.id()).await
+/// Lets go of `key` (a one-operation transaction, `unlock`): the raft index
+/// it was released at, or `None` when the session did not hold it any more.
+pub async fn unlock(
+    client: &Client,
+    session: &Session,
+    key: &str,
+) -> Result<Option<u64>, ConsulError> {
+    let op = TxnKvOp::Unlock {
+        key: key.to_string(),
+        value: Vec::new(),
+        session: session.id().to_string(),
+    };
+    match client.txn_as("kv.release", &[op]).await? {
+        TxnOutcome::Committed(results) => Ok(Some(results.first().map_or(0, |r| r.modify_index))),
+        TxnOutcome::RolledBack(_) => Ok(None),
+    }
 }

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub workers_busy: IntGauge,
     pub retries: IntCounter,
     pub watch_wakeups: IntCounter,
+    pub watch_reads: IntCounterVec,
     pub watch_errors: IntCounter,
     pub watch_index: IntGauge,
     pub watch_shards: IntGauge,
@@ -118,6 +119,10 @@ const RETRIES: Def = Def("svc_handler_retries_total", "Retried Consul operations
 const WATCH_WAKEUPS: Def = Def(
     "svc_handler_watch_wakeups_total",
     "Blocking queries of the watch that returned.",
+);
+const WATCH_READS: Def = Def(
+    "svc_handler_watch_shard_reads_total",
+    "Answers of the desired watch's shards that moved, by how what changed was read: whole (the shard's listing), descent (the listings down to the folders that changed), own_writes (only this instance's own writes moved it: the folders it wrote, no descent).",
 );
 const WATCH_ERRORS: Def = Def(
     "svc_handler_watch_errors_total",
@@ -246,6 +251,7 @@ impl Metrics {
             workers_busy: b.int_gauge(WORKERS_BUSY),
             retries: b.counter(RETRIES),
             watch_wakeups: b.counter(WATCH_WAKEUPS),
+            watch_reads: b.counter_vec(WATCH_READS, &["how"]),
             watch_errors: b.counter(WATCH_ERRORS),
             watch_index: b.int_gauge(WATCH_INDEX),
             watch_shards: b.int_gauge(WATCH_SHARDS),
@@ -291,6 +297,9 @@ impl Metrics {
         }
         for res in ["acquired", "held_elsewhere", "error"] {
             self.lock_acquisitions.with_label_values(&[res]);
+        }
+        for how in ["whole", "descent", "own_writes"] {
+            self.watch_reads.with_label_values(&[how]);
         }
         for what in ["entry", "observed"] {
             self.rewrites_suppressed.with_label_values(&[what]);
@@ -363,6 +372,7 @@ mod tests {
             "svc_handler_workers_busy",
             "svc_handler_retries_total",
             "svc_handler_watch_wakeups_total",
+            "svc_handler_watch_shard_reads_total{how=\"own_writes\"}",
             "svc_handler_watch_errors_total",
             "svc_handler_watch_index",
             "svc_handler_watch_shards",

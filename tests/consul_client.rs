@@ -107,8 +107,9 @@ async fn kv_put_get_list_keys_delete() {
     assert!(rest.is_empty(), "delete_tree removed {rest:?}");
 }
 
-/// Every request asks for gzip; Consul 1.8.7 compresses its answers, and the
+/// A listing asks for gzip; Consul 1.8.7 compresses its answers, and the
 /// client decodes them: the listing is whole, its wire size a fraction of it.
+/// One asked for plain comes plain.
 /// And a keys-only listing's index is the highest under its prefix, a
 /// deleted key's tombstone included (what the watch's descent relies on).
 #[tokio::test]
@@ -136,6 +137,14 @@ async fn answers_are_gzip_compressed_and_a_listing_index_covers_only_its_prefix(
         meta.wire_bytes,
         meta.body_bytes
     );
+    // Asked for plain (a listing known to be small): the same answer,
+    // uncompressed on the wire.
+    let (plain, meta) = c
+        .kv_keys(&folder, Some("/"), &QueryOptions::consistent().plain())
+        .await
+        .unwrap();
+    assert_eq!(plain, keys);
+    assert_eq!(meta.wire_bytes, meta.body_bytes);
 
     let one = format!("{folder}svc-1");
     let (_, before) = c

@@ -1368,6 +1368,68 @@ async fn the_descent_misses_no_change_while_shards_split_and_merge() {
     shards_split_and_merge("descent", &agent, &[(FAULT_ALWAYS_DESCEND_ENV, "1")]).await;
 }
 
+/// A shard woken by the daemon's own record writes alone is read without a
+/// descent: every raft index between the change and the records is one of
+/// the daemon's own writes (its lock, its entries, its transaction), so
+/// only the folder it wrote is read. And a foreign write that lands among
+/// the daemon's own is never taken for one of them: changes to two
+/// services of one shard, back to back, are both applied. On an agent of
+/// its own: a shared agent's other tests write all the time, and any
+/// foreign write makes the shard descend.
+#[tokio::test]
+async fn own_record_writes_cost_no_descent_and_hide_no_foreign_write() {
+    let agent = Agent::dev();
+    let f = Fixture::new("own-writes", &agent);
+    let ids: Vec<ServiceId> = (0..40).map(|i| f.id(&format!("svc{i:02}"))).collect();
+    put_all(&f, &ids, &json!({"defaults": {"Protocol": "http"}})).await;
+    let d = f.start("d1", &[], &[(FAULT_ALWAYS_DESCEND_ENV, "1")]);
+    d.wait_ready(Duration::from_secs(30)).await;
+    assert!(f.all_applied(&ids, Duration::from_secs(120)).await);
+    let own = r#"svc_handler_watch_shard_reads_total{how="own_writes"}"#;
+    let descent = r#"svc_handler_watch_shard_reads_total{how="descent"}"#;
+    let (own0, descent0) = (d.metric(own).await, d.metric(descent).await);
+
+    let grpc = json!({"defaults": {"Protocol": "grpc"}}).to_string();
+    for id in &ids[..10] {
+        f.put(id, grpc.as_bytes()).await;
+        assert!(
+            f.all_applied(std::slice::from_ref(id), Duration::from_secs(30))
+                .await
+        );
+    }
+    // Ten changes: each found by a descent, each one's records read alone
+    // (the agent's own occasional writes, such as its coordinates, may
+    // make one descend).
+    let (owned, descended) = (
+        d.metric(own).await - own0,
+        d.metric(descent).await - descent0,
+    );
+    assert!(owned >= 6.0, "own_writes {owned}, descents {descended}");
+    assert!(
+        descended >= 10.0,
+        "own_writes {owned}, descents {descended}"
+    );
+
+    let tcp = json!({"defaults": {"Protocol": "tcp"}}).to_string();
+    let racing = &ids[10..30];
+    for pair in racing.chunks(2) {
+        f.put(&pair[0], tcp.as_bytes()).await;
+        f.put(&pair[1], tcp.as_bytes()).await;
+        // Spacing, not waiting for anything: the next pair lands while this
+        // one's reconciles write.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        f.all_applied(racing, Duration::from_secs(60)).await,
+        "a change was missed:\n{}",
+        d.log_tail(40)
+    );
+    for id in racing {
+        let e = f.entry("service-defaults", &id.name).await.unwrap();
+        assert_eq!(e["Protocol"], "tcp", "{id}");
+    }
+}
+
 async fn shards_split_and_merge(name: &str, agent: &Agent, env: &[(&str, &str)]) {
     let f = Fixture::new(name, agent);
     let http = json!({"defaults": {"Protocol": "http"}});

@@ -62,6 +62,25 @@ pub enum TxnKvOp {
 }
 
 impl TxnKvOp {
+    /// The key this operation writes (sets, deletes, locks or releases);
+    /// `None` for reads and checks. For a tree's deletion, its prefix.
+    pub fn written_key(&self) -> Option<&str> {
+        match self {
+            TxnKvOp::Set { key, .. }
+            | TxnKvOp::Cas { key, .. }
+            | TxnKvOp::Lock { key, .. }
+            | TxnKvOp::Unlock { key, .. }
+            | TxnKvOp::Delete { key }
+            | TxnKvOp::DeleteCas { key, .. }
+            | TxnKvOp::DeleteTree { key } => Some(key),
+            TxnKvOp::Get { .. }
+            | TxnKvOp::GetTree { .. }
+            | TxnKvOp::CheckIndex { .. }
+            | TxnKvOp::CheckSession { .. }
+            | TxnKvOp::CheckNotExists { .. } => None,
+        }
+    }
+
     fn to_json(&self) -> Value {
         let b64 = |v: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(v));
         let mut kv = Map::new();
@@ -164,23 +183,32 @@ impl Client {
     /// is `Ok(TxnOutcome::RolledBack)` with the per-operation errors; other
     /// refusals (too many operations, too large) are errors.
     pub async fn txn(&self, ops: &[TxnKvOp]) -> Result<TxnOutcome, ConsulError> {
-        const OP: &str = "txn";
+        self.txn_as("txn", ops).await
+    }
+
+    /// [`Client::txn`], counted in the request metrics and named in errors
+    /// as `op` (a lock taken with a transaction is still `kv.acquire`).
+    pub async fn txn_as(
+        &self,
+        op: &'static str,
+        ops: &[TxnKvOp],
+    ) -> Result<TxnOutcome, ConsulError> {
         let body: Vec<Value> = ops.iter().map(TxnKvOp::to_json).collect();
         let body = serde_json::to_vec(&body).expect("txn body serializes");
         let url = self.url(&["v1", "txn"], true);
-        let a = self.send(OP, Method::PUT, url, None, Some(body)).await?;
+        let a = self.send(op, Method::PUT, url, None, Some(body)).await?;
         if a.status == StatusCode::CONFLICT {
-            let parsed: TxnBody = a.json(OP)?;
+            let parsed: TxnBody = a.json(op)?;
             return Ok(TxnOutcome::RolledBack(parsed.errors.unwrap_or_default()));
         }
-        let a = a.ok(OP)?;
-        let parsed: TxnBody = a.json(OP)?;
+        let a = a.ok(op)?;
+        let parsed: TxnBody = a.json(op)?;
         let results = parsed
             .results
             .unwrap_or_default()
             .into_iter()
             .filter_map(|r| r.kv)
-            .map(|r| r.decode(OP))
+            .map(|r| r.decode(op))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TxnOutcome::Committed(results))
     }

@@ -27,6 +27,8 @@ use super::faults::FAULT_FREEZE_WATCH_ENV;
 use super::loops::{unix_now, Events, Stop};
 use super::Daemon;
 use crate::consul::{Client, ConsulError, KvPair, QueryMeta, QueryOptions};
+use crate::metrics::Metrics;
+use crate::watch::ledger::{Ledger, SharedLedger, LEDGER_GRACE};
 use crate::watch::locate::{self, Probed, Prober, CONCURRENCY};
 use crate::watch::shards::{self, LIMITS};
 use crate::watch::{sweep_when, BlockingLoop, Snapshot};
@@ -97,6 +99,9 @@ struct Shard {
     units: Arc<BTreeSet<String>>,
     read: Option<AbortHandle>,
     epoch: u64,
+    /// The last answer changed a base.json: the next read first waits for
+    /// that change's reconcile ([`read_own`]).
+    expect_own: bool,
 }
 
 /// What a shard's read found.
@@ -106,8 +111,19 @@ enum Update {
     /// The shard read whole: its first read after an error, or an index
     /// that went backwards (a Consul restored or restarted).
     Whole(Vec<KvPair>),
-    /// These units changed; what they hold now.
-    Units(BTreeSet<String>, Vec<KvPair>),
+    /// These units changed; what they hold now; found how.
+    Units(BTreeSet<String>, Vec<KvPair>, Found),
+}
+
+/// How the units an [`Update::Units`] reads were found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// A descent from the shard's listing.
+    Descent,
+    /// Only the instance's own writes moved the shard: the folders they
+    /// wrote; `polled` when the shard's query answered first, not when the
+    /// shard waited for its change's reconcile ([`ARM_AFTER_OWN_UP_TO`]).
+    OwnWrites { polled: bool },
 }
 
 type ShardRead = Result<(Update, QueryMeta), ConsulError>;
@@ -125,13 +141,14 @@ struct KeysProbe(Client, Arc<Semaphore>);
 
 impl Prober for KeysProbe {
     type Error = ConsulError;
-    async fn probe(self, prefix: String) -> Result<Probed, ConsulError> {
+    async fn probe(self, prefix: String, small: bool) -> Result<Probed, ConsulError> {
         let _permit = self
             .1
             .acquire()
             .await
             .expect("the semaphore is never closed");
         let opts = QueryOptions::consistent();
+        let opts = if small { opts.plain() } else { opts };
         let (items, meta) = self.0.kv_keys(&prefix, Some("/"), &opts).await?;
         Ok(Probed {
             items,
@@ -156,6 +173,9 @@ struct Reader {
     whole_up_to: usize,
     /// The daemon's [`DESCENT_CONNECTIONS`].
     permits: Arc<Semaphore>,
+    /// The raft indexes of the instance's own writes.
+    ledger: Arc<SharedLedger>,
+    metrics: Arc<Metrics>,
 }
 
 /// One read of a shard, blocking past `since`: a small one's recursive
@@ -173,19 +193,39 @@ async fn read_shard(
         root,
         whole_up_to,
         permits,
+        ledger,
+        metrics,
     } = r;
+    let read_as = |how: &str| metrics.watch_reads.with_label_values(&[how]).inc();
     if known.len() <= whole_up_to {
         let (pairs, meta) = client.kv_list(&prefix, &opts).await?;
         if since != 0 && meta.index == since {
             return Ok((Update::Same, meta));
         }
+        read_as("whole");
         return Ok((Update::Whole(pairs), meta));
     }
     let (items, mut meta) = client.kv_keys(&prefix, Some("/"), &opts).await?;
     if since != 0 && meta.index == since {
         return Ok((Update::Same, meta));
     }
+    if meta.index < since {
+        // Consul went back in time (wiped, or restored from a snapshot):
+        // the indexes recorded belong to another history.
+        ledger.with(Ledger::clear);
+    }
     if since != 0 && meta.index > since {
+        // Woken by this instance's own writes only (its records, most
+        // often): the folders it wrote are read, nothing else changed.
+        let own = ledger.explain(&root, &prefix, since, meta.index, LEDGER_GRACE);
+        if let Some(units) = own.await {
+            let none = BTreeSet::new();
+            let (pairs, bytes) = read_units(&client, &root, &units, &none, &permits).await?;
+            meta.body_bytes += bytes;
+            read_as("own_writes");
+            let found = Found::OwnWrites { polled: true };
+            return Ok((Update::Units(units, pairs, found), meta));
+        }
         let probe = KeysProbe(client.clone(), Arc::clone(&permits));
         // Reading a quarter of the shard one folder at a time costs more
         // requests than one listing of it all (a bulk apply, say): the
@@ -206,13 +246,48 @@ async fn read_shard(
                     .filter_map(|p| shards::unit_of(&root, &p.key))
                     .map(str::to_string),
             );
-            return Ok((Update::Units(units, pairs), meta));
+            read_as("descent");
+            return Ok((Update::Units(units, pairs, Found::Descent), meta));
         }
     }
     let (pairs, whole) = client.kv_list(&prefix, &QueryOptions::consistent()).await?;
+    read_as("whole");
     meta.body_bytes += whole.body_bytes;
     meta.index = whole.index;
     Ok((Update::Whole(pairs), meta))
+}
+
+/// After a shard found a change to a base.json, its next query waits, at
+/// most this long, for the reconcile of that change to write the service's
+/// records ([`SharedLedger::own_write`]): when nothing else happened in
+/// Consul meanwhile, the folders written are read and the query waits past
+/// the records' index, so the records cost no answer of the shard's
+/// listing (and its walk of every key under the shard). A change elsewhere
+/// in the shard meanwhile is found when the records are written (the query
+/// then goes out at once and answers at once), or after this wait when no
+/// record comes (a change that needed none).
+const ARM_AFTER_OWN_UP_TO: Duration = Duration::from_millis(100);
+
+/// The shard read without asking its query: the folders this instance's
+/// own transaction wrote under it since `since`, when every raft index up
+/// to it is known (see [`ARM_AFTER_OWN_UP_TO`]). `None`: ask the query.
+async fn read_own(r: &Reader, prefix: &str, since: u64) -> Option<ShardRead> {
+    let own = r
+        .ledger
+        .own_write(&r.root, prefix, since, ARM_AFTER_OWN_UP_TO);
+    let (index, units) = own.await?;
+    let none = BTreeSet::new();
+    let read = read_units(&r.client, &r.root, &units, &none, &r.permits).await;
+    Some(read.map(|(pairs, bytes)| {
+        (r.metrics.watch_reads.with_label_values(&["own_writes"])).inc();
+        let meta = QueryMeta {
+            index,
+            body_bytes: bytes,
+            ..QueryMeta::default()
+        };
+        let found = Found::OwnWrites { polled: false };
+        (Update::Units(units, pairs, found), meta)
+    }))
 }
 
 /// A changed group of at most this many service folders is read with one
@@ -266,7 +341,8 @@ async fn read_units(
                 // A service folder (a stray key never ends with `/` below
                 // the namespaces).
                 if unit.ends_with('/') && !locate::is_upper_folder(&root, &unit) {
-                    let (pairs, meta) = client.kv_list(&unit, &opts).await?;
+                    // One service's keys: a few KiB, asked for plain.
+                    let (pairs, meta) = client.kv_list(&unit, &opts.plain()).await?;
                     let mine: Vec<KvPair> = pairs
                         .into_iter()
                         .filter(|p| shards::unit_of(&root, &p.key) == Some(unit.as_str()))
@@ -426,6 +502,7 @@ impl DesiredWatch {
                 units: Arc::new(units),
                 read: None,
                 epoch: 0,
+                expect_own: false,
             };
             self.shards.insert(prefix.clone(), shard);
         }
@@ -470,6 +547,7 @@ impl DesiredWatch {
         let opts = shard.lp.options(QueryOptions::consistent(), wait);
         let since = shard.lp.index();
         let known = shard.units.clone();
+        let expect_own = std::mem::take(&mut shard.expect_own);
         let reader = Reader {
             client: self.d.client.clone(),
             root: self.root.clone(),
@@ -479,9 +557,16 @@ impl DesiredWatch {
                 READ_WHOLE_UP_TO
             },
             permits: Arc::clone(&self.permits),
+            ledger: Arc::clone(self.d.reconciler.ledger()),
+            metrics: Arc::clone(&self.d.metrics),
         };
         let abort = self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
+            if expect_own && since != 0 {
+                if let Some(r) = read_own(&reader, &prefix, since).await {
+                    return Answer::Shard(prefix, epoch, r);
+                }
+            }
             let r = read_shard(reader, prefix.clone(), opts, since, known).await;
             Answer::Shard(prefix, epoch, r)
         });
@@ -505,7 +590,8 @@ impl DesiredWatch {
             Some(due) => (due.saturating_duration_since(at)).max(Duration::from_secs(1)),
             None => self.shard_wait(),
         };
-        let opts = self.guard.options(QueryOptions::consistent(), wait);
+        // Its answer is a few bytes (the partitions): asked for plain.
+        let opts = self.guard.options(QueryOptions::consistent().plain(), wait);
         let (client, root) = (self.d.client.clone(), self.root.clone());
         self.guard_read = Some(self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
@@ -579,16 +665,24 @@ impl DesiredWatch {
             return true; // dropped or read afresh by a new layout meanwhile
         };
         shard.read = None;
-        let update = match r {
+        let (update, before) = match r {
             Ok((update, meta)) => {
-                shard.lp.answered(&meta);
-                self.d.metrics.watch_wakeups.inc();
+                let before = shard.lp.answered(&meta);
+                if !matches!(
+                    update,
+                    Update::Units(.., Found::OwnWrites { polled: false })
+                ) {
+                    self.d.metrics.watch_wakeups.inc();
+                }
                 self.answered(meta.index);
-                update
+                (update, before)
             }
             Err(e) => {
                 let delay = shard.lp.failed();
                 self.failed(&e, delay);
+                // The next read is a fresh one, perhaps from a Consul
+                // wiped or restored meanwhile: forget the indexes recorded.
+                self.d.reconciler.ledger().with(Ledger::clear);
                 self.spawn_shard(prefix);
                 return true;
             }
@@ -603,6 +697,10 @@ impl DesiredWatch {
         let Some(shard) = self.shards.get_mut(&prefix) else {
             return true;
         };
+        // A change found (not the first read, not the instance's own
+        // records) is reconciled next, which writes records under the shard.
+        let found_change =
+            before != 0 && matches!(update, Update::Whole(_) | Update::Units(.., Found::Descent));
         let (old, new) = match update {
             Update::Same => {
                 self.spawn_shard(prefix);
@@ -615,7 +713,7 @@ impl DesiredWatch {
                 let new = Snapshot::from_pairs(layout, &owned);
                 (std::mem::replace(&mut shard.part, new.clone()), new)
             }
-            Update::Units(read, pairs) => {
+            Update::Units(read, pairs, _) => {
                 let owned = owned(pairs);
                 let units = Arc::make_mut(&mut shard.units);
                 for u in &read {
@@ -631,6 +729,7 @@ impl DesiredWatch {
                 (old, new)
             }
         };
+        shard.expect_own = found_change && old.services != new.services;
         // One shard over everything has no guard: its own units are the
         // whole tree, and tell when to split.
         if shards::complete(&self.root, &set) {
@@ -747,6 +846,7 @@ impl DesiredWatch {
                 units: Arc::new(units),
                 read: None,
                 epoch: 0,
+                expect_own: false,
             };
             self.shards.insert(prefix, shard);
         }

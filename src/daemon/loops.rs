@@ -223,7 +223,9 @@ impl Daemon {
                 Some(at) => at.saturating_duration_since(Instant::now()),
                 None => self.cfg.watch_wait,
             };
-            let opts = probe.options(QueryOptions::default(), wait.max(Duration::from_secs(1)));
+            // Its answer is a few bytes (`observed/`'s partitions): plain.
+            let opts = QueryOptions::default().plain();
+            let opts = probe.options(opts, wait.max(Duration::from_secs(1)));
             let result = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 r = self.client.kv_keys(&prefix, Some("/"), &opts) => r,

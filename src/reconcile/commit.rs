@@ -325,9 +325,14 @@ async fn get(
     scoped: &Client,
     name: &str,
 ) -> Result<Option<Arc<Value>>, ConsulError> {
-    rec.retry(|| scoped.config_get_shared(Kind::TerminatingGateway.as_str(), name))
-        .await
-        .map(|(e, _)| e)
+    let (entry, _) = rec
+        .retry(|| scoped.config_get_shared(Kind::TerminatingGateway.as_str(), name))
+        .await?;
+    if let Some(e) = &entry {
+        let index = e.get("ModifyIndex").and_then(Value::as_u64).unwrap_or(0);
+        rec.ledger().with(|l| l.not_kv(index));
+    }
+    Ok(entry)
 }
 
 #[cfg(test)]

@@ -380,11 +380,15 @@ impl<'a> Run<'a> {
     /// An entry, read with a consistent read.
     async fn get(&self, kind: Kind, name: &str, step: Step) -> Result<Option<Value>, Fail> {
         let opts = QueryOptions::consistent();
-        self.rec
+        let (entry, _) = self
+            .rec
             .retry(|| self.scoped.config_get(kind.as_str(), name, &opts))
             .await
-            .map(|(e, _)| e.map(ConfigEntry::into_value))
-            .map_err(|e| Fail::consul(step, &e))
+            .map_err(|e| Fail::consul(step, &e))?;
+        if let Some(e) = &entry {
+            self.rec.ledger().with(|l| l.not_kv(e.modify_index()));
+        }
+        Ok(entry.map(ConfigEntry::into_value))
     }
 }
 

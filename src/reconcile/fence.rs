@@ -108,12 +108,31 @@ impl<'a> Fence<'a> {
             session: self.session.id().to_string(),
         });
         all.extend(ops);
+        // Counted in flight until its index is recorded: a shard woken by
+        // it waits for that (see `crate::watch::ledger`).
+        let _writing = self.rec.ledger().begin();
         match self.rec.retry(|| self.rec.client().txn(&all)).await {
             Ok(TxnOutcome::Committed(results)) => {
-                // Every write of a transaction carries its raft index.
-                if let Some(index) = results.iter().map(|r| r.modify_index).max() {
+                // Every write of a transaction carries its raft index, the
+                // highest of the results (the check-session's result carries
+                // the lock's, older); a deletion reports no result, so a
+                // transaction of deletions only tells no index.
+                let sets = all.iter().any(|op| {
+                    matches!(
+                        op,
+                        TxnKvOp::Set { .. }
+                            | TxnKvOp::Cas { .. }
+                            | TxnKvOp::Lock { .. }
+                            | TxnKvOp::Unlock { .. }
+                    )
+                });
+                let index = results.iter().map(|r| r.modify_index).max();
+                if let Some(index) = index.filter(|_| sets) {
                     let own = self.rec.kv_writes();
                     own.lock().unwrap_or_else(|e| e.into_inner()).record(index);
+                    let keys = all.iter().filter_map(TxnKvOp::written_key);
+                    let keys = keys.map(str::to_string).collect();
+                    self.rec.ledger().with(|l| l.keys(index, keys));
                 }
                 Ok(())
             }

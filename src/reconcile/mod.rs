@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::plan::{self, Current, Desired, Target};
 use crate::records::{now_rfc3339, Objects, Observed, Pause, Record, Status};
 use crate::spec::{self, ParseOptions, Spec};
+use crate::watch::ledger::SharedLedger;
 use crate::watch::OwnWrites;
 
 use commit::GatewayCommitter;
@@ -141,6 +142,9 @@ pub struct Reconciler {
     /// The raft indexes of this instance's committed fenced transactions
     /// (records and observed.json), for the observed.json watch's probe.
     kv_writes: Arc<std::sync::Mutex<OwnWrites>>,
+    /// Every raft index this instance wrote at, with what it wrote, for the
+    /// desired watch ([`crate::watch::ledger`]).
+    ledger: Arc<SharedLedger>,
 }
 
 impl Reconciler {
@@ -155,6 +159,7 @@ impl Reconciler {
             gateways: Arc::default(),
             remembered: Arc::default(),
             kv_writes: Arc::default(),
+            ledger: Arc::default(),
         }
     }
 
@@ -172,6 +177,11 @@ impl Reconciler {
     /// The indexes of this instance's committed fenced transactions.
     pub fn kv_writes(&self) -> &Arc<std::sync::Mutex<OwnWrites>> {
         &self.kv_writes
+    }
+
+    /// The raft indexes of this instance's writes, and what each wrote.
+    pub fn ledger(&self) -> &Arc<SharedLedger> {
+        &self.ledger
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceId, Record>> {
@@ -377,7 +387,11 @@ impl Reconciler {
             None => lock::try_lock(&self.client, session, &lock_key, holder).await,
         };
         match attempt {
-            Ok(LockAttempt::Acquired) => self.count_lock("acquired"),
+            Ok(LockAttempt::Acquired(index)) => {
+                self.count_lock("acquired");
+                let key = lock_key.clone();
+                self.ledger.with(|l| l.keys(index, vec![key]));
+            }
             Ok(LockAttempt::HeldElsewhere { holder }) => {
                 self.count_lock("held_elsewhere");
                 return self.finish(id, Outcome::HeldElsewhere { holder }, None, started);
@@ -390,8 +404,11 @@ impl Reconciler {
         let done = self.locked(id, prune, session, started, prior).await;
         if !done.released {
             match lock::unlock(&self.client, session, &lock_key).await {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Some(index)) => {
+                    let key = lock_key.clone();
+                    self.ledger.with(|l| l.keys(index, vec![key]));
+                }
+                Ok(None) => {
                     tracing::warn!(service = %id, "the lock was no longer ours at release")
                 }
                 Err(e) => {

@@ -83,7 +83,7 @@ pub async fn folder_unmoved(
 ) -> bool {
     let dir = layout.service_dir(id);
     match client
-        .kv_keys(&dir, None, &QueryOptions::consistent())
+        .kv_keys(&dir, None, &QueryOptions::consistent().plain())
         .await
     {
         Ok((_, meta)) => meta.index == prior.folder_index,
@@ -110,8 +110,10 @@ pub async fn read_under_lock(
     if let Some(prior) = prior {
         let consistent = QueryOptions::consistent();
         let (dir, observed_key) = (layout.service_dir(id), layout.observed_key(id));
+        // One service's keys: a few KiB, asked for plain.
+        let plain = consistent.plain();
         let (listed, observed) = tokio::join!(
-            client.kv_list(&dir, &consistent),
+            client.kv_list(&dir, &plain),
             client.kv_get(&observed_key, &consistent),
         );
         let (_, meta) = listed?;
@@ -149,8 +151,9 @@ async fn read(
     };
     let [k0, k1, k2, k3] = Kind::OWN;
     let observed_key = layout.observed_key(id);
+    let plain = consistent.plain();
     let (listed, observed, e0, e1, e2, e3) = tokio::join!(
-        client.kv_list(&dir, &consistent),
+        client.kv_list(&dir, &plain),
         client.kv_get(&observed_key, &consistent),
         entry(k0),
         entry(k1),

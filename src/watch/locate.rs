@@ -52,9 +52,12 @@ pub struct Probed {
 /// value so that several listings can run at once.
 pub trait Prober: Clone + Send + 'static {
     type Error: Send + 'static;
+    /// Lists `prefix`; `small` when it is known to hold few folders (see
+    /// [`Group::small`]).
     fn probe(
         self,
         prefix: String,
+        small: bool,
     ) -> impl Future<Output = Result<Probed, Self::Error>> + Send + 'static;
 }
 
@@ -108,7 +111,14 @@ fn candidate(root: &str, item: &str) -> Option<String> {
 pub struct Group {
     pub prefix: String,
     pub unit: bool,
+    /// At most [`SMALL_GROUP`] service folders were known in it (no
+    /// partition or namespace): its listing is a few KiB at most.
+    pub small: bool,
 }
+
+/// A group of at most this many known service folders is small: its
+/// listing is about 100 bytes a folder.
+pub const SMALL_GROUP: usize = 32;
 
 /// The candidates strictly under `prefix`, grouped by the character after
 /// it, each group named by the longest prefix its members share. `None`
@@ -127,9 +137,12 @@ pub fn groups(root: &str, prefix: &str, candidates: &BTreeSet<String>) -> Option
             return None;
         }
         let unit = members.len() == 1 && shared == members[0] && !is_upper_folder(root, shared);
+        let small =
+            members.len() <= SMALL_GROUP && !members.iter().any(|m| is_upper_folder(root, m));
         out.push(Group {
             prefix: shared.to_string(),
             unit,
+            small,
         });
     }
     Some(out)
@@ -180,7 +193,7 @@ pub async fn locate<P: Prober>(
         }
         while running.len() < CONCURRENCY {
             let Some(group) = pending.pop() else { break };
-            let probe = prober.clone().probe(group.prefix.clone());
+            let probe = prober.clone().probe(group.prefix.clone(), group.small);
             running.spawn(async move { (group, probe.await) });
         }
         let Some(done) = running.join_next().await else {
@@ -359,7 +372,7 @@ mod tests {
 
     impl Prober for Shared {
         type Error = std::convert::Infallible;
-        async fn probe(self, prefix: String) -> Result<Probed, Self::Error> {
+        async fn probe(self, prefix: String, _small: bool) -> Result<Probed, Self::Error> {
             Ok(self.0.lock().unwrap().list(&prefix))
         }
     }
@@ -445,7 +458,7 @@ mod tests {
 
     impl Prober for Gated {
         type Error = std::convert::Infallible;
-        async fn probe(self, prefix: String) -> Result<Probed, Self::Error> {
+        async fn probe(self, prefix: String, small: bool) -> Result<Probed, Self::Error> {
             if prefix == self.until {
                 self.listed.send_replace(true);
             }
@@ -453,7 +466,7 @@ mod tests {
                 let mut rx = self.listed.subscribe();
                 let _ = rx.wait_for(|l| *l).await;
             }
-            self.inner.probe(prefix).await
+            self.inner.probe(prefix, small).await
         }
     }
 
@@ -711,11 +724,13 @@ mod tests {
             vec![
                 Group {
                     prefix: format!("{ROOT}default/default/ss-1"),
-                    unit: false
+                    unit: false,
+                    small: true
                 },
                 Group {
                     prefix: unit("ss-2"),
-                    unit: true
+                    unit: true,
+                    small: true
                 },
             ]
         );
@@ -725,7 +740,8 @@ mod tests {
             g,
             vec![Group {
                 prefix: format!("{ROOT}p/"),
-                unit: false
+                unit: false,
+                small: false
             }]
         );
     }

@@ -15,6 +15,7 @@ use crate::keys::{DesiredKey, Layout, ServiceId};
 use crate::kind::Kind;
 use serde::Deserialize;
 
+pub mod ledger;
 pub mod locate;
 pub mod shards;
 
@@ -691,7 +692,10 @@ impl BlockingLoop {
         if self.index == 0 {
             fresh
         } else {
-            QueryOptions::blocking(self.index, wait)
+            QueryOptions {
+                compress: fresh.compress,
+                ..QueryOptions::blocking(self.index, wait)
+            }
         }
     }
 
