@@ -667,13 +667,17 @@ impl DesiredWatch {
         shard.read = None;
         let (update, before) = match r {
             Ok((update, meta)) => {
-                let before = shard.lp.answered(&meta);
-                if !matches!(
+                let polled = !matches!(
                     update,
                     Update::Units(.., Found::OwnWrites { polled: false })
-                ) {
+                );
+                let before = if polled {
                     self.d.metrics.watch_wakeups.inc();
-                }
+                    shard.lp.answered(&meta)
+                } else {
+                    // Nothing was listed: the next query is not held back.
+                    shard.lp.moved_to(meta.index)
+                };
                 self.answered(meta.index);
                 (update, before)
             }

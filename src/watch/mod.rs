@@ -714,6 +714,17 @@ impl BlockingLoop {
         previous
     }
 
+    /// The loop's state moved to `index` without a request of its own (the
+    /// instance read what its own writes changed): the index is taken as an
+    /// answer's would be, and the pacing is left as the last answer set it,
+    /// since nothing was listed.
+    pub fn moved_to(&mut self, index: u64) -> u64 {
+        self.backoff = error_backoff();
+        let previous = self.index;
+        self.index = next_index(previous, index);
+        previous
+    }
+
     /// A request failed: how long to wait before the next one. The next
     /// read is a fresh, non-blocking one: the Consul that answers it may be
     /// another server, or one restarted with its data wiped or restored from
@@ -740,6 +751,27 @@ mod tests {
             body_bytes,
             ..QueryMeta::default()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_move_without_a_listing_does_not_hold_the_next_read_back() {
+        let mut lp = BlockingLoop::by_cost(Duration::from_millis(5));
+        lp.ready().await;
+        assert_eq!(lp.answered(&answer(10, 2_000)), 0);
+        // The instance read what its own writes changed, 1 ms later: the
+        // index moves on, and the next read goes out when the last answer
+        // allows, not 5 ms after this move.
+        tokio::time::advance(Duration::from_millis(5)).await;
+        lp.start();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(lp.moved_to(14), 10);
+        assert_eq!(lp.index(), 14);
+        let t = Instant::now();
+        lp.ready().await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        // An index that went backwards resets to a fresh read, as always.
+        lp.moved_to(3);
+        assert_eq!(lp.index(), 0);
     }
 
     #[tokio::test(start_paused = true)]
