@@ -81,6 +81,18 @@ impl TxnKvOp {
         }
     }
 
+    /// True for a write that Consul answers with the key's entry, and so
+    /// with the transaction's raft index (a deletion answers nothing).
+    pub fn reports_index(&self) -> bool {
+        matches!(
+            self,
+            TxnKvOp::Set { .. }
+                | TxnKvOp::Cas { .. }
+                | TxnKvOp::Lock { .. }
+                | TxnKvOp::Unlock { .. }
+        )
+    }
+
     fn to_json(&self) -> Value {
         let b64 = |v: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(v));
         let mut kv = Map::new();

@@ -117,15 +117,7 @@ impl<'a> Fence<'a> {
                 // highest of the results (the check-session's result carries
                 // the lock's, older); a deletion reports no result, so a
                 // transaction of deletions only tells no index.
-                let sets = all.iter().any(|op| {
-                    matches!(
-                        op,
-                        TxnKvOp::Set { .. }
-                            | TxnKvOp::Cas { .. }
-                            | TxnKvOp::Lock { .. }
-                            | TxnKvOp::Unlock { .. }
-                    )
-                });
+                let sets = all.iter().any(TxnKvOp::reports_index);
                 let index = results.iter().map(|r| r.modify_index).max();
                 if let Some(index) = index.filter(|_| sets) {
                     let own = self.rec.kv_writes();

@@ -227,25 +227,20 @@ impl SharedLedger {
         now: u64,
         grace: Duration,
     ) -> Option<BTreeSet<String>> {
-        let deadline = tokio::time::Instant::now() + grace;
         let mut waiting = None;
-        loop {
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            match self.with(|l| l.explain(root, prefix, since, now, waiting)) {
-                Explained::Units(units) => return Some(units),
-                Explained::No => return None,
-                Explained::Pending(horizon) => waiting = Some(horizon),
+        self.settle(grace, |l| {
+            match l.explain(root, prefix, since, now, waiting) {
+                Explained::Units(units) => Some(Some(units)),
+                Explained::No => Some(None),
+                Explained::Pending(horizon) => {
+                    waiting = Some(horizon);
+                    None
+                }
             }
-            if tokio::time::timeout_at(deadline, ended).await.is_err() {
-                return None;
-            }
-        }
+        })
+        .await
     }
-}
 
-impl SharedLedger {
     /// Waits, at most `grace`, for one of this instance's transactions to
     /// write under the shard `prefix` after `since` (the reconcile of a
     /// change the shard just found), and returns its index and the units it
@@ -261,19 +256,32 @@ impl SharedLedger {
         since: u64,
         grace: Duration,
     ) -> Option<(u64, BTreeSet<String>)> {
+        self.settle(grace, |l| {
+            let index = l.latest_under(prefix, since)?;
+            match l.explain(root, prefix, since, index, None) {
+                Explained::Units(units) => Some(Some((index, units))),
+                Explained::No => Some(None),
+                Explained::Pending(_) => None,
+            }
+        })
+        .await
+    }
+
+    /// Looks at the ledger with `look` now and after each transaction
+    /// answers, until it decides (`Some`: its answer) or `grace` runs out
+    /// (`None`).
+    async fn settle<T>(
+        &self,
+        grace: Duration,
+        mut look: impl FnMut(&Ledger) -> Option<Option<T>>,
+    ) -> Option<T> {
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            let found = self.with(|l| {
-                let index = l.latest_under(prefix, since)?;
-                Some((index, l.explain(root, prefix, since, index, None)))
-            });
-            match found {
-                Some((index, Explained::Units(units))) => return Some((index, units)),
-                Some((_, Explained::No)) => return None,
-                Some((_, Explained::Pending(_))) | None => {}
+            if let Some(decided) = self.with(|l| look(l)) {
+                return decided;
             }
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
                 return None;
