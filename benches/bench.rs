@@ -422,6 +422,21 @@ impl Scrape {
         v
     }
 
+    /// Bytes read (decoded) by operation.
+    fn bytes_by_op(&self) -> Vec<(String, f64)> {
+        let mut by: HashMap<String, f64> = HashMap::new();
+        for (s, v) in &self.0 {
+            if s.starts_with("svc_handler_consul_response_bytes_total{") {
+                if let Some(op) = label(s, "op") {
+                    *by.entry(op.to_string()).or_default() += v;
+                }
+            }
+        }
+        let mut v: Vec<_> = by.into_iter().filter(|(_, n)| *n > 0.0).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     fn bytes(&self, op: Option<&str>) -> f64 {
         self.sum_ops("svc_handler_consul_response_bytes_total", |o| {
             op.is_none_or(|want| want == o)
@@ -455,6 +470,8 @@ struct Delta {
     writes: f64,
     writes_by_op: Vec<(String, f64)>,
     reads_by_op: Vec<(String, f64)>,
+    /// Bytes read (decoded) by operation.
+    bytes_by_op: Vec<(String, f64)>,
     list_bytes: f64,
     config_list_bytes: f64,
     all_bytes: f64,
@@ -479,6 +496,7 @@ fn delta(a: &Scrape, b: &Scrape) -> Delta {
         writes: b.writes() - a.writes(),
         writes_by_op: by_op(a.writes_by_op(), b.writes_by_op()),
         reads_by_op: by_op(a.reads_by_op(), b.reads_by_op()),
+        bytes_by_op: by_op(a.bytes_by_op(), b.bytes_by_op()),
         list_bytes: b.bytes(Some("kv.list")) - a.bytes(Some("kv.list")),
         config_list_bytes: b.bytes(Some("config.list")) - a.bytes(Some("config.list")),
         all_bytes: b.bytes(None) - a.bytes(None),
@@ -853,6 +871,7 @@ struct Bulk {
     writes: f64,
     writes_by_op: Vec<(String, f64)>,
     reads_by_op: Vec<(String, f64)>,
+    bytes_by_op: Vec<(String, f64)>,
     cpu: f64,
     bytes: f64,
     /// `bytes` as received on the wire.
@@ -873,6 +892,7 @@ struct Three {
     /// The three daemons' deltas, summed.
     writes: f64,
     writes_by_op: Vec<(String, f64)>,
+    bytes_by_op: Vec<(String, f64)>,
     bytes: f64,
     wire: f64,
     cpu: f64,
@@ -1157,6 +1177,7 @@ async fn daemon_latency_and_bulk(
         writes: all.writes,
         writes_by_op: all.writes_by_op,
         reads_by_op: all.reads_by_op,
+        bytes_by_op: all.bytes_by_op,
         cpu: all.cpu,
         bytes: all.all_bytes,
         wire: all.all_wire,
@@ -1250,6 +1271,13 @@ async fn three_daemons(agent: &Agent, client: &Client, sizes: &Sizes, r: &mut Re
         writes_by_op: {
             let mut by: std::collections::BTreeMap<String, f64> = Default::default();
             for (op, n) in deltas.iter().flat_map(|x| &x.writes_by_op) {
+                *by.entry(op.clone()).or_default() += n;
+            }
+            by.into_iter().collect()
+        },
+        bytes_by_op: {
+            let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+            for (op, n) in deltas.iter().flat_map(|x| &x.bytes_by_op) {
                 *by.entry(op.clone()).or_default() += n;
             }
             by.into_iter().collect()

@@ -564,11 +564,13 @@ fn throughput_by_operation(o: &mut String, r: &Results) {
         };
         let _ = writeln!(
             o,
-            "\nsvc-handler's writes per service by operation: {}; its reads: {}. During the bulk apply the daemon used {:.1} CPU \
+            "\nsvc-handler's writes per service by operation: {}; its reads: {}; bytes read per service by operation \
+             (decoded): {}. During the bulk apply the daemon used {:.1} CPU \
              seconds and read {} from Consul ({} per service; {} per service as received, gzip-compressed); \
              its peak RSS so far: {}.",
             per(&b.writes_by_op),
             per(&b.reads_by_op),
+            by_op_bytes(&b.bytes_by_op, b.services as f64),
             b.cpu,
             bytes(b.bytes),
             bytes(b.bytes / b.services as f64),
@@ -576,6 +578,16 @@ fn throughput_by_operation(o: &mut String, r: &Results) {
             b.peak_rss.map(|x| bytes(x as f64)).unwrap_or("–".into())
         );
     }
+}
+
+/// Bytes per service by operation, largest first.
+fn by_op_bytes(by: &[(String, f64)], services: f64) -> String {
+    let mut v: Vec<_> = by.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.iter()
+        .map(|(op, n)| format!("{op} {}", bytes(n / services)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Three daemons on one bulk: links, reads and writes against one daemon's.
@@ -590,7 +602,7 @@ fn throughput_three(o: &mut String, r: &Results) {
              and the same Consul, {} new services of their own (own names, own gateways) put at once, timed until \
              every one is applied. Their terminating gateways then held {} links to those services ({}; exactly \
              {} wanted). Together the three read {} from Consul ({} per service{}; target ≤ 3.5×; {} per \
-             service as received, gzip-compressed), made {:.2} Consul writes per service ({}) and used {:.1} CPU seconds.",
+             service as received, gzip-compressed; by operation, decoded: {}), made {:.2} Consul writes per service ({}) and used {:.1} CPU seconds.",
             t.services,
             t.links,
             if t.links == t.services {
@@ -608,6 +620,7 @@ fn throughput_three(o: &mut String, r: &Results) {
             ))
             .unwrap_or_default(),
             bytes(t.wire / n),
+            by_op_bytes(&t.bytes_by_op, n),
             t.writes / n,
             (t.writes_by_op.iter())
                 .map(|(op, w)| format!("{op} {:.2}", w / n))

@@ -102,6 +102,19 @@ struct Shard {
     /// The last answer changed a base.json: the next read first waits for
     /// that change's reconcile ([`read_own`]).
     expect_own: bool,
+    /// About how many bytes a recursive listing returns per service folder
+    /// of this shard, from its last read of whole folders (0: none yet).
+    unit_bytes: u64,
+}
+
+impl Shard {
+    /// Takes the bytes per service folder of a read of whole folders.
+    fn learn_unit_bytes(&mut self, root: &str, pairs: &[KvPair]) {
+        let (bytes, units) = folder_bytes(root, pairs);
+        if units > 0 {
+            self.unit_bytes = bytes / units as u64;
+        }
+    }
 }
 
 /// What a shard's read found.
@@ -171,6 +184,9 @@ struct Reader {
     root: String,
     /// Shards of at most this many services are read whole.
     whole_up_to: usize,
+    /// A changed group of at most this many services is read whole
+    /// ([`group_whole_up_to`]).
+    group_whole_up_to: usize,
     /// The daemon's [`DESCENT_CONNECTIONS`].
     permits: Arc<Semaphore>,
     /// The raft indexes of the instance's own writes.
@@ -192,12 +208,13 @@ async fn read_shard(
         client,
         root,
         whole_up_to,
+        group_whole_up_to,
         permits,
         ledger,
         metrics,
-    } = r;
+    } = &r;
     let read_as = |how: &str| metrics.watch_reads.with_label_values(&[how]).inc();
-    if known.len() <= whole_up_to {
+    if known.len() <= *whole_up_to {
         let (pairs, meta) = client.kv_list(&prefix, &opts).await?;
         if since != 0 && meta.index == since {
             return Ok((Update::Same, meta));
@@ -217,33 +234,32 @@ async fn read_shard(
     if since != 0 && meta.index > since {
         // Woken by this instance's own writes only (its records, most
         // often): the folders it wrote are read, nothing else changed.
-        let own = ledger.explain(&root, &prefix, since, meta.index, LEDGER_GRACE);
+        let own = r
+            .ledger
+            .explain(&r.root, &prefix, since, meta.index, LEDGER_GRACE);
         if let Some(units) = own.await {
-            let none = BTreeSet::new();
-            let (pairs, bytes) = read_units(&client, &root, &units, &none, &permits).await?;
+            let (update, bytes) = read_own_units(&r, units, true).await?;
             meta.body_bytes += bytes;
-            read_as("own_writes");
-            let found = Found::OwnWrites { polled: true };
-            return Ok((Update::Units(units, pairs, found), meta));
+            return Ok((update, meta));
         }
-        let probe = KeysProbe(client.clone(), Arc::clone(&permits));
+        let probe = KeysProbe(client.clone(), Arc::clone(permits));
         // Reading a quarter of the shard one folder at a time costs more
         // requests than one listing of it all (a bulk apply, say): the
         // descent gives up past that.
         let most = known.len() / 4;
         let limits = locate::Limits {
-            whole_up_to: GROUP_WHOLE_UP_TO,
+            whole_up_to: *group_whole_up_to,
             most,
         };
-        let d = locate::locate(&probe, &root, &prefix, items, &known, since, limits).await?;
+        let d = locate::locate(&probe, root, &prefix, items, &known, since, limits).await?;
         meta.body_bytes += d.bytes;
         if let Some(mut units) = d.units.filter(|u| u.len() <= most) {
-            let (pairs, bytes) = read_units(&client, &root, &units, &d.whole, &permits).await?;
+            let (pairs, bytes) = read_units(client, root, &units, &d.whole, permits).await?;
             meta.body_bytes += bytes;
             // A folder made in a group read whole since it was listed.
             units.extend(
                 (pairs.iter())
-                    .filter_map(|p| shards::unit_of(&root, &p.key))
+                    .filter_map(|p| shards::unit_of(root, &p.key))
                     .map(str::to_string),
             );
             read_as("descent");
@@ -276,25 +292,80 @@ async fn read_own(r: &Reader, prefix: &str, since: u64) -> Option<ShardRead> {
         .ledger
         .own_write(&r.root, prefix, since, ARM_AFTER_OWN_UP_TO);
     let (index, units) = own.await?;
+    Some(
+        read_own_units(r, units, false)
+            .await
+            .map(|(update, bytes)| {
+                let meta = QueryMeta {
+                    index,
+                    body_bytes: bytes,
+                    ..QueryMeta::default()
+                };
+                (update, meta)
+            }),
+    )
+}
+
+/// Reads the folders this instance's own writes touched (all that moved
+/// under a shard, as the ledger showed), counted as such; `polled` when the
+/// shard's query answered first. The update, and the bytes read.
+async fn read_own_units(
+    r: &Reader,
+    units: BTreeSet<String>,
+    polled: bool,
+) -> Result<(Update, u64), ConsulError> {
     let none = BTreeSet::new();
-    let read = read_units(&r.client, &r.root, &units, &none, &r.permits).await;
-    Some(read.map(|(pairs, bytes)| {
-        (r.metrics.watch_reads.with_label_values(&["own_writes"])).inc();
-        let meta = QueryMeta {
-            index,
-            body_bytes: bytes,
-            ..QueryMeta::default()
-        };
-        let found = Found::OwnWrites { polled: false };
-        (Update::Units(units, pairs, found), meta)
-    }))
+    let (pairs, bytes) = read_units(&r.client, &r.root, &units, &none, &r.permits).await?;
+    (r.metrics.watch_reads.with_label_values(&["own_writes"])).inc();
+    let found = Found::OwnWrites { polled };
+    Ok((Update::Units(units, pairs, found), bytes))
 }
 
 /// A changed group of at most this many service folders is read with one
 /// recursive listing of its prefix (a few KiB of records a folder, gzip
 /// makes it a fraction on the wire) rather than descended into: one
-/// request instead of a listing per next character and a read per folder.
+/// request instead of a listing per next character and a read per folder
+/// (but see [`GROUP_WHOLE_UNIT_BYTES`]).
 const GROUP_WHOLE_UP_TO: usize = 12;
+
+/// A group is read whole only while the shard's folders average at most
+/// this many bytes in a recursive listing. Measured on Consul 1.8.7 (one
+/// request at a time, CPU from /proc): a compressed recursive listing costs
+/// it about 0.15 ms plus 0.05 ms per KiB (gzip of base64 values is most of
+/// it: 3.2 ms for 11 folders of 5.3 KiB, 0.8 ms asked plain), a keys-only
+/// listing of one folder about 0.15 ms, one folder's read about 0.2 ms. So
+/// for folders above about 3 KiB (a service with a router, a splitter and
+/// a gateway link) probing each folder of the group and reading the one
+/// that changed costs Consul less, and reads a fraction of the bytes; for
+/// smaller ones the group's one listing costs less.
+const GROUP_WHOLE_UNIT_BYTES: u64 = 3 * 1024;
+
+/// How many service folders of a changed group may be read whole, given
+/// the bytes a folder of the shard averages (0: not known yet).
+fn group_whole_up_to(unit_bytes: u64) -> usize {
+    if unit_bytes > GROUP_WHOLE_UNIT_BYTES {
+        0
+    } else {
+        GROUP_WHOLE_UP_TO
+    }
+}
+
+/// About the bytes a recursive listing spends on each service folder of
+/// `pairs` (Consul's JSON: the key, the value in base64, the indexes), and
+/// how many folders they hold.
+fn folder_bytes(root: &str, pairs: &[KvPair]) -> (u64, usize) {
+    let mut units = BTreeSet::new();
+    let mut bytes = 0u64;
+    for p in pairs {
+        if let Some(u) = shards::unit_of(root, &p.key) {
+            if u.ends_with('/') {
+                units.insert(u);
+                bytes += (p.key.len() + p.value.len().div_ceil(3) * 4 + 100) as u64;
+            }
+        }
+    }
+    (bytes, units.len())
+}
 
 /// Reads `units` afresh, at most [`CONCURRENCY`] requests at once (and
 /// within the daemon's [`DESCENT_CONNECTIONS`]): the groups in `whole` with
@@ -503,6 +574,7 @@ impl DesiredWatch {
                 read: None,
                 epoch: 0,
                 expect_own: false,
+                unit_bytes: 0,
             };
             self.shards.insert(prefix.clone(), shard);
         }
@@ -556,6 +628,7 @@ impl DesiredWatch {
             } else {
                 READ_WHOLE_UP_TO
             },
+            group_whole_up_to: group_whole_up_to(shard.unit_bytes),
             permits: Arc::clone(&self.permits),
             ledger: Arc::clone(self.d.reconciler.ledger()),
             metrics: Arc::clone(&self.d.metrics),
@@ -712,6 +785,7 @@ impl DesiredWatch {
             }
             Update::Whole(pairs) => {
                 let owned = owned(pairs);
+                shard.learn_unit_bytes(&self.root, &owned);
                 let units = shards::units(&self.root, owned.iter().map(|p| p.key.as_str()));
                 shard.units = Arc::new(units);
                 let new = Snapshot::from_pairs(layout, &owned);
@@ -719,6 +793,7 @@ impl DesiredWatch {
             }
             Update::Units(read, pairs, _) => {
                 let owned = owned(pairs);
+                shard.learn_unit_bytes(&self.root, &owned);
                 let units = Arc::make_mut(&mut shard.units);
                 for u in &read {
                     units.remove(u);
@@ -739,7 +814,7 @@ impl DesiredWatch {
         if shards::complete(&self.root, &set) {
             let units = shard.units.clone();
             if shards::needs_relayout(&self.root, &set, &units, LIMITS) {
-                if old != new && self.events.send(Event::Part { old, new }).is_err() {
+                if old != new && !self.send_part(old, new) {
                     return false;
                 }
                 let next = shards::layout(&self.root, &units, LIMITS);
@@ -752,11 +827,27 @@ impl DesiredWatch {
                 return true;
             }
         }
-        if old != new && self.events.send(Event::Part { old, new }).is_err() {
+        if old != new && !self.send_part(old, new) {
             return false;
         }
         self.spawn_shard(prefix);
         true
+    }
+
+    /// Hands the coordinator a shard's part read again, and tells the drift
+    /// probe which config writes its records hold (another instance's
+    /// writes, most often: see [`OwnWrites::recorded`]). False when the
+    /// coordinator is gone.
+    ///
+    /// [`OwnWrites::recorded`]: crate::watch::OwnWrites::recorded
+    fn send_part(&self, old: Snapshot, new: Snapshot) -> bool {
+        if !new.records.is_empty() {
+            let mut own = self.d.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+            for seen in new.records.values() {
+                own.recorded(seen.modify_index);
+            }
+        }
+        self.events.send(Event::Part { old, new }).is_ok()
     }
 
     /// The guard answered: redo the layout when a key lies outside every
@@ -851,6 +942,7 @@ impl DesiredWatch {
                 read: None,
                 epoch: 0,
                 expect_own: false,
+                unit_bytes: 0,
             };
             self.shards.insert(prefix, shard);
         }
@@ -861,7 +953,7 @@ impl DesiredWatch {
             "the desired prefix's shards were laid out again"
         );
         self.d.metrics.watch_shards.set(next.len() as i64);
-        if old != new && self.events.send(Event::Part { old, new }).is_err() {
+        if old != new && !self.send_part(old, new) {
             return Some(false);
         }
         for prefix in plan.read {
@@ -915,5 +1007,81 @@ impl DesiredWatch {
         } else {
             tracing::debug!(error = %e, retry_in = ?delay, "watch still failing");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(key: &str, value_len: usize) -> KvPair {
+        KvPair {
+            key: key.to_string(),
+            value: vec![b'x'; value_len],
+            flags: 0,
+            create_index: 1,
+            modify_index: 1,
+            lock_index: 0,
+            session: None,
+        }
+    }
+
+    #[test]
+    fn folder_bytes_counts_service_folders_only() {
+        let root = "p/desired/";
+        let pairs = [
+            pair("p/desired/default/default/web/base.json", 300),
+            pair(
+                "p/desired/default/default/web/records/service-defaults.json",
+                600,
+            ),
+            pair("p/desired/default/default/api/base.json", 300),
+            // A stray key is no folder.
+            pair("p/desired/default/default/stray", 3000),
+        ];
+        let (bytes, units) = folder_bytes(root, &pairs);
+        assert_eq!(units, 2);
+        let expected: usize = pairs[..3]
+            .iter()
+            .map(|p| p.key.len() + p.value.len().div_ceil(3) * 4 + 100)
+            .sum();
+        assert_eq!(bytes, expected as u64);
+        assert_eq!(folder_bytes(root, &pairs[3..]), (0, 0));
+    }
+
+    #[test]
+    fn big_folders_are_probed_one_by_one_small_ones_read_as_a_group() {
+        // Not known yet, or small: the group's one listing.
+        assert_eq!(group_whole_up_to(0), GROUP_WHOLE_UP_TO);
+        assert_eq!(group_whole_up_to(2 * 1024), GROUP_WHOLE_UP_TO);
+        assert_eq!(group_whole_up_to(GROUP_WHOLE_UNIT_BYTES), GROUP_WHOLE_UP_TO);
+        // A folder with a router, a splitter and a link: each on its own.
+        assert_eq!(group_whole_up_to(GROUP_WHOLE_UNIT_BYTES + 1), 0);
+        assert_eq!(group_whole_up_to(5 * 1024), 0);
+    }
+
+    #[test]
+    fn a_shard_learns_its_folders_size_from_whole_folder_reads() {
+        let mut shard = Shard {
+            lp: BlockingLoop::by_cost(SHARD_MIN_GAP),
+            part: Snapshot::default(),
+            units: Arc::default(),
+            read: None,
+            epoch: 0,
+            expect_own: false,
+            unit_bytes: 0,
+        };
+        let root = "p/desired/";
+        shard.learn_unit_bytes(
+            root,
+            &[pair("p/desired/default/default/web/base.json", 6000)],
+        );
+        assert!(shard.unit_bytes > GROUP_WHOLE_UNIT_BYTES);
+        // A read without folders (a stray key) leaves it as it was.
+        let before = shard.unit_bytes;
+        shard.learn_unit_bytes(root, &[pair("p/desired/default/default/stray", 1)]);
+        assert_eq!(shard.unit_bytes, before);
+        shard.learn_unit_bytes(root, &[pair("p/desired/default/default/api/base.json", 10)]);
+        assert!(shard.unit_bytes < 1024);
     }
 }

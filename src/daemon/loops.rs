@@ -53,14 +53,25 @@ impl Daemon {
         // After a failed probe the next one is a fresh read: what was
         // written meanwhile is unknown, so it lists.
         let mut after_failure = false;
+        // A listing made due later by another instance's recorded writes
+        // ([`DriftProbe::Later`]), and the last listing's bytes, which set
+        // how much later.
+        let (mut due, mut round_bytes): (Option<Instant>, u64) = (None, 0);
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 _ = lp.ready() => {}
             }
+            // Answered by the time a listing is due at the latest.
+            let wait = match due {
+                Some(at) => (at.saturating_duration_since(Instant::now()))
+                    .min(self.cfg.watch_wait)
+                    .max(Duration::from_millis(250)),
+                None => self.cfg.watch_wait,
+            };
             let (last, opts) = match lp.index() {
                 0 => (0, QueryOptions::default()),
-                i => (i, QueryOptions::blocking(i, self.cfg.watch_wait)),
+                i => (i, QueryOptions::blocking(i, wait)),
             };
             let result = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
@@ -80,13 +91,16 @@ impl Daemon {
                 }
             };
             lp.answered(&meta);
-            let patience = Instant::now() + OWN_WRITE_GRACE;
+            let answered = Instant::now();
             let forced = std::mem::take(&mut after_failure);
             let step = loop {
                 let step = {
                     let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-                    match drift_probe(last, meta.index, &mut own, Instant::now() < patience) {
-                        DriftProbe::Skip if forced => DriftProbe::List,
+                    let now = Instant::now();
+                    let patient = now < answered + OWN_WRITE_GRACE;
+                    let for_records = now < answered + own.record_grace();
+                    match drift_probe(last, meta.index, &mut own, patient, for_records) {
+                        DriftProbe::Skip | DriftProbe::Later if forced => DriftProbe::List,
                         step => step,
                     }
                 };
@@ -98,29 +112,47 @@ impl Daemon {
                     _ = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
             };
-            if step == DriftProbe::List {
-                tracing::debug!(
-                    last,
-                    index = meta.index,
-                    "drift probe: a config write not this instance's; listing the kinds"
-                );
-            }
-            if step == DriftProbe::List && !self.list_for_drift(&events, &mut stop).await {
-                return;
+            let moved = step == DriftProbe::Later;
+            let (later_now, later) = sweep_when(moved, true, due, round_bytes, Instant::now());
+            due = later;
+            let list = match step {
+                DriftProbe::List => {
+                    tracing::debug!(
+                        last,
+                        index = meta.index,
+                        "drift probe: a config write not svc-handler's; listing the kinds"
+                    );
+                    true
+                }
+                _ if later_now => {
+                    tracing::debug!(
+                        index = meta.index,
+                        "drift probe: listing the kinds, due since other instances' writes"
+                    );
+                    true
+                }
+                _ => false,
+            };
+            if list {
+                due = None;
+                match self.list_for_drift(&events, &mut stop).await {
+                    Some(bytes) => round_bytes = bytes,
+                    None => return,
+                }
             }
         }
     }
 
     /// Lists every kind svc-handler writes, all at once, and hands the
     /// entries to the coordinator; while the drift budget is owed (by the
-    /// listings before), it first waits until it is paid back. False when
-    /// the daemon stops.
-    async fn list_for_drift(&self, events: &Events, stop: &mut Stop) -> bool {
+    /// listings before), it first waits until it is paid back. The bytes
+    /// read; `None` when the daemon stops.
+    async fn list_for_drift(&self, events: &Events, stop: &mut Stop) -> Option<u64> {
         let held = self.drift_budget_wait();
         self.metrics.drift_watch_delay.set(held.as_secs_f64());
         if !held.is_zero() {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => return false,
+                _ = stop.wait_for(|s| *s) => return None,
                 _ = tokio::time::sleep(held) => {}
             }
         }
@@ -128,7 +160,7 @@ impl Daemon {
         let list = |kind: Kind| self.client.config_list(kind.as_str(), &now);
         let [a, b, c, d, e] = Kind::ALL;
         let all = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return false,
+            _ = stop.wait_for(|s| *s) => return None,
             r = async { tokio::join!(list(a), list(b), list(c), list(d), list(e)) } => r,
         };
         let (ra, rb, rc, rd, re) = all;
@@ -139,7 +171,7 @@ impl Daemon {
                     bytes += meta.body_bytes;
                     self.drift_budget_spend(meta.body_bytes);
                     if events.send(Event::Entries(kind, entries)).is_err() {
-                        return false;
+                        return None;
                     }
                 }
                 // The next foreign write lists again; the resync bounds it.
@@ -152,7 +184,7 @@ impl Daemon {
             held_ms,
             "drift listings read (held back by the budget first)"
         );
-        true
+        Some(bytes)
     }
 
     /// The observed.json watch, so that an observed.json someone deleted is
@@ -244,7 +276,7 @@ impl Daemon {
             let step = loop {
                 let step = {
                     let mut own = own.lock().unwrap_or_else(|e| e.into_inner());
-                    drift_probe(last, meta.index, &mut own, Instant::now() < patience)
+                    drift_probe(last, meta.index, &mut own, Instant::now() < patience, false)
                 };
                 if step != DriftProbe::Wait {
                     break step;

@@ -176,14 +176,17 @@ impl Worker {
                     .await
             }
         };
+        let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(objects) = &report.objects {
-            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
             for kind in Kind::ALL {
                 if let Some(r) = objects.get(kind) {
                     own.record(r.modify_index);
                 }
             }
         }
+        let held = matches!(report.outcome, Outcome::HeldElsewhere { .. });
+        own.held_elsewhere(id, held);
+        drop(own);
         report
     }
 
@@ -261,7 +264,7 @@ mod tests {
     async fn a_reconcile_dropped_half_way_is_no_longer_counted_in_flight() {
         let own = Arc::new(std::sync::Mutex::new(OwnWrites::default()));
         let probe = |own: &Arc<std::sync::Mutex<OwnWrites>>| {
-            drift_probe(1, 5, &mut own.lock().unwrap(), true)
+            drift_probe(1, 5, &mut own.lock().unwrap(), true, false)
         };
         let held = Arc::clone(&own);
         let task = tokio::spawn(async move {

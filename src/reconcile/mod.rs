@@ -389,8 +389,7 @@ impl Reconciler {
         match attempt {
             Ok(LockAttempt::Acquired(index)) => {
                 self.count_lock("acquired");
-                let key = lock_key.clone();
-                self.ledger.with(|l| l.keys(index, vec![key]));
+                self.ledger_lock_write(index, &lock_key);
             }
             Ok(LockAttempt::HeldElsewhere { holder }) => {
                 self.count_lock("held_elsewhere");
@@ -404,10 +403,7 @@ impl Reconciler {
         let done = self.locked(id, prune, session, started, prior).await;
         if !done.released {
             match lock::unlock(&self.client, session, &lock_key).await {
-                Ok(Some(index)) => {
-                    let key = lock_key.clone();
-                    self.ledger.with(|l| l.keys(index, vec![key]));
-                }
+                Ok(Some(index)) => self.ledger_lock_write(index, &lock_key),
                 Ok(None) => {
                     tracing::warn!(service = %id, "the lock was no longer ours at release")
                 }
@@ -417,6 +413,13 @@ impl Reconciler {
             }
         }
         self.finish_with(id, done.outcome, done.generation, started, done.objects)
+    }
+
+    /// Tells the ledger that the raft index `index` wrote the lock key
+    /// alone (its taking or its release).
+    fn ledger_lock_write(&self, index: u64, lock_key: &str) {
+        self.ledger
+            .with(|l| l.keys(index, vec![lock_key.to_string()]));
     }
 
     /// The report of a flow that could not take its lock.

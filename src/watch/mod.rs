@@ -381,6 +381,13 @@ const OWN_WRITES_KEPT: usize = 4096;
 pub struct OwnWrites {
     indexes: std::collections::BTreeSet<u64>,
     in_flight: usize,
+    /// The ModifyIndexes that records under the desired prefix hold, as the
+    /// watch read them: config writes svc-handler made and verified, this
+    /// instance's or another's on the same prefix.
+    recorded: std::collections::BTreeSet<u64>,
+    /// Services whose lock another instance held at this instance's last
+    /// try: their writes are coming, and then their records.
+    held_elsewhere: std::collections::HashSet<ServiceId>,
 }
 
 impl OwnWrites {
@@ -391,6 +398,38 @@ impl OwnWrites {
         self.indexes.insert(index);
         while self.indexes.len() > OWN_WRITES_KEPT {
             self.indexes.pop_first();
+        }
+    }
+
+    /// A record read under the desired prefix holds an entry left at
+    /// `index`: a config write svc-handler made and verified.
+    pub fn recorded(&mut self, index: u64) {
+        if index == 0 {
+            return;
+        }
+        self.recorded.insert(index);
+        while self.recorded.len() > OWN_WRITES_KEPT {
+            self.recorded.pop_first();
+        }
+    }
+
+    /// Whether another instance held `id`'s lock when this one last tried.
+    pub fn held_elsewhere(&mut self, id: &ServiceId, held: bool) {
+        if held {
+            self.held_elsewhere.insert(id.clone());
+        } else {
+            self.held_elsewhere.remove(id);
+        }
+    }
+
+    /// How long the drift probe waits for an unknown write to show up in a
+    /// record ([`RECORD_GRACE`] while another instance holds a lock this
+    /// one wanted: its writes are coming; else not at all).
+    pub fn record_grace(&self) -> Duration {
+        if self.held_elsewhere.is_empty() {
+            Duration::ZERO
+        } else {
+            RECORD_GRACE
         }
     }
 
@@ -407,6 +446,7 @@ impl OwnWrites {
     /// Forgets every index up to `index` (no later answer can be them).
     fn forget_through(&mut self, index: u64) {
         self.indexes = self.indexes.split_off(&index.saturating_add(1));
+        self.recorded = self.recorded.split_off(&index.saturating_add(1));
     }
 }
 
@@ -423,7 +463,19 @@ pub enum DriftProbe {
     /// Someone else wrote a config entry (or Consul went back in time):
     /// list every kind and look for drift.
     List,
+    /// The write is one another svc-handler instance on the same prefix
+    /// made and recorded: nothing to list for it, but it may hide a foreign
+    /// write just before it, so a listing is due later (see
+    /// [`sweep_when`]).
+    Later,
 }
+
+/// How long the drift probe waits, while another instance holds the lock
+/// of a service this one wanted ([`OwnWrites::record_grace`]), for a write
+/// it does not know to show up in a record (that instance's reconcile
+/// records its writes when it ends; the watch reads records a few
+/// milliseconds after) before it takes the write as foreign.
+pub const RECORD_GRACE: Duration = Duration::from_secs(2);
 
 /// How long the drift probe waits for reconciles in flight to record their
 /// writes before it takes a change as foreign.
@@ -448,21 +500,40 @@ pub const OWN_WRITE_GRACE: Duration = Duration::from_secs(2);
 /// means Consul was wiped or restored: list, and forget the own writes
 /// (they are not of this history).
 ///
+/// An answer at an index a record holds (`OwnWrites::recorded`: a write
+/// another instance on the same prefix made, verified and recorded) lists
+/// nothing now but makes a listing due later ([`Later`]), so that a foreign
+/// write hidden behind it is found within that delay; while
+/// `records_patient` (the caller's [`RECORD_GRACE`]) an unknown index waits
+/// for such a record.
+///
 /// [`Wait`]: DriftProbe::Wait
-pub fn drift_probe(last: u64, now: u64, own: &mut OwnWrites, patient: bool) -> DriftProbe {
+/// [`Later`]: DriftProbe::Later
+pub fn drift_probe(
+    last: u64,
+    now: u64,
+    own: &mut OwnWrites,
+    patient: bool,
+    records_patient: bool,
+) -> DriftProbe {
     if last == 0 || now == last {
         own.forget_through(now);
         return DriftProbe::Skip;
     }
     if now < last {
         own.indexes.clear();
+        own.recorded.clear();
         return DriftProbe::List;
     }
     if own.indexes.contains(&now) {
         own.forget_through(now);
         return DriftProbe::Skip;
     }
-    if own.in_flight > 0 && patient {
+    if own.recorded.contains(&now) {
+        own.forget_through(now);
+        return DriftProbe::Later;
+    }
+    if (own.in_flight > 0 && patient) || records_patient {
         return DriftProbe::Wait;
     }
     own.forget_through(now);
@@ -1222,7 +1293,7 @@ mod tests {
     fn drift_probe_lists_for_foreign_writes_only() {
         use DriftProbe::{List, Skip};
         let mut own = OwnWrites::default();
-        let probe = |last, now, own: &mut OwnWrites| drift_probe(last, now, own, true);
+        let probe = |last, now, own: &mut OwnWrites| drift_probe(last, now, own, true, false);
         // The first answer and a timed-out wait: nothing to list.
         assert_eq!(probe(0, 50, &mut own), Skip);
         assert_eq!(probe(50, 50, &mut own), Skip);
@@ -1254,27 +1325,91 @@ mod tests {
         let mut own = OwnWrites::default();
         own.begin();
         // The reconcile wrote at 101; the probe answers before it recorded.
-        assert_eq!(drift_probe(100, 101, &mut own, true), Wait);
+        assert_eq!(drift_probe(100, 101, &mut own, true, false), Wait);
         assert_eq!(
-            drift_probe(100, 101, &mut own, true),
+            drift_probe(100, 101, &mut own, true, false),
             Wait,
             "nothing forgotten"
         );
         own.record(101);
         own.end();
-        assert_eq!(drift_probe(100, 101, &mut own, true), Skip);
+        assert_eq!(drift_probe(100, 101, &mut own, true, false), Skip);
         // A foreign write while a reconcile runs: listed once patience ends.
         own.begin();
-        assert_eq!(drift_probe(101, 102, &mut own, true), Wait);
-        assert_eq!(drift_probe(101, 102, &mut own, false), List);
+        assert_eq!(drift_probe(101, 102, &mut own, true, false), Wait);
+        assert_eq!(drift_probe(101, 102, &mut own, false, false), List);
         // With nothing in flight there is nothing to wait for.
         own.end();
-        assert_eq!(drift_probe(102, 103, &mut own, true), List);
+        assert_eq!(drift_probe(102, 103, &mut own, true, false), List);
         // A wipe keeps the count of reconciles in flight.
         own.begin();
         own.record(200);
-        assert_eq!(drift_probe(300, 5, &mut own, true), List);
-        assert_eq!(drift_probe(5, 6, &mut own, true), Wait);
+        assert_eq!(drift_probe(300, 5, &mut own, true, false), List);
+        assert_eq!(drift_probe(5, 6, &mut own, true, false), Wait);
+    }
+
+    #[test]
+    fn drift_probe_takes_other_instances_recorded_writes_as_due_later() {
+        use DriftProbe::{Later, List, Skip, Wait};
+        let mut own = OwnWrites::default();
+        // Another instance wrote at 201: until its record is read, the
+        // probe waits (while patient), then takes it as foreign.
+        assert_eq!(drift_probe(200, 201, &mut own, true, true), Wait);
+        assert_eq!(drift_probe(200, 201, &mut own, true, false), List);
+        // Its record read: a listing due later, not now.
+        own.recorded(205);
+        assert_eq!(drift_probe(201, 205, &mut own, true, true), Later);
+        // Forgotten with the answer: an older record explains nothing.
+        own.recorded(203);
+        assert_eq!(drift_probe(205, 206, &mut own, false, false), List);
+        // This instance's own write still costs nothing at all.
+        own.record(210);
+        own.recorded(210);
+        assert_eq!(drift_probe(206, 210, &mut own, true, true), Skip);
+        // Consul wiped or restored: the records are of another history.
+        own.recorded(300);
+        assert_eq!(drift_probe(210, 5, &mut own, true, true), List);
+        assert_eq!(drift_probe(5, 300, &mut own, false, false), List);
+        // Bounded, and index 0 is no write.
+        for i in 1..=(OWN_WRITES_KEPT as u64 + 10) {
+            own.recorded(1000 + i);
+        }
+        own.recorded(0);
+        assert_eq!(own.recorded.len(), OWN_WRITES_KEPT);
+        assert!(!own.recorded.contains(&0));
+    }
+
+    #[test]
+    fn records_are_waited_for_only_while_another_instance_holds_a_wanted_lock() {
+        let mut own = OwnWrites::default();
+        assert_eq!(own.record_grace(), Duration::ZERO, "alone: no wait");
+        let (web, api) = (
+            ServiceId::new("default", "default", "web").unwrap(),
+            ServiceId::new("default", "default", "api").unwrap(),
+        );
+        own.held_elsewhere(&web, true);
+        own.held_elsewhere(&api, true);
+        assert_eq!(own.record_grace(), RECORD_GRACE);
+        own.held_elsewhere(&web, false);
+        assert_eq!(own.record_grace(), RECORD_GRACE, "api still held");
+        own.held_elsewhere(&api, false);
+        assert_eq!(own.record_grace(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_listing_made_due_by_other_instances_writes_comes_once_its_delay_passed() {
+        let t = Instant::now();
+        // Later: due after the last listing's bytes at the sweep rate.
+        let (now, due) = sweep_when(true, true, None, 0, t);
+        assert!(!now);
+        assert_eq!(due, Some(t + SWEEP_LATER_MIN));
+        // More such writes do not push it back; a timed-out wait after it
+        // lists.
+        let (now, again) = sweep_when(true, true, due, 0, t + Duration::from_millis(500));
+        assert!(!now);
+        assert_eq!(again, due);
+        let (now, _) = sweep_when(false, true, due, 0, t + SWEEP_LATER_MIN);
+        assert!(now);
     }
 
     #[test]
