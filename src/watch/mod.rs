@@ -501,8 +501,10 @@ pub const OWN_WRITE_GRACE: Duration = Duration::from_secs(2);
 /// (they are not of this history).
 ///
 /// An answer at an index a record holds (`OwnWrites::recorded`: a write
-/// another instance on the same prefix made, verified and recorded) lists
-/// nothing now but makes a listing due later ([`Later`]), so that a foreign
+/// another instance on the same prefix made, verified and recorded; once
+/// this instance's reconciles in flight are waited for, since the watch may
+/// read one's record before it ends) lists nothing now but makes a listing
+/// due later ([`Later`]), so that a foreign
 /// write hidden behind it is found within that delay; while
 /// `records_patient` (the caller's [`RECORD_GRACE`]) an unknown index waits
 /// for such a record.
@@ -529,11 +531,16 @@ pub fn drift_probe(
         own.forget_through(now);
         return DriftProbe::Skip;
     }
+    // A record may hold this instance's own write before its reconcile
+    // has ended and recorded the index: that reconcile is waited for first.
+    if own.in_flight > 0 && patient {
+        return DriftProbe::Wait;
+    }
     if own.recorded.contains(&now) {
         own.forget_through(now);
         return DriftProbe::Later;
     }
-    if (own.in_flight > 0 && patient) || records_patient {
+    if records_patient {
         return DriftProbe::Wait;
     }
     own.forget_through(now);
@@ -1362,13 +1369,24 @@ mod tests {
         // Forgotten with the answer: an older record explains nothing.
         own.recorded(203);
         assert_eq!(drift_probe(205, 206, &mut own, false, false), List);
-        // This instance's own write still costs nothing at all.
-        own.record(210);
+        // This instance's own write still costs nothing at all, also when
+        // the watch read its record before the reconcile ended.
+        own.begin();
         own.recorded(210);
+        assert_eq!(drift_probe(206, 210, &mut own, true, true), Wait);
+        own.record(210);
+        own.end();
         assert_eq!(drift_probe(206, 210, &mut own, true, true), Skip);
+        // With reconciles of its own in flight past patience, a recorded
+        // write is another instance's.
+        own.begin();
+        own.recorded(212);
+        assert_eq!(drift_probe(210, 212, &mut own, true, true), Wait);
+        assert_eq!(drift_probe(210, 212, &mut own, false, true), Later);
+        own.end();
         // Consul wiped or restored: the records are of another history.
         own.recorded(300);
-        assert_eq!(drift_probe(210, 5, &mut own, true, true), List);
+        assert_eq!(drift_probe(212, 5, &mut own, true, true), List);
         assert_eq!(drift_probe(5, 300, &mut own, false, false), List);
         // Bounded, and index 0 is no write.
         for i in 1..=(OWN_WRITES_KEPT as u64 + 10) {
