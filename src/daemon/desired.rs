@@ -340,6 +340,19 @@ const GROUP_WHOLE_UP_TO: usize = 12;
 /// smaller ones the group's one listing costs less.
 const GROUP_WHOLE_UNIT_BYTES: u64 = 3 * 1024;
 
+/// A shard of at most how many services is watched with a recursive
+/// listing ([`READ_WHOLE_UP_TO`]), given the bytes its folders average: none
+/// past [`GROUP_WHOLE_UNIT_BYTES`], since each answer would carry every
+/// folder's records, and the keys-only listing with a probe of each folder
+/// of the group that moved costs Consul less (see there).
+fn shard_whole_up_to(unit_bytes: u64) -> usize {
+    if unit_bytes > GROUP_WHOLE_UNIT_BYTES {
+        0
+    } else {
+        READ_WHOLE_UP_TO
+    }
+}
+
 /// How many service folders of a changed group may be read whole, given
 /// the bytes a folder of the shard averages (0: not known yet).
 fn group_whole_up_to(unit_bytes: u64) -> usize {
@@ -626,7 +639,7 @@ impl DesiredWatch {
             whole_up_to: if self.d.cfg.faults.always_descend {
                 0
             } else {
-                READ_WHOLE_UP_TO
+                shard_whole_up_to(shard.unit_bytes)
             },
             group_whole_up_to: group_whole_up_to(shard.unit_bytes),
             permits: Arc::clone(&self.permits),
@@ -1058,6 +1071,10 @@ mod tests {
         // A folder with a router, a splitter and a link: each on its own.
         assert_eq!(group_whole_up_to(GROUP_WHOLE_UNIT_BYTES + 1), 0);
         assert_eq!(group_whole_up_to(5 * 1024), 0);
+        // The same for a small shard's recursive watch.
+        assert_eq!(shard_whole_up_to(0), READ_WHOLE_UP_TO);
+        assert_eq!(shard_whole_up_to(GROUP_WHOLE_UNIT_BYTES), READ_WHOLE_UP_TO);
+        assert_eq!(shard_whole_up_to(GROUP_WHOLE_UNIT_BYTES + 1), 0);
     }
 
     #[test]
