@@ -341,13 +341,15 @@ const GROUP_WHOLE_UP_TO: usize = 12;
 const GROUP_WHOLE_UNIT_BYTES: u64 = 3 * 1024;
 
 /// A shard of at most how many services is watched with a recursive
-/// listing ([`READ_WHOLE_UP_TO`]), given the bytes its folders average: none
-/// past [`GROUP_WHOLE_UNIT_BYTES`], since each answer would carry every
-/// folder's records, and the keys-only listing with a probe of each folder
-/// of the group that moved costs Consul less (see there).
+/// listing ([`READ_WHOLE_UP_TO`]), given the bytes its folders average: past
+/// [`GROUP_WHOLE_UNIT_BYTES`] only up to 3 (a descent gives up on a shard
+/// of fewer than 4 services anyway, see `read_shard`), since each answer
+/// would carry every folder's records, and the keys-only listing with a
+/// probe of each folder of the group that moved costs Consul less (see
+/// there).
 fn shard_whole_up_to(unit_bytes: u64) -> usize {
     if unit_bytes > GROUP_WHOLE_UNIT_BYTES {
-        0
+        3
     } else {
         READ_WHOLE_UP_TO
     }
@@ -1074,7 +1076,7 @@ mod tests {
         // The same for a small shard's recursive watch.
         assert_eq!(shard_whole_up_to(0), READ_WHOLE_UP_TO);
         assert_eq!(shard_whole_up_to(GROUP_WHOLE_UNIT_BYTES), READ_WHOLE_UP_TO);
-        assert_eq!(shard_whole_up_to(GROUP_WHOLE_UNIT_BYTES + 1), 0);
+        assert_eq!(shard_whole_up_to(GROUP_WHOLE_UNIT_BYTES + 1), 3);
     }
 
     #[test]
