@@ -373,6 +373,18 @@ impl TokenBucket {
 /// stays away long forgets the oldest; then its next wake-up lists).
 const OWN_WRITES_KEPT: usize = 4096;
 
+/// Adds a raft index (0 is none) to `set`, which keeps the
+/// [`OWN_WRITES_KEPT`] highest.
+fn keep_index(set: &mut std::collections::BTreeSet<u64>, index: u64) {
+    if index == 0 {
+        return;
+    }
+    set.insert(index);
+    while set.len() > OWN_WRITES_KEPT {
+        set.pop_first();
+    }
+}
+
 /// The indexes of this instance's own config-entry writes, as read back
 /// (and the indexes of entries it found in place, which are older), and the
 /// reconciles in flight, whose writes may not be recorded yet: for the drift
@@ -392,25 +404,13 @@ pub struct OwnWrites {
 
 impl OwnWrites {
     pub fn record(&mut self, index: u64) {
-        if index == 0 {
-            return;
-        }
-        self.indexes.insert(index);
-        while self.indexes.len() > OWN_WRITES_KEPT {
-            self.indexes.pop_first();
-        }
+        keep_index(&mut self.indexes, index);
     }
 
     /// A record read under the desired prefix holds an entry left at
     /// `index`: a config write svc-handler made and verified.
     pub fn recorded(&mut self, index: u64) {
-        if index == 0 {
-            return;
-        }
-        self.recorded.insert(index);
-        while self.recorded.len() > OWN_WRITES_KEPT {
-            self.recorded.pop_first();
-        }
+        keep_index(&mut self.recorded, index);
     }
 
     /// Whether another instance held `id`'s lock when this one last tried.
