@@ -199,7 +199,9 @@ async fn twenty_services_from_the_consul_cli_update_one_delete_one() {
     assert_eq!(
         d.metric(r#"svc_handler_reconcile_total{result="unchanged"}"#)
             .await,
-        0.0
+        0.0,
+        "a service was reconciled again:\n{}",
+        d.log_text()
     );
     for (i, id) in ids.iter().enumerate() {
         if i != 7 {
@@ -683,6 +685,44 @@ async fn a_deleted_observed_json_is_written_again_at_once() {
         "observed.json written again {:?} after its delete",
         t.elapsed()
     );
+}
+
+/// The guard and the observed.json watch learn of changes from wake probes
+/// of `<prefix>/desired/~` and `<prefix>/observed/~`, prefixes no key is
+/// expected under. Keys written there make each go back to its listing,
+/// and the watch still finds a new service outside every shard and writes
+/// a deleted observed.json again.
+#[tokio::test]
+async fn keys_under_the_wake_probes_prefixes_leave_the_watch_working() {
+    let f = Fixture::new("wakekeys", shared());
+    let ids: Vec<ServiceId> = (0..40).map(|i| f.id(&format!("svc{i:02}"))).collect();
+    put_all(&f, &ids, &json!({"defaults": {"Protocol": "http"}})).await;
+    for tree in ["desired", "observed"] {
+        let key = format!("{}/{tree}/~stray", f.prefix);
+        consul_cli(&f.url, &["kv", "put", &key, "x"]);
+    }
+    let d = f.ready_daemon("d1").await;
+    assert!(f.all_applied(&ids, Duration::from_secs(120)).await);
+    assert!(d.metric("svc_handler_watch_shards").await > 1.0);
+    // A name no shard covers.
+    let new = f.id("zz-new");
+    assert!(
+        f.put_and_wait(&new, HTTP, Duration::from_secs(30)).await,
+        "a service outside every shard was not found:\n{}",
+        d.log_tail(30)
+    );
+    let gone = &ids[5];
+    consul_cli(&f.url, &["kv", "delete", &f.layout.observed_key(gone)]);
+    assert!(
+        f.all_applied(std::slice::from_ref(gone), Duration::from_secs(30))
+            .await,
+        "observed.json not written again:\n{}",
+        d.log_tail(30)
+    );
+    let log = d.log_text();
+    for watch in ["the guard lists", "observed.json watch's wake probe"] {
+        assert!(log.contains(watch), "no fallback logged ({watch}):\n{log}");
+    }
 }
 
 /// Runs a human command of `svc-handler` against the fixture's prefix;

@@ -111,8 +111,17 @@ impl Client {
         separator: Option<&str>,
         opts: &QueryOptions,
     ) -> Result<(Vec<String>, QueryMeta), ConsulError> {
-        const OP: &str = "kv.keys";
-        let mut url = self.kv_url(OP, prefix)?;
+        self.list_keys("kv.keys", prefix, separator, opts).await
+    }
+
+    async fn list_keys(
+        &self,
+        op: &'static str,
+        prefix: &str,
+        separator: Option<&str>,
+        opts: &QueryOptions,
+    ) -> Result<(Vec<String>, QueryMeta), ConsulError> {
+        let mut url = self.kv_url(op, prefix)?;
         {
             let mut q = url.query_pairs_mut();
             q.append_key_only("keys");
@@ -120,12 +129,26 @@ impl Client {
                 q.append_pair("separator", sep);
             }
         }
-        let a = self.send(OP, Method::GET, url, Some(opts), None).await?;
+        let a = self.send(op, Method::GET, url, Some(opts), None).await?;
         if a.status == StatusCode::NOT_FOUND {
             return Ok((Vec::new(), a.meta));
         }
-        let a = a.ok(OP)?;
-        Ok((a.json(OP)?, a.meta))
+        let a = a.ok(op)?;
+        Ok((a.json(op)?, a.meta))
+    }
+
+    /// A wake probe of the tree under `prefix` (see
+    /// [`crate::watch::WAKE_SUFFIX`]): a keys-only listing of `prefix`
+    /// followed by the suffix, blocking when `opts` says so. The keys it
+    /// found (none, unless someone wrote under that very prefix), and the
+    /// answer's meta, whose index is the KV store's.
+    pub async fn kv_wake(
+        &self,
+        prefix: &str,
+        opts: &QueryOptions,
+    ) -> Result<(Vec<String>, QueryMeta), ConsulError> {
+        let probe = format!("{prefix}{}", crate::watch::WAKE_SUFFIX);
+        self.list_keys("kv.wake", &probe, Some("/"), opts).await
     }
 
     /// `PUT /v1/kv/<key>`: writes the value unconditionally.

@@ -4,10 +4,11 @@
 //! its index, a descent to the units that changed ([`crate::watch::locate`])
 //! and a read of those units only; and the guard, which finds services
 //! outside every shard and redoes the layout when shards grow or shrink: a
-//! blocking probe of the root (a few bytes, answered on any change, with the
-//! whole tree's index) and, when no shard explains that index or every
-//! 30 s while the tree changes, a sweep: a paced listing of the service
-//! folders of the whole tree.
+//! wake probe of the root (a few bytes, answered on any change under it:
+//! see [`WAKE_SUFFIX`]), a blocking probe of the root when that cannot tell
+//! (a few bytes, with the whole tree's index, but Consul walks the tree to
+//! answer it) and, when no shard explains a change, or later when one does,
+//! a sweep: a paced listing of the service folders of the whole tree.
 //!
 //! No change is missed across a new layout: every shard that gains or loses
 //! keys is read afresh, and what those reads hold is compared with what the
@@ -28,10 +29,11 @@ use super::loops::{unix_now, Events, Stop};
 use super::Daemon;
 use crate::consul::{Client, ConsulError, KvPair, QueryMeta, QueryOptions};
 use crate::metrics::Metrics;
+use crate::watch::ledger::Account;
 use crate::watch::ledger::{Ledger, SharedLedger, LEDGER_GRACE};
 use crate::watch::locate::{self, Probed, Prober, CONCURRENCY};
 use crate::watch::shards::{self, LIMITS};
-use crate::watch::{sweep_when, BlockingLoop, Snapshot};
+use crate::watch::{sweep_when, wake_step, BlockingLoop, Snapshot, Wake, WAKE_SUFFIX};
 
 /// The least time between two reads of one shard.
 const SHARD_MIN_GAP: Duration = Duration::from_millis(5);
@@ -455,6 +457,8 @@ enum Answer {
     Shard(String, u64, ShardRead),
     /// The guard's probe of the root answered (and waited its grace).
     Moved(Result<QueryMeta, ConsulError>),
+    /// The guard's wake probe of the root answered (and waited its grace).
+    Woken(Result<(Vec<String>, QueryMeta), ConsulError>),
     /// The guard's sweep.
     Guard(Result<(Vec<String>, QueryMeta), ConsulError>),
 }
@@ -466,8 +470,20 @@ struct DesiredWatch {
     shards: BTreeMap<String, Shard>,
     /// The guard's probe: a blocking keys-only listing of the root with the
     /// separator `/` (a few bytes: the partitions), answered when anything
-    /// under the root changes, with the whole tree's highest index.
+    /// under the root changes, with the whole tree's highest index. It walks
+    /// every key of the tree: asked only when the wake probe cannot tell.
     guard: BlockingLoop,
+    /// The guard's wake probe of the root (see [`WAKE_SUFFIX`]): answered
+    /// when anything under the root changes, for a few bytes.
+    wake: BlockingLoop,
+    /// False once someone wrote under the wake probe's own prefix: the
+    /// guard then asks its probe only, as before.
+    wake_on: bool,
+    /// The shards' highest index when the guard last decided: a shard
+    /// moved past it explains a wake.
+    wake_shards: u64,
+    /// The next read of the guard is its probe (the wake could not tell).
+    exact_due: bool,
     /// The pacing of the guard's sweeps, by their size.
     sweep: BlockingLoop,
     /// The bytes of the last sweep, and when the next one is due (set when
@@ -493,6 +509,10 @@ impl Daemon {
             events,
             shards: BTreeMap::new(),
             guard: BlockingLoop::by_cost(GUARD_MIN_GAP),
+            wake: BlockingLoop::by_cost(GUARD_MIN_GAP),
+            wake_on: true,
+            wake_shards: 0,
+            exact_due: false,
             sweep: BlockingLoop::by_rate(GUARD_MIN_GAP, GUARD_BYTES_PER_SECOND),
             sweep_bytes: 0,
             sweep_due: None,
@@ -523,6 +543,7 @@ impl Daemon {
             let ok = match answer {
                 Some(Ok(Answer::Shard(prefix, epoch, r))) => w.on_shard(prefix, epoch, r).await,
                 Some(Ok(Answer::Moved(r))) => w.on_moved(r),
+                Some(Ok(Answer::Woken(r))) => w.on_woken(r).await,
                 Some(Ok(Answer::Guard(r))) => w.on_guard(r).await,
                 Some(Err(_)) => true, // a read aborted by a new layout
                 None => std::future::pending().await,
@@ -672,15 +693,32 @@ impl DesiredWatch {
         if shards::complete(&self.root, &set) {
             return;
         }
-        let at = self.guard.start();
+        let wake = self.wake_on && !self.exact_due;
+        let lp = if wake {
+            &mut self.wake
+        } else {
+            &mut self.guard
+        };
+        let at = lp.start();
         // Answered by the time a sweep is due at the latest.
         let wait = match self.sweep_due {
             Some(due) => (due.saturating_duration_since(at)).max(Duration::from_secs(1)),
-            None => self.shard_wait(),
+            None => self.d.cfg.watch_wait.min(SHARD_MAX_WAIT),
         };
-        // Its answer is a few bytes (the partitions): asked for plain.
-        let opts = self.guard.options(QueryOptions::consistent().plain(), wait);
+        // Its answer is a few bytes (the partitions, or nothing): plain.
+        let opts = lp.options(QueryOptions::consistent().plain(), wait);
         let (client, root) = (self.d.client.clone(), self.root.clone());
+        if wake {
+            self.guard_read = Some(self.reads.spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let r = client.kv_wake(&root, &opts).await;
+                if r.is_ok() {
+                    tokio::time::sleep(GUARD_GRACE).await;
+                }
+                Answer::Woken(r)
+            }));
+            return;
+        }
         self.guard_read = Some(self.reads.spawn(async move {
             tokio::time::sleep_until(at).await;
             let r = client.kv_keys(&root, Some("/"), &opts).await;
@@ -729,8 +767,11 @@ impl DesiredWatch {
         self.guard.walks(self.tree_keys());
         let previous = self.guard.answered(&meta);
         self.answered(meta.index);
+        self.exact_due = false;
         let moved = self.guard.index() != previous || previous == 0;
-        let explained = self.shards.values().map(|s| s.lp.index()).max() >= Some(meta.index);
+        let shards = self.shards_index();
+        self.wake_shards = shards;
+        let explained = shards >= meta.index;
         let (now, due) = sweep_when(
             moved,
             explained,
@@ -739,6 +780,81 @@ impl DesiredWatch {
             Instant::now(),
         );
         self.sweep_due = due;
+        if now {
+            self.spawn_sweep();
+        } else {
+            self.spawn_guard();
+        }
+        true
+    }
+
+    /// The highest index the shards have reached.
+    fn shards_index(&self) -> u64 {
+        self.shards
+            .values()
+            .map(|s| s.lp.index())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The guard's wake probe answered (and waited [`GUARD_GRACE`]): the
+    /// tree may have changed. A shard that moved meanwhile explains it (a
+    /// sweep is then due later, as for the probe's explained answer); the
+    /// instance's own writes, when they are all that happened, need
+    /// nothing; else the guard's probe decides (see [`wake_step`]).
+    async fn on_woken(&mut self, r: Result<(Vec<String>, QueryMeta), ConsulError>) -> bool {
+        self.guard_read = None;
+        let meta = match r {
+            Ok((found, _)) if !found.is_empty() => {
+                tracing::info!(
+                    prefix = %format!("{}{WAKE_SUFFIX}", self.root),
+                    "keys exist under the guard's wake probe: the guard lists the tree instead"
+                );
+                self.wake_on = false;
+                self.spawn_guard();
+                return true;
+            }
+            Ok((_, meta)) => meta,
+            Err(e) => {
+                let delay = self.wake.failed();
+                self.failed(&e, delay);
+                self.spawn_guard();
+                return true;
+            }
+        };
+        // The index is the KV store's, not the tree's: not shown as the
+        // watch's.
+        self.answered(0);
+        let prev = self.wake.answered(&meta);
+        let shards = self.shards_index();
+        let explained = shards > self.wake_shards;
+        self.wake_shards = shards;
+        let ledger = self.d.reconciler.ledger();
+        let accounted = prev != 0
+            && meta.index > prev
+            && ledger.account(prev, meta.index, LEDGER_GRACE).await == Account::All;
+        let step = wake_step(prev, meta.index, accounted, explained);
+        if step == Wake::Exact {
+            self.exact_due = true;
+            self.spawn_guard();
+            return true;
+        }
+        // A sweep due (an explained change before) is made when its time
+        // comes, whether the tree moved since or not.
+        let moved = step == Wake::Explained;
+        let (now, due) = sweep_when(
+            moved,
+            true,
+            self.sweep_due,
+            self.sweep_bytes,
+            Instant::now(),
+        );
+        self.sweep_due = due;
+        // What the shards read since is known: the next wake waits past it
+        // (a write outside them hidden behind it is found by the sweep due).
+        if moved && shards > meta.index {
+            self.wake.moved_to(shards);
+        }
         if now {
             self.spawn_sweep();
         } else {

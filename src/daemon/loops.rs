@@ -16,7 +16,11 @@ use crate::consul::{QueryMeta, QueryOptions};
 use crate::http::Health;
 use crate::keys::ObservedKey;
 use crate::kind::Kind;
-use crate::watch::{drift_probe, sweep_when, BlockingLoop, DriftProbe, OWN_WRITE_GRACE};
+use crate::watch::ledger::Account;
+use crate::watch::{
+    drift_probe, sweep_when, wake_step, BlockingLoop, DriftProbe, Wake, OWN_WRITE_GRACE,
+    WAKE_SUFFIX,
+};
 
 /// The observed.json watch's sweeps read at most this many bytes a second
 /// on average: a keys-only listing of 5,000 services (about 400 KB) at
@@ -188,10 +192,13 @@ impl Daemon {
     }
 
     /// The observed.json watch, so that an observed.json someone deleted is
-    /// written again at once instead of at the next resync. A probe, a
-    /// blocking keys-only listing of `<prefix>/observed/` with the
-    /// separator `/` (its partitions: a few bytes), learns of every change
-    /// under it; the keys of every observed.json are listed (a *sweep*,
+    /// written again at once instead of at the next resync. A wake probe of
+    /// `<prefix>/observed/` (see [`WAKE_SUFFIX`]) learns of every change
+    /// under it; what it cannot tell (when the change is neither this
+    /// instance's writes alone nor last) a probe tells: a blocking keys-only
+    /// listing of `<prefix>/observed/` with the separator `/` (its
+    /// partitions: a few bytes, but Consul walks every key to answer it).
+    /// The keys of every observed.json are listed (a *sweep*,
     /// paced by its size at [`OBSERVED_BYTES_PER_SECOND`]) at once only when
     /// the change is not one of this instance's own fenced transactions
     /// (waiting first, as the drift probe does, for its reconciles in
@@ -202,6 +209,12 @@ impl Daemon {
         let own = Arc::clone(self.reconciler.kv_writes());
         let mut probe = BlockingLoop::by_cost(OBSERVED_MIN_GAP);
         let mut sweep = BlockingLoop::by_rate(OBSERVED_MIN_GAP, OBSERVED_BYTES_PER_SECOND);
+        // In front of the probe, which walks every key of the tree, a wake
+        // probe (see `WAKE_SUFFIX`) tells that it changed; the probe is asked
+        // only when that is not enough (`exact`).
+        let mut wake = BlockingLoop::by_cost(OBSERVED_MIN_GAP);
+        let (mut wake_on, mut exact) = (true, false);
+        let ledger = Arc::clone(self.reconciler.ledger());
         let (mut sweep_now, mut due, mut sweep_bytes): (bool, Option<Instant>, u64) =
             (true, None, 0);
         loop {
@@ -246,30 +259,72 @@ impl Daemon {
                 }
                 continue;
             }
+            let use_wake = wake_on && !exact;
+            let lp = if use_wake { &mut wake } else { &mut probe };
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                _ = probe.ready() => {}
+                _ = lp.ready() => {}
             }
             // Answered by the time a sweep is due at the latest.
             let wait = match due {
                 Some(at) => at.saturating_duration_since(Instant::now()),
                 None => self.cfg.watch_wait,
             };
-            // Its answer is a few bytes (`observed/`'s partitions): plain.
-            let opts = QueryOptions::default().plain();
-            let opts = probe.options(opts, wait.max(Duration::from_secs(1)));
+            // Its answer is a few bytes (`observed/`'s partitions, or
+            // nothing): plain.
+            let opts = lp.options(
+                QueryOptions::default().plain(),
+                wait.max(Duration::from_secs(1)),
+            );
+            let read = async {
+                if use_wake {
+                    self.client.kv_wake(&prefix, &opts).await
+                } else {
+                    self.client.kv_keys(&prefix, Some("/"), &opts).await
+                }
+            };
             let result = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                r = self.client.kv_keys(&prefix, Some("/"), &opts) => r,
+                r = read => r,
             };
-            let meta = match result {
-                Ok((_, meta)) => meta,
+            let (found, meta) = match result {
+                Ok(answer) => answer,
                 Err(e) => {
-                    let delay = probe.failed();
-                    tracing::debug!(error = %e, retry_in = ?delay, "observed.json probe failed");
+                    let delay = lp.failed();
+                    tracing::debug!(error = %e, retry_in = ?delay, use_wake, "observed.json probe failed");
                     continue;
                 }
             };
+            if use_wake {
+                if !found.is_empty() {
+                    tracing::info!(
+                        prefix = %format!("{prefix}{WAKE_SUFFIX}"),
+                        "keys exist under the observed.json watch's wake probe: it lists the tree instead"
+                    );
+                    wake_on = false;
+                    continue;
+                }
+                let prev = wake.answered(&meta);
+                let account = if prev != 0 && meta.index > prev {
+                    ledger.account(prev, meta.index, OWN_WRITE_GRACE).await
+                } else {
+                    Account::No
+                };
+                // The last write being this instance's own (its transaction
+                // wrote an observed.json) explains the wake.
+                let explained = account == Account::Last;
+                match wake_step(prev, meta.index, account == Account::All, explained) {
+                    // A listing due (an explained change before) is made when
+                    // its time comes, whether the tree moved since or not.
+                    step @ (Wake::Quiet | Wake::Explained) => {
+                        let moved = step == Wake::Explained;
+                        (sweep_now, due) =
+                            sweep_when(moved, true, due, sweep_bytes, Instant::now());
+                    }
+                    Wake::Exact => exact = true,
+                }
+                continue;
+            }
             let last = probe.answered(&meta);
             let moved = probe.index() != last || last == 0;
             let patience = Instant::now() + OWN_WRITE_GRACE;
@@ -288,6 +343,7 @@ impl Daemon {
             };
             let explained = step != DriftProbe::List;
             (sweep_now, due) = sweep_when(moved, explained, due, sweep_bytes, Instant::now());
+            exact = false;
         }
     }
 

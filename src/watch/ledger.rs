@@ -167,7 +167,53 @@ impl Ledger {
     }
 }
 
+/// How much of a range of raft indexes this instance's own writes account
+/// for (see [`Ledger::account`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Account {
+    /// Every index of the range is one of its writes: nothing else
+    /// happened in Consul.
+    All,
+    /// The last index is one of its writes, an earlier one is not.
+    Last,
+    /// An index is not known, but transactions that began up to this
+    /// sequence number are in flight and may be it.
+    Pending(u64),
+    /// The last index is not one of its writes.
+    No,
+}
+
 impl Ledger {
+    /// How much of `since + 1 ..= now` this instance's own writes account
+    /// for, wherever they wrote (a wake probe's answer: see
+    /// [`crate::watch::WAKE_SUFFIX`]). `waiting` as for [`Ledger::explain`].
+    pub fn account(&self, since: u64, now: u64, waiting: Option<u64>) -> Account {
+        let horizon = waiting.unwrap_or(self.next_seq);
+        let pending = self
+            .in_flight
+            .first()
+            .is_some_and(|&first| first <= horizon);
+        if now <= since || since == 0 {
+            return Account::No;
+        }
+        if !self.wrote.contains_key(&now) {
+            return if pending {
+                Account::Pending(horizon)
+            } else {
+                Account::No
+            };
+        }
+        let all = now - since <= MAX_SPAN
+            && (since + 1..now).all(|index| self.wrote.contains_key(&index));
+        if all {
+            Account::All
+        } else if pending {
+            Account::Pending(horizon)
+        } else {
+            Account::Last
+        }
+    }
+
     /// The highest index after `since` at which one of this instance's
     /// transactions wrote a key under `prefix`.
     fn latest_under(&self, prefix: &str, since: u64) -> Option<u64> {
@@ -239,6 +285,29 @@ impl SharedLedger {
             }
         })
         .await
+    }
+
+    /// [`Ledger::account`], waiting (at most `grace`) for transactions in
+    /// flight when they may account for more of the range.
+    pub async fn account(&self, since: u64, now: u64, grace: Duration) -> Account {
+        let mut waiting = None;
+        let decided = self
+            .settle(grace, |l| match l.account(since, now, waiting) {
+                Account::Pending(horizon) => {
+                    waiting = Some(horizon);
+                    None
+                }
+                decided => Some(Some(decided)),
+            })
+            .await;
+        match decided {
+            Some(decided) => decided,
+            // Still in flight when the grace ran out: what is known now.
+            None => match self.with(|l| l.account(since, now, Some(0))) {
+                Account::Pending(_) => Account::No,
+                decided => decided,
+            },
+        }
     }
 
     /// Waits, at most `grace`, for one of this instance's transactions to
@@ -353,6 +422,45 @@ mod tests {
         // Forgotten (Consul went back in time): not explained.
         l.clear();
         assert_eq!(l.explain(ROOT, SHARD, 10, 14, None), Explained::No);
+    }
+
+    #[test]
+    fn own_writes_account_for_a_wake_wherever_they_wrote() {
+        let mut l = Ledger::default();
+        // The user's write at 10; lock at 11, a config write, the records'
+        // transaction at 13.
+        l.keys(11, keys(&["svc-handler/locks/default/default/web-1"]));
+        l.not_kv(12);
+        l.keys(
+            13,
+            keys(&["svc-handler/observed/default/default/web-1/observed.json"]),
+        );
+        assert_eq!(l.account(10, 13, None), Account::All);
+        assert_eq!(l.account(10, 11, None), Account::All);
+        // The user's write is in the range: only the last index is known.
+        assert_eq!(l.account(9, 13, None), Account::Last);
+        // Someone else's write last.
+        assert_eq!(l.account(10, 14, None), Account::No);
+        // The first answer and an index that went backwards: nothing.
+        assert_eq!(l.account(0, 13, None), Account::No);
+        assert_eq!(l.account(13, 12, None), Account::No);
+        // A transaction in flight may be index 14: wait for it, but only
+        // for transactions in flight then.
+        let seq = l.begin();
+        assert_eq!(l.account(10, 14, None), Account::Pending(seq));
+        let later = l.begin();
+        assert_eq!(l.account(10, 14, Some(seq)), Account::Pending(seq));
+        l.end(seq);
+        assert_eq!(l.account(10, 14, Some(seq)), Account::No);
+        l.keys(14, keys(&["svc-handler/locks/default/default/web-2"]));
+        assert_eq!(l.account(10, 14, Some(seq)), Account::All);
+        l.end(later);
+        // Past the span looked into: the last index only.
+        l.keys(20_000, keys(&["svc-handler/locks/default/default/web-3"]));
+        assert_eq!(
+            l.account(20_000 - MAX_SPAN - 1, 20_000, None),
+            Account::Last
+        );
     }
 
     #[test]

@@ -547,6 +547,53 @@ pub fn drift_probe(
     DriftProbe::List
 }
 
+/// What a *wake probe* lists: a blocking keys-only listing of a tree's
+/// prefix followed by this, a prefix no key begins with. It walks no key
+/// and answers nothing, yet Consul (1.8.7 measured; the same code in later
+/// versions: `KVS.ListKeys` and go-memdb's `SeekPrefixWatch`) answers it
+/// when any key under the deepest node of its radix tree on that path
+/// changes, that is any key under the tree's prefix (and only those, once
+/// the tree holds keys), with the index of the whole KV store. So it tells
+/// *that* the tree changed, for the cost of a few bytes, where a keys-only
+/// listing of the tree walks every key under it (11.5 ms of Consul CPU with
+/// 20,000 services) to tell the tree's own index. What it cannot tell, the
+/// caller asks that listing for ([`wake_step`]). An answer that lists keys
+/// means someone wrote under this very prefix: the caller goes back to the
+/// listing for good.
+pub const WAKE_SUFFIX: &str = "~";
+
+/// What a caller of a wake probe does with its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Nothing to look at: the wait ran out, or every write since the last
+    /// answer was this instance's own.
+    Quiet,
+    /// The caller knows what changed (a shard read it, or the last write
+    /// is this instance's own), but not that nothing else did: as a probe's
+    /// explained answer, it makes a sweep due later ([`sweep_when`]).
+    Explained,
+    /// Ask the tree's own listing (its exact index), and decide as before.
+    Exact,
+}
+
+/// A wake probe's decision, purely: it answered at `now` (the KV store's
+/// index) after `prev`. `accounted`: every raft index after `prev` up to
+/// `now` is one of this instance's own writes
+/// ([`ledger::Account::All`]); `explained`: the caller knows what changed.
+/// The first answer (`prev` 0) and an index that went backwards (a Consul
+/// wiped or restored) know nothing: [`Wake::Exact`].
+pub fn wake_step(prev: u64, now: u64, accounted: bool, explained: bool) -> Wake {
+    if prev == 0 || now < prev {
+        Wake::Exact
+    } else if now == prev || accounted {
+        Wake::Quiet
+    } else if explained {
+        Wake::Explained
+    } else {
+        Wake::Exact
+    }
+}
+
 /// A sweep that a probe's explained answer makes due (see [`sweep_when`])
 /// comes after a delay that spends at most this many bytes a second on
 /// sweeps. Between [`SWEEP_LATER_MIN`] and
@@ -886,6 +933,20 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    #[test]
+    fn a_wake_probe_asks_the_listing_unless_it_knows() {
+        // First answer, and a Consul gone back in time: nothing is known.
+        assert_eq!(wake_step(0, 50, true, true), Wake::Exact);
+        assert_eq!(wake_step(60, 50, true, true), Wake::Exact);
+        // The wait ran out, or only this instance wrote.
+        assert_eq!(wake_step(50, 50, false, false), Wake::Quiet);
+        assert_eq!(wake_step(50, 57, true, false), Wake::Quiet);
+        // Known to the caller, but another write may hide behind it.
+        assert_eq!(wake_step(50, 57, false, true), Wake::Explained);
+        // Not known: the listing decides.
+        assert_eq!(wake_step(50, 57, false, false), Wake::Exact);
     }
 
     #[test]
