@@ -1713,20 +1713,21 @@ async fn run(agent: &Agent, sizes: &Sizes, r: &mut Results) -> Res<()> {
         steady_state(agent, &client, sizes, r).await?;
     }
     if part("world") {
-        // A dev agent of its own, started now: after tens of thousands of
+        // Dev agents of their own, started now: after tens of thousands of
         // writes (the ceiling's, the bulk's, part 4's) Consul keeps working
         // on its own for minutes, in bursts (measured: about 250 ms of CPU
         // a second for 10 s at a time with nothing asking it anything),
         // which would land in the first rows' timed changes.
-        let agent = bench_agent();
-        let dev = Under {
-            url: agent.url(),
-            pids: vec![agent.pid()],
-            label: "dev agent",
-        };
-        let client = agent.client();
+        // And one per row, so that a row's Consul holds that many services
+        // and no more (Consul's own work grows with what it holds).
         for &n in &sizes.world {
-            world(&dev, &client, sizes, n, r).await?;
+            let agent = bench_agent();
+            let dev = Under {
+                url: agent.url(),
+                pids: vec![agent.pid()],
+                label: "dev agent",
+            };
+            world(&dev, &agent.client(), sizes, n, r).await?;
         }
     }
     if sizes.cluster_world > 0 && part("cluster") {

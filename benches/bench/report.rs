@@ -763,8 +763,10 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
          per-change figure). Consul's CPU per change is taken over {} runs of consecutive changes; \
          the figure is the median run's (one burst of Consul's own housekeeping can otherwise decide \
          a row), with the mean over all changes beside it and every run's listed below the table. \
-         The dev agent rows run on a dev agent of their own, started after the other parts; \
-         the services of earlier rows stay in it. The last row, when \
+         Each dev agent row runs on a dev agent of its own, started for it after the other \
+         parts, so that it holds that many services and no more (until commit 8a864a1 the rows \
+         shared one agent, and the last row's also held the earlier rows' services). The last \
+         row, when \
          there is one, runs on three Consul servers on 127.0.0.1, .2 and .3 (`-server \
          -bootstrap-expect 3`, data on disk, so Raft fsyncs each write), started for it and \
          empty; the daemon talks to the first; Consul CPU is the three servers' together.\n",
