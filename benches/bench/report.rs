@@ -764,7 +764,7 @@ fn world(o: &mut String, r: &Results, sizes: &Sizes) {
          the figure is the median run's (one burst of Consul's own housekeeping can otherwise decide \
          a row), with the mean over all changes beside it and every run's listed below the table. \
          Each dev agent row runs on a dev agent of its own, started for it after the other \
-         parts, so that it holds that many services and no more (until commit 8a864a1 the rows \
+         parts, so that it holds that many services and no more (before commit 40c1540 the rows \
          shared one agent, and the last row's also held the earlier rows' services). The last \
          row, when \
          there is one, runs on three Consul servers on 127.0.0.1, .2 and .3 (`-server \
