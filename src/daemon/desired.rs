@@ -457,8 +457,10 @@ enum Answer {
     Shard(String, u64, ShardRead),
     /// The guard's probe of the root answered (and waited its grace).
     Moved(Result<QueryMeta, ConsulError>),
-    /// The guard's wake probe of the root answered (and waited its grace).
-    Woken(Result<(Vec<String>, QueryMeta), ConsulError>),
+    /// The guard's wake probe of the root answered (and waited its grace),
+    /// and whether the instance's own writes account for every raft index
+    /// since the index it waited past ([`Account::All`]).
+    Woken(Result<(Vec<String>, QueryMeta), ConsulError>, bool),
     /// The guard's sweep.
     Guard(Result<(Vec<String>, QueryMeta), ConsulError>),
 }
@@ -543,7 +545,7 @@ impl Daemon {
             let ok = match answer {
                 Some(Ok(Answer::Shard(prefix, epoch, r))) => w.on_shard(prefix, epoch, r).await,
                 Some(Ok(Answer::Moved(r))) => w.on_moved(r),
-                Some(Ok(Answer::Woken(r))) => w.on_woken(r).await,
+                Some(Ok(Answer::Woken(r, accounted))) => w.on_woken(r, accounted),
                 Some(Ok(Answer::Guard(r))) => w.on_guard(r).await,
                 Some(Err(_)) => true, // a read aborted by a new layout
                 None => std::future::pending().await,
@@ -709,13 +711,19 @@ impl DesiredWatch {
         let opts = lp.options(QueryOptions::consistent().plain(), wait);
         let (client, root) = (self.d.client.clone(), self.root.clone());
         if wake {
+            let since = self.wake.index();
+            let ledger = Arc::clone(self.d.reconciler.ledger());
             self.guard_read = Some(self.reads.spawn(async move {
                 tokio::time::sleep_until(at).await;
                 let r = client.kv_wake(&root, &opts).await;
-                if r.is_ok() {
+                let mut accounted = false;
+                if let Ok((_, meta)) = &r {
                     tokio::time::sleep(GUARD_GRACE).await;
+                    accounted = since != 0
+                        && meta.index > since
+                        && ledger.account(since, meta.index, LEDGER_GRACE).await == Account::All;
                 }
-                Answer::Woken(r)
+                Answer::Woken(r, accounted)
             }));
             return;
         }
@@ -802,7 +810,11 @@ impl DesiredWatch {
     /// sweep is then due later, as for the probe's explained answer); the
     /// instance's own writes, when they are all that happened, need
     /// nothing; else the guard's probe decides (see [`wake_step`]).
-    async fn on_woken(&mut self, r: Result<(Vec<String>, QueryMeta), ConsulError>) -> bool {
+    fn on_woken(
+        &mut self,
+        r: Result<(Vec<String>, QueryMeta), ConsulError>,
+        accounted: bool,
+    ) -> bool {
         self.guard_read = None;
         let meta = match r {
             Ok((found, _)) if !found.is_empty() => {
@@ -829,10 +841,6 @@ impl DesiredWatch {
         let shards = self.shards_index();
         let explained = shards > self.wake_shards;
         self.wake_shards = shards;
-        let ledger = self.d.reconciler.ledger();
-        let accounted = prev != 0
-            && meta.index > prev
-            && ledger.account(prev, meta.index, LEDGER_GRACE).await == Account::All;
         let step = wake_step(prev, meta.index, accounted, explained);
         if step == Wake::Exact {
             self.exact_due = true;
