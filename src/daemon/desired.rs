@@ -696,6 +696,7 @@ impl DesiredWatch {
             return;
         }
         let wake = self.wake_on && !self.exact_due;
+        let shard_wait = self.shard_wait();
         let lp = if wake {
             &mut self.wake
         } else {
@@ -705,7 +706,7 @@ impl DesiredWatch {
         // Answered by the time a sweep is due at the latest.
         let wait = match self.sweep_due {
             Some(due) => (due.saturating_duration_since(at)).max(Duration::from_secs(1)),
-            None => self.d.cfg.watch_wait.min(SHARD_MAX_WAIT),
+            None => shard_wait,
         };
         // Its answer is a few bytes (the partitions, or nothing): plain.
         let opts = lp.options(QueryOptions::consistent().plain(), wait);
@@ -719,9 +720,8 @@ impl DesiredWatch {
                 let mut accounted = false;
                 if let Ok((_, meta)) = &r {
                     tokio::time::sleep(GUARD_GRACE).await;
-                    accounted = since != 0
-                        && meta.index > since
-                        && ledger.account(since, meta.index, LEDGER_GRACE).await == Account::All;
+                    accounted =
+                        ledger.account(since, meta.index, LEDGER_GRACE).await == Account::All;
                 }
                 Answer::Woken(r, accounted)
             }));
@@ -842,25 +842,15 @@ impl DesiredWatch {
         let explained = shards > self.wake_shards;
         self.wake_shards = shards;
         let step = wake_step(prev, meta.index, accounted, explained);
-        if step == Wake::Exact {
+        let Some((now, due)) = step.sweep(self.sweep_due, self.sweep_bytes, Instant::now()) else {
             self.exact_due = true;
             self.spawn_guard();
             return true;
-        }
-        // A sweep due (an explained change before) is made when its time
-        // comes, whether the tree moved since or not.
-        let moved = step == Wake::Explained;
-        let (now, due) = sweep_when(
-            moved,
-            true,
-            self.sweep_due,
-            self.sweep_bytes,
-            Instant::now(),
-        );
+        };
         self.sweep_due = due;
         // What the shards read since is known: the next wake waits past it
         // (a write outside them hidden behind it is found by the sweep due).
-        if moved && shards > meta.index {
+        if step == Wake::Explained && shards > meta.index {
             self.wake.moved_to(shards);
         }
         if now {

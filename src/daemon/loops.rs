@@ -18,8 +18,7 @@ use crate::keys::ObservedKey;
 use crate::kind::Kind;
 use crate::watch::ledger::Account;
 use crate::watch::{
-    drift_probe, sweep_when, wake_step, BlockingLoop, DriftProbe, Wake, OWN_WRITE_GRACE,
-    WAKE_SUFFIX,
+    drift_probe, sweep_when, wake_step, BlockingLoop, DriftProbe, OWN_WRITE_GRACE, WAKE_SUFFIX,
 };
 
 /// The observed.json watch's sweeps read at most this many bytes a second
@@ -305,23 +304,14 @@ impl Daemon {
                     continue;
                 }
                 let prev = wake.answered(&meta);
-                let account = if prev != 0 && meta.index > prev {
-                    ledger.account(prev, meta.index, OWN_WRITE_GRACE).await
-                } else {
-                    Account::No
-                };
+                let account = ledger.account(prev, meta.index, OWN_WRITE_GRACE).await;
                 // The last write being this instance's own (its transaction
                 // wrote an observed.json) explains the wake.
                 let explained = account == Account::Last;
-                match wake_step(prev, meta.index, account == Account::All, explained) {
-                    // A listing due (an explained change before) is made when
-                    // its time comes, whether the tree moved since or not.
-                    step @ (Wake::Quiet | Wake::Explained) => {
-                        let moved = step == Wake::Explained;
-                        (sweep_now, due) =
-                            sweep_when(moved, true, due, sweep_bytes, Instant::now());
-                    }
-                    Wake::Exact => exact = true,
+                let step = wake_step(prev, meta.index, account == Account::All, explained);
+                match step.sweep(due, sweep_bytes, Instant::now()) {
+                    Some(next) => (sweep_now, due) = next,
+                    None => exact = true,
                 }
                 continue;
             }

@@ -594,6 +594,31 @@ pub fn wake_step(prev: u64, now: u64, accounted: bool, explained: bool) -> Wake 
     }
 }
 
+impl Wake {
+    /// For [`Wake::Quiet`] and [`Wake::Explained`]: whether to sweep now,
+    /// and when the next sweep is due, as [`sweep_when`] says (a sweep due
+    /// from an explained change before is made when its time comes, whether
+    /// the tree moved since or not). `None` for [`Wake::Exact`]: the
+    /// listing decides.
+    pub fn sweep(
+        self,
+        due: Option<Instant>,
+        sweep_bytes: u64,
+        now: Instant,
+    ) -> Option<(bool, Option<Instant>)> {
+        match self {
+            Wake::Exact => None,
+            step => Some(sweep_when(
+                step == Wake::Explained,
+                true,
+                due,
+                sweep_bytes,
+                now,
+            )),
+        }
+    }
+}
+
 /// A sweep that a probe's explained answer makes due (see [`sweep_when`])
 /// comes after a delay that spends at most this many bytes a second on
 /// sweeps. Between [`SWEEP_LATER_MIN`] and
@@ -947,6 +972,16 @@ mod tests {
         assert_eq!(wake_step(50, 57, false, true), Wake::Explained);
         // Not known: the listing decides.
         assert_eq!(wake_step(50, 57, false, false), Wake::Exact);
+
+        let t = Instant::now();
+        assert_eq!(Wake::Exact.sweep(None, 0, t), None);
+        // An explained wake makes a sweep due later; a quiet one makes the
+        // sweep due when its time has come.
+        let (now, due) = Wake::Explained.sweep(None, 0, t).unwrap();
+        assert!(!now && due == Some(t + SWEEP_LATER_MIN));
+        assert_eq!(Wake::Quiet.sweep(None, 0, t), Some((false, None)));
+        let later = t + SWEEP_LATER_MIN;
+        assert_eq!(Wake::Quiet.sweep(due, 0, later), Some((true, due)));
     }
 
     #[test]
